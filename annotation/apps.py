@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class AnnotationConfig(AppConfig):
+    name = "annotation"
+    verbose_name = "Prompts, images and annotation"
+
+    def ready(self):
+        from annotation.roles import roles_ensure
+
+        post_migrate.connect(roles_ensure, dispatch_uid="annotation.roles_ensure")

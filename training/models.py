@@ -1,0 +1,87 @@
+"""Model versions (local diffusers pipelines) and the training runs that produce them."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class ModelFamily(models.TextChoices):
+    UNET = "unet", "U-Net (Stable Diffusion 1.x/2.x)"
+    DIT = "dit", "DiT (PixArt-α/Σ)"
+    FLOW = "flow", "Flow matching (Stable Diffusion 3)"
+
+
+class PredictionType(models.TextChoices):
+    EPSILON = "epsilon", "ε-prediction"
+    V_PREDICTION = "v_prediction", "v-prediction"
+    FLOW = "flow", "flow matching (velocity)"
+
+
+class ModelVersion(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    family = models.CharField(max_length=10, choices=ModelFamily.choices)
+    prediction_type = models.CharField(max_length=20, choices=PredictionType.choices, default=PredictionType.EPSILON)
+    pipeline_class = models.CharField(max_length=100, blank=True)
+    local_path = models.CharField(max_length=1000, help_text="A diffusers pipeline directory.")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children",
+        help_text="The model this one was post-trained from.",
+    )
+    produced_by = models.OneToOneField(
+        "TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="output_model",
+        help_text="The training run that produced this checkpoint.",
+    )
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TrainingRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    name = models.CharField(max_length=200, unique=True)
+    base_model = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="training_runs")
+    dataset_path = models.CharField(max_length=1000, help_text="Preference manifest or SFT image folder.")
+    config = models.JSONField(default=dict, help_text="The engine's TrainConfig, as JSON.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    output_dir = models.CharField(max_length=1000, blank=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Final metrics of the run.")
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkerHeartbeat(models.Model):
+    """Last sign of life of each Celery worker, by queue; shown to researchers in the admin."""
+
+    hostname = models.CharField(max_length=200)
+    queue = models.CharField(max_length=50)
+    last_seen = models.DateTimeField()
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen"]
+        constraints = [models.UniqueConstraint(fields=["hostname", "queue"], name="unique_worker_queue")]
+
+    def __str__(self) -> str:
+        return f"{self.hostname} ({self.queue})"
