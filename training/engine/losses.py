@@ -25,9 +25,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("sft", "dpo", "simpo", "none")
-PREFERENCE_OBJECTIVES = ("dpo", "simpo")
-PIXEL_DECODINGS = ("eps", "x0")
+from training.engine.config import OBJECTIVES, PREFERENCE_OBJECTIVES
+
 
 Decode = Callable[[torch.Tensor], torch.Tensor]
 
