@@ -70,8 +70,16 @@ def pixel_error(decode: Decode, z_t: torch.Tensor, z_t_hat: torch.Tensor) -> tor
     """
     with torch.no_grad():
         target = decode(z_t)
+    return pixel_error_against(target, decode, z_t_hat)
+
+
+def pixel_error_against(target_pixels: torch.Tensor, decode: Decode, z_t_hat: torch.Tensor) -> torch.Tensor:
+    """``‖target − D(ẑ_t)‖²`` per sample, for an already decoded target ``D(z_t)``.
+
+    Lets DPO decode the target once and compare both the model's and the reference's ``ẑ_t``.
+    """
     prediction = decode(z_t_hat)
-    return _per_sample_mean((target.float() - prediction.float()) ** 2)
+    return _per_sample_mean((target_pixels.detach().float() - prediction.float()) ** 2)
 
 
 def split_pairs(errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
