@@ -80,7 +80,7 @@ def encode_pixels(vae, pixels: torch.Tensor) -> torch.Tensor:
     return ((posterior.mean.float() - shift) * scaling)
 
 
-def load_decoder(path: str | Path, *, torch_dtype=None):
+def load_decoder(path: str | Path, *, dtype=None):
     """Load a standalone decoder (for example an AutoencoderTiny) from a diffusers model folder."""
     import diffusers
 
@@ -92,7 +92,7 @@ def load_decoder(path: str | Path, *, torch_dtype=None):
     model_class = getattr(diffusers, str(class_name), None)
     if model_class is None or not hasattr(model_class, "decode"):
         raise ValueError(f"{config_file}: '_class_name' = {class_name!r} is not a diffusers autoencoder")
-    return model_class.from_pretrained(path, torch_dtype=torch_dtype)
+    return model_class.from_pretrained(path, dtype=dtype)
 
 
 class FamilyAdapter:

@@ -405,7 +405,10 @@ def train(config: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     output_dir = Path(config.output_dir)
+    # A multi-process launch on a machine without GPUs trains on CPUs over gloo.
+    cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
+        cpu=cpu_only,
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         project_config=ProjectConfiguration(project_dir=str(output_dir)),

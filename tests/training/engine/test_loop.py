@@ -34,17 +34,15 @@ def component_weights(model_dir, component) -> dict[str, torch.Tensor]:
     return load_file(weights)
 
 
-def sample_one(model_dir):
-    from diffusers import DiffusionPipeline
+def sample_one(model_dir, out_dir):
+    from PIL import Image
 
-    pipeline = DiffusionPipeline.from_pretrained(model_dir)
-    kwargs = {"num_inference_steps": 2, "height": 32, "width": 32, "output_type": "np",
-              "generator": torch.Generator().manual_seed(0)}
-    if read_pipeline_index(model_dir).family != "unet":
-        kwargs["max_sequence_length"] = 16
-    if read_pipeline_index(model_dir).family == "dit":
-        kwargs["use_resolution_binning"] = False
-    return pipeline(["a red cat"], **kwargs).images
+    from training.engine.sampling import sample
+
+    record = sample(model_dir, ["a red cat"], [0], out_dir, steps=2, height=32, width=32, max_sequence_length=16,
+                    device="cpu")
+    with Image.open(out_dir / record["images"][0]["file"]) as image:
+        return image.size
 
 
 @pytest.mark.parametrize("family", ["unet", "dit", "flow"])
@@ -77,8 +75,7 @@ def test_objectives_change_the_weights_and_export_loads(
         assert records[0]["latent_loss"] == pytest.approx(0.693147, abs=1e-5)
         assert records[0]["pixel_loss"] == pytest.approx(0.693147, abs=1e-5)
 
-    images = sample_one(result.model_dir)
-    assert images.shape == (1, 32, 32, 3)
+    assert sample_one(result.model_dir, tmp_path / "samples") == (32, 32)
 
 
 def test_lora_dpo_exports_merged_and_adapter_only(tiny_pipelines, preference_manifest, tmp_path):
@@ -105,7 +102,7 @@ def test_lora_dpo_exports_merged_and_adapter_only(tiny_pipelines, preference_man
         out_base = base(z, t, encoder_hidden_states=text).sample
     assert torch.allclose(out_merged, out_adapter, atol=1e-5)
     assert not torch.allclose(out_merged, out_base, atol=1e-5)
-    assert sample_one(result.model_dir).shape == (1, 32, 32, 3)
+    assert sample_one(result.model_dir, tmp_path / "samples") == (32, 32)
 
 
 def test_gradients_reach_the_denoiser_through_the_decoder_and_never_the_vae(tiny_pipelines, sft_folder, tmp_path):
