@@ -1,0 +1,237 @@
+"""The training loop on tiny pipelines: objectives, export, resume, NaN handling, gradients."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.engine import loop
+from training.engine.config import TrainConfig
+from training.engine.pipeline_index import read_pipeline_index
+
+
+def make_config(tiny_pipelines, data, tmp_path, family="unet", **overrides) -> TrainConfig:
+    settings = dict(
+        pretrained_model=str(tiny_pipelines[family]), output_dir=str(tmp_path / "run"), train_data=str(data),
+        resolution=32, max_train_steps=3, train_batch_size=2, learning_rate=1e-3, max_sequence_length=16,
+        latent_beta=100.0, pixel_beta=100.0, pixel_weight=2.0, checkpointing_steps=100,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def denoiser_weights(model_dir) -> dict[str, torch.Tensor]:
+    index = read_pipeline_index(model_dir)
+    (weights,) = (model_dir / index.denoiser).glob("*.safetensors")
+    return load_file(weights)
+
+
+def component_weights(model_dir, component) -> dict[str, torch.Tensor]:
+    (weights,) = (model_dir / component).glob("*.safetensors")
+    return load_file(weights)
+
+
+def sample_one(model_dir, out_dir):
+    from PIL import Image
+
+    from training.engine.sampling import sample
+
+    record = sample(model_dir, ["a red cat"], [0], out_dir, steps=2, height=32, width=32, max_sequence_length=16,
+                    device="cpu")
+    with Image.open(out_dir / record["images"][0]["file"]) as image:
+        return image.size
+
+
+@pytest.mark.parametrize("family", ["unet", "dit", "flow"])
+@pytest.mark.parametrize(("latent", "pixel"), [("sft", "sft"), ("dpo", "dpo"), ("simpo", "simpo")])
+def test_objectives_change_the_weights_and_export_loads(
+    tiny_pipelines, sft_folder, preference_manifest, tmp_path, family, latent, pixel
+):
+    data = sft_folder if latent == "sft" else preference_manifest
+    cfg = make_config(tiny_pipelines, data, tmp_path, family=family, latent_objective=latent, pixel_objective=pixel)
+    result = loop.train(cfg)
+
+    assert result.global_step == 3
+    base = denoiser_weights(tiny_pipelines[family])
+    trained = denoiser_weights(result.model_dir)
+    assert base.keys() == trained.keys()
+    assert any(not torch.equal(base[k], trained[k]) for k in base)
+    # The VAE is frozen: the exported VAE is the base VAE.
+    base_vae, trained_vae = component_weights(tiny_pipelines[family], "vae"), component_weights(result.model_dir, "vae")
+    assert all(torch.equal(base_vae[k], trained_vae[k]) for k in base_vae)
+
+    records = [json.loads(line) for line in result.metrics_file.read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert {"loss", "latent_loss", "pixel_loss", "grad_norm", "lr", "step_time"} <= record.keys()
+        assert all(v is None or v == v for v in record.values())  # no NaN
+    if latent != "sft":
+        assert {"latent_accuracy", "pixel_accuracy"} <= records[0].keys()
+    if latent == "dpo":
+        # At step 1 the model is its reference: each DPO term is log 2.
+        assert records[0]["latent_loss"] == pytest.approx(0.693147, abs=1e-5)
+        assert records[0]["pixel_loss"] == pytest.approx(0.693147, abs=1e-5)
+
+    assert sample_one(result.model_dir, tmp_path / "samples") == (32, 32)
+
+
+def test_lora_dpo_exports_merged_and_adapter_only(tiny_pipelines, preference_manifest, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    cfg = make_config(tiny_pipelines, preference_manifest, tmp_path, latent_objective="dpo", pixel_objective="dpo",
+                      use_lora=True, lora_rank=4, lora_alpha=4, export_lora_adapter=True, learning_rate=1e-2)
+    result = loop.train(cfg)
+    records = [json.loads(line) for line in result.metrics_file.read_text().splitlines()]
+    assert records[0]["latent_loss"] == pytest.approx(0.693147, abs=1e-5)  # adapters start at zero
+    assert records[-1]["latent_ref_err_w"] != records[-1]["latent_err_w"]  # the adapters now matter
+
+    merged = UNet2DConditionModel.from_pretrained(result.model_dir / "unet")
+    base = UNet2DConditionModel.from_pretrained(tiny_pipelines["unet"] / "unet")
+    assert not any("lora" in k for k in merged.state_dict())
+    with_adapter = UNet2DConditionModel.from_pretrained(tiny_pipelines["unet"] / "unet")
+    with_adapter.load_lora_adapter(str(result.adapter_dir), prefix=None, weight_name="pytorch_lora_weights.safetensors")
+
+    torch.manual_seed(0)
+    z, t, text = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        out_merged = merged(z, t, encoder_hidden_states=text).sample
+        out_adapter = with_adapter(z, t, encoder_hidden_states=text).sample
+        out_base = base(z, t, encoder_hidden_states=text).sample
+    assert torch.allclose(out_merged, out_adapter, atol=1e-5)
+    assert not torch.allclose(out_merged, out_base, atol=1e-5)
+    assert sample_one(result.model_dir, tmp_path / "samples") == (32, 32)
+
+
+def test_gradients_reach_the_denoiser_through_the_decoder_and_never_the_vae(tiny_pipelines, sft_folder, tmp_path):
+    from training.engine.data import collate_fn, load_sft_dataset
+    from training.engine.families import load_adapter
+
+    cfg = make_config(tiny_pipelines, sft_folder, tmp_path, latent_objective="none", pixel_objective="sft")
+    adapter = load_adapter(cfg.pretrained_model, max_sequence_length=16)
+    adapter.vae.requires_grad_(False)
+    for encoder in adapter.text_encoders():
+        encoder.requires_grad_(False)
+    dataset = load_sft_dataset(cfg.train_data, resolution=32)
+    batch = collate_fn([dataset[0], dataset[1]])
+    ctx = loop.LossContext(adapter=adapter, config=cfg, device=torch.device("cpu"))
+    loss, metrics = loop.compute_loss(ctx, adapter.denoiser, batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert "latent_loss" not in metrics  # the pixel-only ablation
+    grads = [p.grad for p in adapter.denoiser.parameters()]
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    assert all(p.grad is None for p in adapter.vae.parameters())
+
+
+def test_random_latent_crop_shares_windows_between_winner_and_loser():
+    x = torch.arange(4 * 1 * 8 * 8, dtype=torch.float32).reshape(4, 1, 8, 8)
+    pos = torch.arange(64, dtype=torch.float32).reshape(1, 1, 8, 8).repeat(4, 1, 1, 1)
+    cropped_x, cropped_pos = loop.random_latent_crop([x, pos], 0.5, torch.Generator().manual_seed(3), pairs=True)
+    assert cropped_x.shape == (4, 1, 4, 4)
+    assert torch.equal(cropped_pos[0], cropped_pos[2]) and torch.equal(cropped_pos[1], cropped_pos[3])
+    assert torch.equal(cropped_x[0] - x[0, 0, 0, 0], cropped_pos[0])  # the same window in every tensor
+
+
+def test_pixel_cost_options_run(tiny_pipelines, tiny_decoder, preference_manifest, tmp_path):
+    cfg = make_config(tiny_pipelines, preference_manifest, tmp_path, latent_objective="simpo",
+                      pixel_objective="simpo", pixel_crop=0.5, pixel_decoder=str(tiny_decoder),
+                      vae_gradient_checkpointing=True, gradient_checkpointing=True, pixel_decoding="x0",
+                      report_to="tensorboard", max_train_steps=2)
+    result = loop.train(cfg)
+    records = [json.loads(line) for line in result.metrics_file.read_text().splitlines()]
+    assert all(r["pixel_loss"] > 0 for r in records)
+    assert list((result.output_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _fail_at(monkeypatch, call_number, make_failure):
+    real = loop.compute_loss
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        loss, metrics = real(*args, **kwargs)
+        if calls["n"] == call_number:
+            return make_failure(loss, metrics)
+        return loss, metrics
+
+    monkeypatch.setattr(loop, "compute_loss", wrapped)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_pipelines, preference_manifest, tmp_path,
+                                                                monkeypatch):
+    settings = dict(latent_objective="simpo", pixel_objective="dpo", max_train_steps=4, checkpointing_steps=2,
+                    train_batch_size=1, gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=1,
+                    use_ema=True, ema_decay=0.9, random_flip=True, caption_dropout=0.5, center_crop=False)
+    straight = loop.train(make_config(tiny_pipelines, preference_manifest, tmp_path / "a", **settings))
+
+    def interrupt(loss, metrics):
+        raise Interrupt
+
+    with monkeypatch.context() as patch:
+        _fail_at(patch, 5, interrupt)  # the first micro-batch of step 3
+        with pytest.raises(Interrupt):
+            loop.train(make_config(tiny_pipelines, preference_manifest, tmp_path / "b", **settings))
+    assert [p.name for p in loop.list_checkpoints(tmp_path / "b" / "run")] == ["checkpoint-2"]
+    resumed = loop.train(make_config(tiny_pipelines, preference_manifest, tmp_path / "b", resume_from="latest",
+                                     **settings))
+    assert resumed.resumed_from.name == "checkpoint-2"
+    assert [p.name for p in loop.list_checkpoints(resumed.output_dir)] == ["checkpoint-2", "checkpoint-4"]
+
+    expected, got = denoiser_weights(straight.model_dir), denoiser_weights(resumed.model_dir)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-7)
+    lines = [json.loads(line) for line in resumed.metrics_file.read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    straight_lines = [json.loads(line) for line in straight.metrics_file.read_text().splitlines()]
+    assert lines[3]["loss"] == pytest.approx(straight_lines[3]["loss"], abs=1e-6)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
+    tiny_pipelines, sft_folder, tmp_path, monkeypatch
+):
+    _fail_at(monkeypatch, 3, lambda loss, metrics: (loss * float("nan"), metrics))
+    cfg = make_config(tiny_pipelines, sft_folder, tmp_path, max_train_steps=5, checkpointing_steps=2)
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss at step 3 .*checkpoint-2"):
+        loop.train(cfg)
+    assert [p.name for p in loop.list_checkpoints(cfg.output_dir)] == ["checkpoint-2"]
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_checkpoint_rotation_and_refusing_to_overwrite_a_run(tiny_pipelines, sft_folder, tmp_path):
+    cfg = make_config(tiny_pipelines, sft_folder, tmp_path, max_train_steps=4, checkpointing_steps=1,
+                      checkpoints_total_limit=2)
+    loop.train(cfg)
+    checkpoints = loop.list_checkpoints(cfg.output_dir)
+    assert [p.name for p in checkpoints] == ["checkpoint-3", "checkpoint-4"]
+    saved = json.loads((checkpoints[-1] / "config.json").read_text())
+    assert TrainConfig.from_dict(saved) == cfg
+    with pytest.raises(loop.TrainingError, match="output_dir: .* already holds checkpoints"):
+        loop.train(cfg)
+
+
+def test_a_missing_image_stops_before_step_one(tiny_pipelines, tmp_path):
+    from training.engine.data import DatasetError
+
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "gone.png", "text": "x"}) + "\n")
+    with pytest.raises(DatasetError, match="gone.png"):
+        loop.train(make_config(tiny_pipelines, folder, tmp_path))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_seeds_and_sharding_are_deterministic():
+    sampler = loop.ShardedBatchSampler(10, 2, 2, 1, seed=7, start=0, stop=6)
+    other_rank = loop.ShardedBatchSampler(10, 2, 2, 0, seed=7, start=0, stop=6)
+    batches, other = list(sampler), list(other_rank)
+    assert len(batches) == 6 and all(len(b) == 2 for b in batches)
+    assert not set(batches[0]) & set(other[0])  # processes see different examples in a step
+    assert list(loop.ShardedBatchSampler(10, 2, 2, 1, seed=7, start=3, stop=6)) == batches[3:]
+    assert loop.derive_seed(1, 2, 3) == loop.derive_seed(1, 2, 3) != loop.derive_seed(1, 2, 4)

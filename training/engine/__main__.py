@@ -1,0 +1,7 @@
+"""``python -m training.engine`` (also under ``accelerate launch -m training.engine``)."""
+
+import sys
+
+from training.engine.cli import main
+
+sys.exit(main())
