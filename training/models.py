@@ -59,6 +59,7 @@ class TrainingRun(models.Model):
     metrics = models.JSONField(default=dict, blank=True, help_text="Final metrics of the run.")
     error = models.TextField(blank=True)
     worker = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Deliveries to a GPU worker so far.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from config.celery import GPU_TASK_OPTIONS
 from training import services
 
 
@@ -13,3 +14,13 @@ def heartbeat(self, queue: str = "default") -> str:
     hostname = self.request.hostname or "unknown"
     services.worker_heartbeat_record(hostname=hostname, queue=queue)
     return hostname
+
+
+@shared_task(name="training.tasks.gpu_train_run", bind=True, **GPU_TASK_OPTIONS)
+def gpu_train_run(self, run_id: int) -> str:
+    """Train one run on this GPU worker. Running it again for a finished run does nothing."""
+    run, resume = services.training_run_claim(run_id=run_id, worker=self.request.hostname or "unknown")
+    if run is None:
+        return "skipped"
+    model = services.training_run_execute(run=run, resume=resume)
+    return model.name
