@@ -68,9 +68,17 @@ export class TaskPage {
     return this.fetching;
   }
 
-  async #showNext() {
+  #showNext() {
+    this.advancing = this.#advance();
+    return this.advancing;
+  }
+
+  async #advance() {
     this.#setBusy(true);
     try {
+      // A fetch-ahead already in flight may have started before the last submission: if it
+      // found nothing, ask again now that the submission is stored.
+      if (!this.queue.length && this.fetching) await this.fetching;
       if (!this.queue.length) await this.#fetchAhead();
     } catch (error) {
       this.#setBusy(false);
@@ -173,8 +181,18 @@ export class TaskPage {
   }
 
   async undo() {
+    await this.advancing; // let the item switch that the submission started finish first
     const record = this.lastSubmitted;
-    if (!record || this.busy) return;
+    if (!record || this.undoing) return;
+    this.undoing = true;
+    try {
+      await this.#undo(record);
+    } finally {
+      this.undoing = false;
+    }
+  }
+
+  async #undo(record) {
     try {
       await record.done;
     } catch (error) {
@@ -317,7 +335,6 @@ export function preloadImages(images) {
 export function makePane({ image, label }) {
   const pane = document.createElement("div");
   pane.className = "pane";
-  pane.tabIndex = -1;
   const img = document.createElement("img");
   img.src = image.url;
   img.alt = label;
