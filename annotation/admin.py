@@ -1,7 +1,21 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import Count
 from django.utils.html import format_html
 
-from annotation.models import AlignmentQuestion, Image, Prompt, PromptSet
+from annotation.models import (
+    Aggregate,
+    AlignmentAnswer,
+    AlignmentQuestion,
+    AnnotatorProfile,
+    Image,
+    Item,
+    ItemImage,
+    Judgment,
+    Lease,
+    Prompt,
+    PromptSet,
+    Round,
+)
 
 
 @admin.register(PromptSet)
@@ -53,3 +67,142 @@ class ImageAdmin(admin.ModelAdmin):
         if not obj.file:
             return "-"
         return format_html('<img src="{}" alt="" style="height:48px">', obj.file.url)
+
+
+# --- annotation rounds ----------------------------------------------------------------
+
+
+@admin.register(AnnotatorProfile)
+class AnnotatorProfileAdmin(admin.ModelAdmin):
+    list_display = ("user", "synthetic")
+    list_filter = ("synthetic",)
+    search_fields = ("user__username",)
+    raw_id_fields = ("user",)
+    readonly_fields = ("submit_tokens", "submit_tokens_at")
+
+
+@admin.action(description="Export preferences (winner/loser pairs) of the selected rounds")
+def export_preferences_action(modeladmin, request, queryset):
+    from annotation.exports import preferences_export
+    from annotation.services import AnnotationError
+
+    for round_ in queryset:
+        try:
+            result = preferences_export(round_=round_)
+        except AnnotationError as exc:
+            modeladmin.message_user(request, f"{round_}: {exc.detail}", level=messages.ERROR)
+            continue
+        modeladmin.message_user(
+            request,
+            f"{round_}: {result.pairs} pairs from {result.items_complete} complete items "
+            f"({result.n_synthetic_judgments} synthetic judgments) in {result.path}",
+            level=messages.SUCCESS,
+        )
+
+
+@admin.action(description="Recompute the aggregates of the selected rounds")
+def recompute_aggregates_action(modeladmin, request, queryset):
+    from annotation.services import round_aggregate
+
+    for round_ in queryset:
+        summary = round_aggregate(round_=round_)
+        modeladmin.message_user(
+            request,
+            f"{round_}: {summary.complete}/{summary.items} complete, {summary.pairs} pairs, "
+            f"{summary.no_majority} without majority, {summary.ambiguous} ambiguous, "
+            f"{summary.synthetic_judgments} synthetic judgments",
+        )
+
+
+@admin.register(Round)
+class RoundAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "criterion", "k", "status", "item_count", "complete_count", "no_majority_count", "created_at")
+    list_filter = ("kind", "criterion", "status")
+    search_fields = ("name",)
+    readonly_fields = ("created_at", "created_by")
+    actions = [export_preferences_action, recompute_aggregates_action]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            _items=Count("items", distinct=True),
+        )
+
+    @admin.display(description="items", ordering="_items")
+    def item_count(self, obj):
+        return obj._items
+
+    @admin.display(description="complete")
+    def complete_count(self, obj):
+        return obj.aggregates.filter(complete=True, item__is_gold=False).count()
+
+    @admin.display(description="no majority")
+    def no_majority_count(self, obj):
+        return obj.aggregates.filter(complete=True, no_majority=True).count()
+
+
+class ItemImageInline(admin.TabularInline):
+    model = ItemImage
+    extra = 0
+    raw_id_fields = ("image",)
+
+
+class AggregateInline(admin.StackedInline):
+    model = Aggregate
+    extra = 0
+    can_delete = False
+    readonly_fields = [f.name for f in Aggregate._meta.fields if f.name != "item"]
+
+
+@admin.register(Item)
+class ItemAdmin(admin.ModelAdmin):
+    list_display = ("id", "round", "prompt", "is_gold", "slots_taken", "outcome", "n_judgments")
+    list_filter = ("round", "is_gold", "round__kind", "aggregate__outcome", "aggregate__no_majority")
+    search_fields = ("=id", "prompt__text", "item_images__image__public_id")
+    raw_id_fields = ("prompt",)
+    readonly_fields = ("slots_taken", "created_at")
+    list_select_related = ("round", "prompt", "aggregate")
+    inlines = [ItemImageInline, AggregateInline]
+
+    @admin.display(description="outcome", ordering="aggregate__outcome")
+    def outcome(self, obj):
+        return obj.aggregate.outcome if hasattr(obj, "aggregate") else "-"
+
+    @admin.display(description="judgments", ordering="aggregate__n_judgments")
+    def n_judgments(self, obj):
+        return obj.aggregate.n_judgments if hasattr(obj, "aggregate") else 0
+
+
+@admin.register(Lease)
+class LeaseAdmin(admin.ModelAdmin):
+    list_display = ("id", "round", "item", "annotator", "state", "leased_at", "expires_at")
+    list_filter = ("state", "round")
+    search_fields = ("annotator__username", "=item__id")
+    raw_id_fields = ("item", "annotator", "round")
+
+
+class AlignmentAnswerInline(admin.TabularInline):
+    model = AlignmentAnswer
+    extra = 0
+    raw_id_fields = ("question",)
+
+
+@admin.register(Judgment)
+class JudgmentAdmin(admin.ModelAdmin):
+    list_display = ("client_uuid", "round", "item", "annotator", "outcome", "elapsed_ms", "synthetic", "gold_score", "created_at", "undone_at")
+    list_filter = ("round", "outcome", "synthetic", ("undone_at", admin.EmptyFieldListFilter))
+    search_fields = ("=client_uuid", "annotator__username", "=item__id")
+    raw_id_fields = ("round", "item", "annotator", "lease", "winner", "loser")
+    list_select_related = ("round", "annotator")
+    inlines = [AlignmentAnswerInline]
+
+
+@admin.register(Aggregate)
+class AggregateAdmin(admin.ModelAdmin):
+    list_display = (
+        "item", "round", "outcome", "winner", "loser", "margin", "no_majority", "n_judgments", "n_used",
+        "n_rejected", "n_excluded", "n_synthetic", "complete", "updated_at",
+    )
+    list_filter = ("round", "outcome", "no_majority", "complete")
+    search_fields = ("=item__id", "winner__public_id", "loser__public_id")
+    raw_id_fields = ("item", "round", "winner", "loser")
+    list_select_related = ("round", "winner", "loser")

@@ -10,3 +10,14 @@ class IsResearcher(BasePermission):
 
     def has_permission(self, request, view):
         return is_researcher(request.user)
+
+
+class IsAnnotator(BasePermission):
+    """Annotator endpoints: members of the `annotators` group only."""
+
+    message = "Annotators only."
+
+    def has_permission(self, request, view):
+        from annotation.roles import is_annotator
+
+        return is_annotator(request.user)

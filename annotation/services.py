@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Avg, Count, Exists, F, OuterRef, Sum
+from django.utils import timezone
 
-from annotation.models import AlignmentQuestion, Prompt, PromptSet
+from annotation import majority
+from annotation.conf import setting
+from annotation.models import (
+    Aggregate,
+    AlignmentAnswer,
+    AlignmentQuestion,
+    AnnotatorProfile,
+    Image,
+    Item,
+    ItemImage,
+    Judgment,
+    Lease,
+    Prompt,
+    PromptSet,
+    Round,
+)
 from annotation.prompt_import import PromptRecord, parse_prompt_file
 
 PROMPT_PRESETS = {
@@ -142,3 +163,617 @@ def _questions_write(records: list[PromptRecord], prompts: dict[str, Prompt]) ->
         batch_size=1000,
     )
     return len(to_create), len(to_update)
+
+
+# --- Annotation rounds: creation, assignment, submission, undo, aggregation -------------
+
+
+class AnnotationError(Exception):
+    """A refused annotation request; ``code`` and ``status`` are what the API answers."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, detail: str, *, code: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        if code:
+            self.code = code
+
+
+class NotFound(AnnotationError):
+    code, status = "not_found", 404
+
+
+class Conflict(AnnotationError):
+    code, status = "conflict", 409
+
+
+class InvalidAnswer(AnnotationError):
+    code, status = "invalid", 400
+
+    def __init__(self, detail: str, *, field: str = "answer"):
+        super().__init__(detail)
+        self.field = field
+
+
+class Throttled(AnnotationError):
+    code, status = "throttled", 429
+
+    def __init__(self, detail: str, *, retry_after: float):
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    """One item to create: its prompt and its images in canonical order."""
+
+    prompt_id: int
+    image_ids: tuple[int, ...]
+    is_gold: bool = False
+    gold_answer: dict | None = None
+
+
+def _item_spec_check(*, kind: str, spec: ItemSpec, images: dict[int, Image], prompts_with_questions: set[int], index: int):
+    where = f"item {index}"
+    if len(set(spec.image_ids)) != len(spec.image_ids):
+        raise InvalidAnswer(f"{where}: an image appears twice", field="items")
+    expected = {Round.Kind.PAIRWISE: "2", Round.Kind.ALIGNMENT: "1"}.get(kind)
+    if kind == Round.Kind.PAIRWISE and len(spec.image_ids) != 2:
+        raise InvalidAnswer(f"{where}: a pairwise item needs {expected} images, got {len(spec.image_ids)}", field="items")
+    if kind == Round.Kind.ALIGNMENT and len(spec.image_ids) != 1:
+        raise InvalidAnswer(f"{where}: an alignment item needs 1 image, got {len(spec.image_ids)}", field="items")
+    if kind == Round.Kind.BEST_WORST and len(spec.image_ids) < 3:
+        raise InvalidAnswer(f"{where}: a best/worst item needs at least 3 images, got {len(spec.image_ids)}", field="items")
+    for image_id in spec.image_ids:
+        image = images.get(image_id)
+        if image is None:
+            raise InvalidAnswer(f"{where}: image {image_id} does not exist", field="items")
+        if image.prompt_id != spec.prompt_id:
+            raise InvalidAnswer(f"{where}: image {image_id} belongs to another prompt", field="items")
+    if kind == Round.Kind.ALIGNMENT and spec.prompt_id not in prompts_with_questions:
+        raise InvalidAnswer(f"{where}: prompt {spec.prompt_id} has no alignment questions", field="items")
+
+
+@transaction.atomic
+def round_create(
+    *, name: str, kind: str, items: list[ItemSpec], criterion: str = "", k: int = 5, lease_ttl_seconds: int = 600,
+    no_majority_rule: str = "tie", gold_rate: float = 0.0, gold_min_accuracy: float | None = None,
+    status: str = "open", created_by=None, batch_size: int = 2000,
+) -> Round:
+    """Create a round and its items (all or nothing); every item gets an empty aggregate."""
+    round_ = Round(
+        name=name, kind=kind, criterion=criterion or "", k=k, lease_ttl_seconds=lease_ttl_seconds,
+        no_majority_rule=no_majority_rule, gold_rate=gold_rate, gold_min_accuracy=gold_min_accuracy,
+        status=status, created_by=created_by,
+    )
+    try:
+        round_.full_clean()
+    except DjangoValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items()))
+        raise InvalidAnswer(f"{field}: {' '.join(messages)}", field=field) from exc
+    round_.save()
+    image_ids = {i for spec in items for i in spec.image_ids}
+    images = {}
+    for chunk in _chunks(sorted(image_ids), 10000):
+        images.update(Image.objects.only("id", "prompt_id").in_bulk(chunk))
+    prompts_with_questions: set[int] = set()
+    if kind == Round.Kind.ALIGNMENT:
+        prompts_with_questions = set(
+            AlignmentQuestion.objects.filter(prompt_id__in={s.prompt_id for s in items}).values_list("prompt_id", flat=True)
+        )
+    for index, spec in enumerate(items):
+        _item_spec_check(kind=kind, spec=spec, images=images, prompts_with_questions=prompts_with_questions, index=index)
+    for start in range(0, len(items), batch_size):
+        specs = items[start:start + batch_size]
+        created = Item.objects.bulk_create(
+            [Item(round=round_, prompt_id=s.prompt_id, is_gold=s.is_gold) for s in specs]
+        )
+        ItemImage.objects.bulk_create(
+            [
+                ItemImage(item=item, image_id=image_id, order=order)
+                for item, spec in zip(created, specs)
+                for order, image_id in enumerate(spec.image_ids)
+            ]
+        )
+        Aggregate.objects.bulk_create([Aggregate(item=item, round=round_) for item in created])
+        for item, spec in zip(created, specs):
+            if spec.is_gold:
+                item_gold_set(item=item, is_gold=True, gold_answer=spec.gold_answer)
+    return round_
+
+
+def _chunks(values: list, size: int):
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def item_gold_set(*, item: Item, is_gold: bool, gold_answer: dict | None = None) -> Item:
+    """Mark an item as gold with its known answer (validated like a submission), or unmark it."""
+    if is_gold:
+        if gold_answer is None:
+            raise InvalidAnswer("a gold item needs a gold_answer", field="gold_answer")
+        answer_parse(item=item, answer=gold_answer, field="gold_answer")
+    item.is_gold = is_gold
+    item.gold_answer = gold_answer if is_gold else None
+    item.save(update_fields=["is_gold", "gold_answer"])
+    return item
+
+
+# --- answers --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    outcome: str
+    winner_id: int | None = None
+    loser_id: int | None = None
+    answers: dict[int, bool] | None = None  # alignment: question id -> yes
+
+
+def _item_images(item: Item) -> list[Image]:
+    cached = getattr(item, "_ordered_images", None)
+    if cached is None:
+        cached = [ii.image for ii in item.item_images.select_related("image").order_by("order")]
+        item._ordered_images = cached
+    return cached
+
+
+def _item_questions(item: Item) -> list[AlignmentQuestion]:
+    cached = getattr(item, "_questions", None)
+    if cached is None:
+        cached = list(AlignmentQuestion.objects.filter(prompt_id=item.prompt_id).prefetch_related("parents").order_by("order"))
+        item._questions = cached
+    return cached
+
+
+def answer_parse(*, item: Item, answer, field: str = "answer") -> ParsedAnswer:
+    """Check an answer (submit format, image public ids) against its item and resolve the ids."""
+    if not isinstance(answer, dict):
+        raise InvalidAnswer("must be a JSON object", field=field)
+    kind = item.round.kind
+    if kind in (Round.Kind.PAIRWISE, Round.Kind.BEST_WORST):
+        by_public_id = {image.public_id: image for image in _item_images(item)}
+
+        def image_of(key: str) -> Image:
+            value = answer.get(key)
+            if value not in by_public_id:
+                raise InvalidAnswer(f"'{key}' must be one of this item's images", field=field)
+            return by_public_id[value]
+
+    if kind == Round.Kind.PAIRWISE:
+        outcome = answer.get("outcome")
+        if outcome == Judgment.Outcome.WIN:
+            winner = image_of("winner")
+            loser = next(image for image in by_public_id.values() if image.pk != winner.pk)
+            return ParsedAnswer(outcome=outcome, winner_id=winner.pk, loser_id=loser.pk)
+        if outcome == Judgment.Outcome.TIE:
+            return ParsedAnswer(outcome=outcome)
+        if outcome == Judgment.Outcome.CANNOT_COMPARE:
+            if item.round.criterion != Round.Criterion.VISUAL_APPEAL:
+                raise InvalidAnswer("'cannot_compare' is offered for visual_appeal items only", field=field)
+            return ParsedAnswer(outcome=outcome)
+        raise InvalidAnswer("'outcome' must be 'win', 'tie' or 'cannot_compare'", field=field)
+    if kind == Round.Kind.BEST_WORST:
+        best, worst = image_of("best"), image_of("worst")
+        if best.pk == worst.pk:
+            raise InvalidAnswer("'best' and 'worst' must be different images", field=field)
+        return ParsedAnswer(outcome=Judgment.Outcome.BEST_WORST, winner_id=best.pk, loser_id=worst.pk)
+    # alignment
+    entries = answer.get("answers")
+    if not isinstance(entries, list):
+        raise InvalidAnswer("'answers' must be a list of {question, answer}", field=field)
+    question_ids = {q.pk for q in _item_questions(item)}
+    parsed: dict[int, bool] = {}
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict) or entry.get("question") not in question_ids:
+            raise InvalidAnswer(f"answers[{n}]: 'question' must be one of this item's questions", field=field)
+        if entry.get("answer") not in ("yes", "no"):
+            raise InvalidAnswer(f"answers[{n}]: 'answer' must be 'yes' or 'no'", field=field)
+        if entry["question"] in parsed:
+            raise InvalidAnswer(f"answers[{n}]: question {entry['question']} is answered twice", field=field)
+        parsed[entry["question"]] = entry["answer"] == "yes"
+    missing = sorted(question_ids - parsed.keys())
+    if missing:
+        raise InvalidAnswer(f"questions {missing} have no answer", field=field)
+    return ParsedAnswer(outcome=Judgment.Outcome.ALIGNMENT, answers=parsed)
+
+
+def _gold_score(*, parsed: ParsedAnswer, gold: ParsedAnswer) -> float:
+    if parsed.outcome == Judgment.Outcome.ALIGNMENT:
+        agree = sum(parsed.answers[q] == gold.answers.get(q) for q in parsed.answers)
+        return agree / len(parsed.answers) if parsed.answers else 1.0
+    if parsed.outcome == Judgment.Outcome.BEST_WORST:
+        return ((parsed.winner_id == gold.winner_id) + (parsed.loser_id == gold.loser_id)) / 2
+    return float(parsed.outcome == gold.outcome and parsed.winner_id == gold.winner_id)
+
+
+# --- assignment -----------------------------------------------------------------------
+
+
+def _profile_lock(annotator) -> AnnotatorProfile:
+    """Lock the annotator's profile row: one assignment or submission per annotator at a time."""
+    AnnotatorProfile.objects.get_or_create(user=annotator)
+    return AnnotatorProfile.objects.select_for_update().get(user=annotator)
+
+
+def leases_reclaim(*, round_: Round, now: datetime | None = None, limit: int = 500) -> int:
+    """Turn a round's expired held leases back into free slots; returns how many were reclaimed.
+
+    Rows another transaction holds are skipped, not waited for, so this never deadlocks
+    with assignment or submission; a later call picks them up.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        expired = list(
+            Lease.objects.filter(round=round_, state=Lease.State.HELD, expires_at__lte=now)
+            .select_for_update(skip_locked=True).values_list("id", "item_id")[:limit]
+        )
+        if not expired:
+            return 0
+        locked_items = set(
+            Item.objects.filter(pk__in={item_id for _, item_id in expired})
+            .select_for_update(skip_locked=True).values_list("pk", flat=True)
+        )
+        reclaimable = [(lease_id, item_id) for lease_id, item_id in expired if item_id in locked_items]
+        Lease.objects.filter(pk__in=[lease_id for lease_id, _ in reclaimable], state=Lease.State.HELD).update(
+            state=Lease.State.EXPIRED
+        )
+        for item_id, n in Counter(item_id for _, item_id in reclaimable).items():
+            Item.objects.filter(pk=item_id).update(slots_taken=F("slots_taken") - n)
+        return len(reclaimable)
+
+
+def _lease_release(lease: Lease) -> None:
+    """Give a held lease's slot back (the caller holds the annotator's profile lock)."""
+    released = Lease.objects.filter(pk=lease.pk, state=Lease.State.HELD).update(state=Lease.State.EXPIRED)
+    if released:
+        Item.objects.filter(pk=lease.item_id).update(slots_taken=F("slots_taken") - 1)
+
+
+def _item_pick(*, round_: Round, annotator, gold: bool, skip_items: set[int]) -> Item | None:
+    """Lock the fullest item that still has a free slot and that this annotator does not hold or judged."""
+    mine = Lease.objects.filter(
+        item=OuterRef("pk"), annotator=annotator, state__in=[Lease.State.HELD, Lease.State.SUBMITTED]
+    )
+    candidates = Item.objects.filter(round=round_, is_gold=gold).exclude(Exists(mine))
+    if skip_items:
+        candidates = candidates.exclude(pk__in=skip_items)
+    if gold:
+        candidates = candidates.order_by("id")
+    else:
+        candidates = candidates.filter(slots_taken__lt=round_.k).order_by("-slots_taken", "id")
+    return candidates.select_for_update(skip_locked=True, of=("self",)).only("id", "round_id", "prompt_id", "is_gold").first()
+
+
+def item_next_for_annotator(
+    *, round_: Round, annotator, exclude: list | tuple = (), now: datetime | None = None,
+    rng: random.Random | None = None,
+) -> Lease | None:
+    """Lease the annotator's next item of the round, or return their current lease, or None.
+
+    Breadth-first: the item with the most judgments and held leases (below K) comes first.
+    A slot is taken by a conditional UPDATE (``slots_taken < K``) under the item's row lock
+    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serializes writers), so no item is ever
+    leased beyond K, whatever the interleaving.
+    """
+    now = now or timezone.now()
+    rng = rng or _system_random
+    if round_.status != Round.Status.OPEN:
+        raise NotFound(f"round {round_.pk} is not open")
+    leases_reclaim(round_=round_, now=now)
+    exclude = {str(lease_id) for lease_id in exclude}
+    with transaction.atomic():
+        _profile_lock(annotator)
+        held = list(
+            Lease.objects.filter(round=round_, annotator=annotator, state=Lease.State.HELD, expires_at__gt=now)
+            .order_by("leased_at", "id")
+        )
+        for lease in held:
+            if str(lease.pk) not in exclude:
+                return lease
+        max_leases = setting("ANNOTATION_MAX_LEASES")
+        released = held[: max(0, len(held) - max_leases + 1)]
+        for lease in released:
+            _lease_release(lease)
+        skip_items = {lease.item_id for lease in released}
+
+        want_gold = round_.gold_rate > 0 and rng.random() < round_.gold_rate
+        item = None
+        for gold in ([True, False] if want_gold else [False]):
+            for _attempt in range(5):
+                item = _item_pick(round_=round_, annotator=annotator, gold=gold, skip_items=skip_items)
+                if item is None:
+                    break
+                slots = Item.objects.filter(pk=item.pk)
+                if not gold:
+                    slots = slots.filter(slots_taken__lt=round_.k)
+                if slots.update(slots_taken=F("slots_taken") + 1):
+                    break
+                item = None  # filled up between the scan and the update: look again
+            if item is not None:
+                break
+        if item is None:
+            return None
+        item.round = round_
+        lease = Lease.objects.select_for_update().filter(item=item, annotator=annotator).first()
+        expires_at = now + timedelta(seconds=round_.lease_ttl_seconds)
+        if lease is None:
+            layout = [image.public_id for image in _item_images(item)]
+            rng.shuffle(layout)
+            lease = Lease.objects.create(
+                round=round_, item=item, annotator=annotator, layout=layout, leased_at=now, expires_at=expires_at
+            )
+        else:  # an expired lease of this annotator: same layout again
+            lease.state, lease.leased_at, lease.expires_at = Lease.State.HELD, now, expires_at
+            lease.save(update_fields=["state", "leased_at", "expires_at"])
+        return lease
+
+
+_system_random = random.SystemRandom()
+
+
+# --- submission and undo --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    judgment: Judgment
+    replayed: bool
+
+
+def _rate_limit_take(profile: AnnotatorProfile, now: datetime) -> None:
+    """Token bucket on the profile row (locked by the caller)."""
+    rate, burst = setting("ANNOTATION_SUBMIT_RATE"), setting("ANNOTATION_SUBMIT_BURST")
+    if rate <= 0:
+        return
+    tokens = burst if profile.submit_tokens_at is None else profile.submit_tokens
+    if profile.submit_tokens_at is not None:
+        tokens = min(burst, tokens + max(0.0, (now - profile.submit_tokens_at).total_seconds()) * rate)
+    if tokens < 1:
+        raise Throttled("too many submissions; slow down", retry_after=(1 - tokens) / rate)
+    profile.submit_tokens, profile.submit_tokens_at = tokens - 1, now
+    profile.save(update_fields=["submit_tokens", "submit_tokens_at"])
+
+
+def _replay(*, annotator, client_uuid) -> SubmitResult | None:
+    existing = Judgment.objects.filter(client_uuid=client_uuid).first()
+    if existing is None:
+        return None
+    if existing.annotator_id != annotator.pk:
+        raise InvalidAnswer("this client_uuid was already used", field="client_uuid")
+    return SubmitResult(judgment=existing, replayed=True)
+
+
+def judgment_submit(
+    *, annotator, lease_id, client_uuid, answer: dict, elapsed_ms: int, now: datetime | None = None,
+    enforce_rate_limit: bool = True,
+) -> SubmitResult:
+    """Store one judgment against the annotator's lease; a retry with the same client UUID is a no-op.
+
+    The answer is stored in image ids; the layout the annotator saw comes from the lease.
+    The item's aggregate is recomputed in the same transaction.
+    """
+    now = now or timezone.now()
+    if elapsed_ms is None or elapsed_ms < 0:
+        raise InvalidAnswer("must be a non-negative integer", field="elapsed_ms")
+    replay = _replay(annotator=annotator, client_uuid=client_uuid)
+    if replay:
+        return replay
+    try:
+        with transaction.atomic():
+            profile = _profile_lock(annotator)
+            replay = _replay(annotator=annotator, client_uuid=client_uuid)
+            if replay:
+                return replay
+            lease = (
+                Lease.objects.select_for_update(of=("self",)).select_related("item", "round")
+                .filter(pk=lease_id, annotator=annotator).first()
+            )
+            if lease is None:
+                raise NotFound("no such lease for this annotator")
+            if enforce_rate_limit:
+                _rate_limit_take(profile, now)
+            item, round_ = lease.item, lease.round
+            item.round = round_
+            if lease.state == Lease.State.SUBMITTED:
+                raise Conflict("this item is already judged by this annotator", code="already_judged")
+            parsed = answer_parse(item=item, answer=answer)
+            if lease.state == Lease.State.EXPIRED:
+                # The slot was reclaimed: take one again if the item still has room.
+                slots = Item.objects.filter(pk=item.pk)
+                if not item.is_gold:
+                    slots = slots.filter(slots_taken__lt=round_.k)
+                if not slots.update(slots_taken=F("slots_taken") + 1):
+                    raise Conflict("the lease expired and the item was given to others", code="lease_expired")
+            gold_score = None
+            if item.is_gold and item.gold_answer is not None:
+                gold_score = _gold_score(parsed=parsed, gold=answer_parse(item=item, answer=item.gold_answer))
+            judgment = Judgment.objects.create(
+                client_uuid=client_uuid, round=round_, item=item, annotator=annotator, lease=lease,
+                outcome=parsed.outcome, winner_id=parsed.winner_id, loser_id=parsed.loser_id, layout=lease.layout,
+                elapsed_ms=elapsed_ms, synthetic=profile.synthetic, gold_score=gold_score, created_at=now,
+            )
+            if parsed.answers is not None:
+                AlignmentAnswer.objects.bulk_create(
+                    [AlignmentAnswer(judgment=judgment, question_id=q, answer=a) for q, a in parsed.answers.items()]
+                )
+            lease.state = Lease.State.SUBMITTED
+            lease.save(update_fields=["state"])
+            item_aggregate(item=item)
+    except IntegrityError:
+        # A concurrent retry with the same UUID won the race, or a second judgment of the item.
+        replay = _replay(annotator=annotator, client_uuid=client_uuid)
+        if replay:
+            return replay
+        raise Conflict("this item is already judged by this annotator", code="already_judged") from None
+    return SubmitResult(judgment=judgment, replayed=False)
+
+
+def judgment_undo(*, annotator, client_uuid, now: datetime | None = None) -> Lease:
+    """Undo the annotator's latest judgment within the undo window; the item is leased back to them."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        _profile_lock(annotator)
+        judgment = (
+            Judgment.objects.select_for_update(of=("self",)).select_related("round", "item")
+            .filter(client_uuid=client_uuid, annotator=annotator).first()
+        )
+        if judgment is None:
+            raise NotFound("no such judgment for this annotator")
+        if judgment.undone_at is not None:
+            raise Conflict("this judgment is already undone", code="already_undone")
+        latest = Judgment.objects.filter(annotator=annotator, undone_at__isnull=True).order_by("-created_at", "-id").first()
+        if latest.pk != judgment.pk:
+            raise Conflict("only the latest judgment can be undone", code="not_latest")
+        if (now - judgment.created_at).total_seconds() > setting("ANNOTATION_UNDO_SECONDS"):
+            raise Conflict("the undo window has passed", code="undo_window_passed")
+        judgment.undone_at = now
+        judgment.save(update_fields=["undone_at"])
+        # The judgment's slot becomes the lease's slot again: slots_taken does not change.
+        lease = Lease.objects.select_for_update().get(item=judgment.item, annotator=annotator)
+        lease.state, lease.leased_at = Lease.State.HELD, now
+        lease.expires_at = now + timedelta(seconds=judgment.round.lease_ttl_seconds)
+        lease.save(update_fields=["state", "leased_at", "expires_at"])
+        judgment.item.round = judgment.round
+        item_aggregate(item=judgment.item)
+        return lease
+
+
+# --- aggregation ----------------------------------------------------------------------
+
+
+def gold_accuracy(*, round_: Round, annotator_ids=None) -> dict[int, tuple[float, int]]:
+    """Per annotator: (mean gold score, number of gold judgments) in the round."""
+    rows = Judgment.objects.filter(round=round_, undone_at__isnull=True, gold_score__isnull=False)
+    if annotator_ids is not None:
+        rows = rows.filter(annotator_id__in=annotator_ids)
+    return {
+        row["annotator_id"]: (row["accuracy"], row["n"])
+        for row in rows.values("annotator_id").annotate(accuracy=Avg("gold_score"), n=Count("id"))
+    }
+
+
+def annotators_excluded(*, round_: Round, annotator_ids=None) -> set[int]:
+    """Annotators whose gold accuracy is below the round's threshold (with at least one gold judgment)."""
+    if round_.gold_min_accuracy is None:
+        return set()
+    return {
+        annotator for annotator, (accuracy, _n) in gold_accuracy(round_=round_, annotator_ids=annotator_ids).items()
+        if accuracy < round_.gold_min_accuracy
+    }
+
+
+def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate:
+    """Recompute one item's majority result from its current judgments."""
+    round_ = item.round
+    aggregate, _ = Aggregate.objects.select_for_update().get_or_create(item=item, defaults={"round": round_})
+    judgments = list(
+        Judgment.objects.filter(item=item, undone_at__isnull=True).prefetch_related("answers")
+        .only("id", "annotator_id", "outcome", "winner_id", "loser_id", "synthetic")
+    )
+    if excluded is None:
+        excluded = annotators_excluded(round_=round_, annotator_ids=[j.annotator_id for j in judgments])
+    counted = [j for j in judgments if j.annotator_id not in excluded]
+    aggregate.n_judgments = len(judgments)
+    aggregate.n_excluded = len(judgments) - len(counted)
+    aggregate.complete = len(judgments) >= round_.k
+    aggregate.winner_id = aggregate.loser_id = aggregate.margin = aggregate.alignment_score = None
+    aggregate.no_majority = False
+    aggregate.question_results = {}
+    kind = round_.kind
+    if kind == Round.Kind.PAIRWISE:
+        image_a, image_b = [image.pk for image in _item_images(item)]
+        votes = []
+        for j in counted:
+            if j.outcome == Judgment.Outcome.WIN:
+                votes.append(majority.A if j.winner_id == image_a else majority.B)
+            else:
+                votes.append(majority.TIE if j.outcome == Judgment.Outcome.TIE else majority.REJECT)
+        result = majority.pairwise_majority(votes, k=round_.k, no_majority_rule=round_.no_majority_rule)
+        aggregate.counts = result.counts
+        aggregate.n_rejected = result.counts[majority.REJECT]
+        used = [j for j, v in zip(counted, votes) if v != majority.REJECT]
+        aggregate.no_majority = result.no_majority
+        if result.outcome is None:
+            aggregate.outcome = Aggregate.Outcome.PENDING
+        elif result.outcome == majority.TIE:
+            aggregate.outcome = Aggregate.Outcome.TIE
+        else:
+            aggregate.outcome = Aggregate.Outcome.WINNER
+            aggregate.winner_id, aggregate.loser_id = (
+                (image_a, image_b) if result.outcome == majority.A else (image_b, image_a)
+            )
+            aggregate.margin = result.margin
+    elif kind == Round.Kind.BEST_WORST:
+        images = [image.pk for image in _item_images(item)]
+        result = majority.best_worst_majority([(j.winner_id, j.loser_id) for j in counted], images=images)
+        public = {image.pk: image.public_id for image in _item_images(item)}
+        aggregate.counts = {
+            "best": {public[i]: n for i, n in result.best_counts.items()},
+            "worst": {public[i]: n for i, n in result.worst_counts.items()},
+        }
+        aggregate.n_rejected = 0
+        used = counted
+        if not counted:
+            aggregate.outcome = Aggregate.Outcome.PENDING
+        elif result.ambiguous:
+            aggregate.outcome = Aggregate.Outcome.AMBIGUOUS
+        else:
+            aggregate.outcome = Aggregate.Outcome.WINNER
+            aggregate.winner_id, aggregate.loser_id, aggregate.margin = result.winner, result.loser, result.margin
+    else:
+        questions = _item_questions(item)
+        parents = {q.pk: [p.pk for p in q.parents.all()] for q in questions}
+        answer_sets = [{a.question_id: a.answer for a in j.answers.all()} for j in counted]
+        result = majority.alignment_majority(answer_sets, questions=[q.pk for q in questions], parents=parents)
+        aggregate.counts = {"yes": {str(q): n for q, n in result.yes_counts.items()}, "votes": result.n_votes}
+        aggregate.question_results = {str(q): yes for q, yes in result.answers.items()}
+        aggregate.alignment_score = result.score
+        aggregate.n_rejected = 0
+        used = counted
+        aggregate.outcome = Aggregate.Outcome.ALIGNMENT if counted else Aggregate.Outcome.PENDING
+    aggregate.n_used = len(used)
+    aggregate.n_synthetic = sum(j.synthetic for j in used)
+    aggregate.save()
+    return aggregate
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    items: int
+    complete: int
+    pairs: int
+    ties: int
+    no_majority: int
+    ambiguous: int
+    judgments: int
+    synthetic_judgments: int
+    excluded_annotators: list[int]
+
+
+def round_aggregate(*, round_: Round) -> RoundSummary:
+    """Recompute every aggregate of the round (after gold changes, exclusions, or on demand)."""
+    excluded = annotators_excluded(round_=round_)
+    items = Item.objects.filter(round=round_).select_related("round").iterator(chunk_size=500)
+    for item in items:
+        with transaction.atomic():
+            item_aggregate(item=item, excluded=excluded)
+    return round_summary(round_=round_)
+
+
+def round_summary(*, round_: Round) -> RoundSummary:
+    rows = Aggregate.objects.filter(round=round_, item__is_gold=False)
+    complete = rows.filter(complete=True)
+    return RoundSummary(
+        items=rows.count(),
+        complete=complete.count(),
+        pairs=complete.filter(outcome=Aggregate.Outcome.WINNER).count(),
+        ties=complete.filter(outcome=Aggregate.Outcome.TIE).count(),
+        no_majority=complete.filter(no_majority=True).count(),
+        ambiguous=complete.filter(outcome=Aggregate.Outcome.AMBIGUOUS).count(),
+        judgments=Judgment.objects.filter(round=round_, undone_at__isnull=True).count(),
+        synthetic_judgments=complete.aggregate(n=Sum("n_synthetic"))["n"] or 0,
+        excluded_annotators=sorted(annotators_excluded(round_=round_)),
+    )

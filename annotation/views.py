@@ -1,7 +1,18 @@
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
 
+from annotation.models import Round
 from annotation.roles import is_annotator, is_researcher
+
+# One page per task kind: (URL name, template). The page asks the annotator API for tasks.
+TASK_PAGES = {
+    Round.Kind.PAIRWISE: ("annotate-pairwise", "annotation/pairwise.html"),
+    Round.Kind.BEST_WORST: ("annotate-best-worst", "annotation/best_worst.html"),
+    Round.Kind.ALIGNMENT: ("annotate-alignment", "annotation/alignment.html"),
+}
 
 
 @login_required
@@ -9,5 +20,36 @@ def home(request):
     return render(
         request,
         "home.html",
-        {"is_researcher": is_researcher(request.user), "is_annotator": is_annotator(request.user)},
+        {
+            "is_researcher": is_researcher(request.user),
+            "is_annotator": is_annotator(request.user),
+            "dashboard_config": {"progress": reverse("annotate-progress")},
+        },
     )
+
+
+@login_required
+def guidelines(request):
+    return render(request, "annotation/guidelines.html")
+
+
+@login_required
+def annotate(request, kind: str, round_id: int):
+    if not is_annotator(request.user):
+        raise PermissionDenied("Annotators only.")
+    round_kind = Round.objects.filter(pk=round_id, status=Round.Status.OPEN).values_list("kind", flat=True).first()
+    if round_kind is None:
+        raise Http404("No open round with this id.")
+    if round_kind != kind:
+        return redirect(TASK_PAGES[round_kind][0], round_id=round_id)
+    task_config = {
+        "round": round_id,
+        "kind": kind,
+        "urls": {
+            "next": reverse("annotate-next", kwargs={"round_id": round_id}),
+            "submit": reverse("annotate-submit"),
+            "undo": reverse("annotate-undo"),
+            "progress": reverse("annotate-progress"),
+        },
+    }
+    return render(request, TASK_PAGES[kind][1], {"task_config": task_config})

@@ -15,5 +15,6 @@ urlpatterns = [
         SpectacularSwaggerView.as_view(url_name="api-schema", permission_classes=[IsResearcher]),
         name="api-docs",
     ),
+    path("", include("annotation.api_urls")),
     path("", include("annotation.urls")),
 ]

@@ -1,0 +1,239 @@
+"""The annotation API: annotator endpoints (session auth) and researcher endpoints (token or session).
+
+Views parse and format; every decision is made in services and selectors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.decorators import action
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation import selectors, services
+from annotation.models import Aggregate, Item, Judgment, Round
+from annotation.permissions import IsAnnotator, IsResearcher
+from annotation.serializers import (
+    AggregateSerializer,
+    ErrorSerializer,
+    GoldSetSerializer,
+    NextRequestSerializer,
+    NextResponseSerializer,
+    ProgressSerializer,
+    ResearchItemSerializer,
+    ResearchJudgmentSerializer,
+    RoundSerializer,
+    SubmitRequestSerializer,
+    SubmitResponseSerializer,
+    UndoRequestSerializer,
+    UndoResponseSerializer,
+)
+
+
+def error_response(exc: services.AnnotationError) -> Response:
+    body = {"detail": exc.detail, "code": exc.code}
+    if isinstance(exc, services.InvalidAnswer):
+        body[exc.field] = [exc.detail]
+    response = Response(body, status=exc.status)
+    if isinstance(exc, services.Throttled):
+        response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
+
+
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="invalid field"),
+    403: OpenApiResponse(ErrorSerializer, description="not an annotator, or CSRF missing"),
+    404: OpenApiResponse(ErrorSerializer, description="not found"),
+    409: OpenApiResponse(ErrorSerializer, description="lease_expired / already_judged / undo refused"),
+    429: OpenApiResponse(ErrorSerializer, description="throttled; see Retry-After"),
+}
+
+
+class AnnotatorAPIView(APIView):
+    authentication_classes = [SessionAuthentication]
+    permission_classes = [IsAnnotator]
+
+
+class ProgressView(AnnotatorAPIView):
+    @extend_schema(responses=ProgressSerializer, tags=["annotate"])
+    def get(self, request):
+        return Response(ProgressSerializer(selectors.annotator_progress(annotator=request.user)).data)
+
+
+class NextView(AnnotatorAPIView):
+    @extend_schema(request=NextRequestSerializer, responses={200: NextResponseSerializer, **ERRORS}, tags=["annotate"])
+    def post(self, request, round_id: int):
+        params = NextRequestSerializer(data=request.data or {})
+        params.is_valid(raise_exception=True)
+        round_ = Round.objects.filter(pk=round_id, status=Round.Status.OPEN).first()
+        if round_ is None:
+            return Response({"detail": "no open round with this id", "code": "not_found"}, status=404)
+        try:
+            lease = services.item_next_for_annotator(
+                round_=round_, annotator=request.user, exclude=params.validated_data["exclude"]
+            )
+        except services.AnnotationError as exc:
+            return error_response(exc)
+        if lease is None:
+            return Response({"task": None, "reason": "no_items_left"})
+        return Response({"task": selectors.task_for_lease(lease)})
+
+
+class SubmitView(AnnotatorAPIView):
+    @extend_schema(
+        request=SubmitRequestSerializer, responses={201: SubmitResponseSerializer, 200: SubmitResponseSerializer, **ERRORS},
+        tags=["annotate"],
+    )
+    def post(self, request):
+        params = SubmitRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        try:
+            result = services.judgment_submit(
+                annotator=request.user, lease_id=data["lease"], client_uuid=data["client_uuid"],
+                answer=data["answer"], elapsed_ms=data["elapsed_ms"],
+            )
+        except services.AnnotationError as exc:
+            return error_response(exc)
+        body = {
+            "judgment": str(result.judgment.client_uuid),
+            "replayed": result.replayed,
+            "undo_until": selectors.undo_deadline(result.judgment),
+        }
+        return Response(SubmitResponseSerializer(body).data, status=200 if result.replayed else 201)
+
+
+class UndoView(AnnotatorAPIView):
+    @extend_schema(request=UndoRequestSerializer, responses={200: UndoResponseSerializer, **ERRORS}, tags=["annotate"])
+    def post(self, request):
+        params = UndoRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        try:
+            lease = services.judgment_undo(annotator=request.user, client_uuid=params.validated_data["judgment"])
+        except services.AnnotationError as exc:
+            return error_response(exc)
+        return Response({"undone": str(params.validated_data["judgment"]), "task": selectors.task_for_lease(lease)})
+
+
+# --- researcher endpoints -------------------------------------------------------------
+
+
+class ResearcherMixin:
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    permission_classes = [IsResearcher]
+
+
+class RoundViewSet(
+    ResearcherMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+    mixins.UpdateModelMixin, viewsets.GenericViewSet,
+):
+    queryset = Round.objects.all()
+    serializer_class = RoundSerializer
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def perform_create(self, serializer):
+        data = dict(serializer.validated_data)
+        specs = []
+        for n, spec in enumerate(data.pop("items", [])):
+            images = dict(
+                selectors.Image.objects.filter(public_id__in=spec["images"]).values_list("public_id", "id")
+            )
+            missing = [pid for pid in spec["images"] if pid not in images]
+            if missing:
+                raise services.InvalidAnswer(f"items[{n}]: unknown images {missing}", field="items")
+            specs.append(services.ItemSpec(
+                prompt_id=spec["prompt"], image_ids=tuple(images[pid] for pid in spec["images"]),
+                is_gold=spec["is_gold"], gold_answer=spec.get("gold_answer"),
+            ))
+        serializer.instance = services.round_create(items=specs, created_by=self.request.user, **data)
+
+    def create(self, request, *args, **kwargs):
+        try:
+            return super().create(request, *args, **kwargs)
+        except services.AnnotationError as exc:
+            return error_response(exc)
+
+    def _page(self, queryset, serializer_class):
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(serializer_class(page, many=True).data)
+
+    @extend_schema(responses=ResearchItemSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def items(self, request, pk=None):
+        round_ = self.get_object()
+        queryset = Item.objects.filter(round=round_).prefetch_related(
+            "item_images__image__model_version", "judgments"
+        ).order_by("id")
+        return self._page(queryset, ResearchItemSerializer)
+
+    @extend_schema(responses=ResearchJudgmentSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def judgments(self, request, pk=None):
+        round_ = self.get_object()
+        queryset = Judgment.objects.filter(round=round_).select_related("annotator", "winner", "loser").prefetch_related(
+            "answers"
+        ).order_by("id")
+        return self._page(queryset, ResearchJudgmentSerializer)
+
+    @extend_schema(responses=AggregateSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def aggregates(self, request, pk=None):
+        round_ = self.get_object()
+        queryset = Aggregate.objects.filter(round=round_).select_related("winner", "loser").order_by("item_id")
+        return self._page(queryset, AggregateSerializer)
+
+    @extend_schema(request=None, responses={200: dict})
+    @action(detail=True, methods=["post"])
+    def aggregate(self, request, pk=None):
+        return Response(asdict(services.round_aggregate(round_=self.get_object())))
+
+    @extend_schema(responses={200: dict})
+    @action(detail=True, methods=["get"])
+    def gold(self, request, pk=None):
+        round_ = self.get_object()
+        accuracy = services.gold_accuracy(round_=round_)
+        excluded = services.annotators_excluded(round_=round_)
+        users = {u.pk: u.username for u in selectors.annotators_by_id(accuracy.keys())}
+        return Response({
+            "threshold": round_.gold_min_accuracy,
+            "annotators": [
+                {"annotator": users[pk], "accuracy": acc, "gold_judgments": n, "excluded": pk in excluded}
+                for pk, (acc, n) in sorted(accuracy.items())
+            ],
+        })
+
+    @extend_schema(request=None, responses={200: dict})
+    @action(detail=True, methods=["post"])
+    def export(self, request, pk=None):
+        from annotation.exports import preferences_export
+
+        round_ = self.get_object()
+        try:
+            result = preferences_export(round_=round_)
+        except services.AnnotationError as exc:
+            return error_response(exc)
+        return Response(result.as_dict())
+
+
+class ItemViewSet(ResearcherMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    queryset = Item.objects.select_related("round").prefetch_related("item_images__image__model_version", "judgments")
+    serializer_class = ResearchItemSerializer
+
+    @extend_schema(request=GoldSetSerializer, responses=ResearchItemSerializer)
+    def partial_update(self, request, pk=None):
+        item = get_object_or_404(Item.objects.select_related("round"), pk=pk)
+        params = GoldSetSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        try:
+            services.item_gold_set(
+                item=item, is_gold=params.validated_data["is_gold"], gold_answer=params.validated_data.get("gold_answer")
+            )
+        except services.AnnotationError as exc:
+            return error_response(exc)
+        return Response(ResearchItemSerializer(self.get_queryset().get(pk=pk)).data, status=status.HTTP_200_OK)

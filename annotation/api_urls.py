@@ -1,0 +1,19 @@
+"""URLs of the annotation API and of the image files (included from config/urls.py)."""
+
+from django.urls import include, path, re_path
+from rest_framework.routers import SimpleRouter
+
+from annotation import api, image_views
+
+research = SimpleRouter()
+research.register("rounds", api.RoundViewSet, basename="research-round")
+research.register("items", api.ItemViewSet, basename="research-item")
+
+urlpatterns = [
+    path("api/annotate/progress/", api.ProgressView.as_view(), name="annotate-progress"),
+    path("api/annotate/rounds/<int:round_id>/next/", api.NextView.as_view(), name="annotate-next"),
+    path("api/annotate/submit/", api.SubmitView.as_view(), name="annotate-submit"),
+    path("api/annotate/undo/", api.UndoView.as_view(), name="annotate-undo"),
+    path("api/research/", include(research.urls)),
+    re_path(r"^img/(?P<public_id>[0-9a-f]{8,32})\.png$", image_views.image_file, name="annotation-image"),
+]

@@ -1,0 +1,164 @@
+"""Majority rules for K judgments per item, as pure functions of the votes.
+
+Nothing here touches the database: services collect the votes, call these functions and
+store the result, so the rules can be tested exhaustively on plain values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+# Pairwise votes are stated relative to the item's two images, `A` (its first image) and `B`.
+A, B, TIE, REJECT = "a", "b", "tie", "reject"
+PAIRWISE_VOTES = (A, B, TIE, REJECT)
+NO_MAJORITY_TIE, NO_MAJORITY_MEAN_SCORE = "tie", "mean_score"
+
+
+def majority_threshold(*, k: int, n_votes: int) -> int:
+    """Votes a label needs: more than half of K (3 of 5); more than half of the votes if more arrived."""
+    return max(k, n_votes) // 2 + 1
+
+
+@dataclass(frozen=True)
+class PairwiseResult:
+    outcome: str | None  # A, B, TIE, or None without a single valid vote
+    no_majority: bool
+    counts: dict[str, int]
+    margin: float | None  # (winner votes - loser votes) / valid votes, for an A or B outcome
+
+
+def pairwise_majority(votes: Iterable[str], *, k: int, no_majority_rule: str = NO_MAJORITY_TIE) -> PairwiseResult:
+    """A label with a majority of K wins; rejections ("cannot compare") do not vote.
+
+    Without a majority (2-2-1 with K = 5) the round's rule decides: ``tie``, or the sign of the
+    mean score with A = +1, B = -1, tie = 0 (a zero mean is a tie).
+    """
+    if no_majority_rule not in (NO_MAJORITY_TIE, NO_MAJORITY_MEAN_SCORE):
+        raise ValueError(f"no_majority_rule must be 'tie' or 'mean_score', not {no_majority_rule!r}")
+    counts = Counter({A: 0, B: 0, TIE: 0, REJECT: 0})
+    for vote in votes:
+        if vote not in counts:
+            raise ValueError(f"pairwise vote must be one of {PAIRWISE_VOTES}, not {vote!r}")
+        counts[vote] += 1
+    n_valid = counts[A] + counts[B] + counts[TIE]
+    counts_out = dict(counts)
+    if n_valid == 0:
+        return PairwiseResult(outcome=None, no_majority=False, counts=counts_out, margin=None)
+    threshold = majority_threshold(k=k, n_votes=n_valid)
+    winners = [label for label in (A, B, TIE) if counts[label] >= threshold]
+    if winners:
+        outcome, no_majority = winners[0], False
+    else:
+        no_majority = True
+        if no_majority_rule == NO_MAJORITY_TIE:
+            outcome = TIE
+        else:
+            score = counts[A] - counts[B]  # the sign of the mean is the sign of the sum
+            outcome = A if score > 0 else B if score < 0 else TIE
+    margin = None
+    if outcome in (A, B):
+        other = B if outcome == A else A
+        margin = (counts[outcome] - counts[other]) / n_valid
+    return PairwiseResult(outcome=outcome, no_majority=no_majority, counts=counts_out, margin=margin)
+
+
+@dataclass(frozen=True)
+class BestWorstResult:
+    winner: Hashable | None
+    loser: Hashable | None
+    ambiguous: bool  # votes exist but they name no single winner and loser
+    best_counts: dict = field(default_factory=dict)
+    worst_counts: dict = field(default_factory=dict)
+    margin: float | None = None  # (score(winner) - score(loser)) / (2 * votes), score = best - worst
+
+
+def _single(candidates: list, key) -> Hashable | None:
+    """The one candidate with the highest key, or None if the top is shared."""
+    ranked = sorted(candidates, key=key, reverse=True)
+    if len(ranked) > 1 and key(ranked[0]) == key(ranked[1]):
+        return None
+    return ranked[0]
+
+
+def best_worst_majority(votes: Sequence[tuple[Hashable, Hashable]], *, images: Sequence[Hashable]) -> BestWorstResult:
+    """Winner: most "best" votes; loser: most "worst" votes; ties broken by best-minus-worst.
+
+    An item whose tie-break still leaves two candidates, or whose winner is also its loser,
+    yields no pair (``ambiguous``).
+    """
+    best = {image: 0 for image in images}
+    worst = {image: 0 for image in images}
+    for vote_best, vote_worst in votes:
+        if vote_best not in best or vote_worst not in worst:
+            raise ValueError(f"vote ({vote_best!r}, {vote_worst!r}) names an image outside the item")
+        if vote_best == vote_worst:
+            raise ValueError(f"vote marks {vote_best!r} both best and worst")
+        best[vote_best] += 1
+        worst[vote_worst] += 1
+    if not votes:
+        return BestWorstResult(winner=None, loser=None, ambiguous=False, best_counts=best, worst_counts=worst)
+    score = {image: best[image] - worst[image] for image in images}
+    top_best = max(best.values())
+    top_worst = max(worst.values())
+    winner = _single([i for i in images if best[i] == top_best], key=lambda i: score[i])
+    loser = _single([i for i in images if worst[i] == top_worst], key=lambda i: -score[i])
+    if winner is None or loser is None or winner == loser:
+        return BestWorstResult(winner=None, loser=None, ambiguous=True, best_counts=best, worst_counts=worst)
+    margin = max(0.0, (score[winner] - score[loser]) / (2 * len(votes)))
+    return BestWorstResult(
+        winner=winner, loser=loser, ambiguous=False, best_counts=best, worst_counts=worst, margin=margin
+    )
+
+
+def dsg_apply(answers: Mapping[Hashable, bool], parents: Mapping[Hashable, Iterable[Hashable]]) -> dict[Hashable, bool]:
+    """The DSG rule on one set of answers: a question counts as "no" when any ancestor is "no"."""
+    resolved: dict[Hashable, bool] = {}
+
+    def effective(question, visiting: frozenset) -> bool:
+        if question in resolved:
+            return resolved[question]
+        value = bool(answers.get(question, False))
+        if value:
+            for parent in parents.get(question, ()):
+                if parent == question or parent in visiting:  # a cycle in bad data: ignore that edge
+                    continue
+                if parent in answers and not effective(parent, visiting | {question}):
+                    value = False
+                    break
+        resolved[question] = value
+        return value
+
+    return {question: effective(question, frozenset()) for question in answers}
+
+
+@dataclass(frozen=True)
+class AlignmentResult:
+    answers: dict  # question -> majority "yes" (after the DSG rule)
+    yes_counts: dict  # question -> "yes" votes after the DSG rule
+    n_votes: int
+    score: float | None  # share of questions with a majority "yes"
+
+
+def alignment_majority(
+    judgments: Sequence[Mapping[Hashable, bool]], *, questions: Sequence[Hashable],
+    parents: Mapping[Hashable, Iterable[Hashable]],
+) -> AlignmentResult:
+    """Majority yes/no per question, after applying the DSG rule to each judgment.
+
+    A question is "yes" when more than half of the judgments say yes; an even split is "no".
+    Because a child is "yes" in a judgment only where its parents are, a child's majority
+    "yes" implies its parents' majority "yes".
+    """
+    yes = {q: 0 for q in questions}
+    for answers in judgments:
+        missing = [q for q in questions if q not in answers]
+        if missing:
+            raise ValueError(f"judgment lacks answers for questions {missing}")
+        for q, value in dsg_apply({q: answers[q] for q in questions}, parents).items():
+            yes[q] += int(value)
+    n = len(judgments)
+    result = {q: yes[q] * 2 > n for q in questions} if n else {}
+    score = (sum(result.values()) / len(result)) if result else None
+    return AlignmentResult(answers=result, yes_counts=yes, n_votes=n, score=score)

@@ -1,0 +1,177 @@
+"""Request parsing and response shapes of the annotation API (see docs/annotation-api.md)."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from annotation.models import Aggregate, Item, Judgment, Round
+
+# --- annotator side -------------------------------------------------------------------
+
+
+class NextRequestSerializer(serializers.Serializer):
+    exclude = serializers.ListField(child=serializers.UUIDField(), required=False, default=list, max_length=20)
+
+
+class TaskImageSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    url = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+
+
+class TaskQuestionSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    text = serializers.CharField()
+    parents = serializers.ListField(child=serializers.IntegerField())
+
+
+class TaskSerializer(serializers.Serializer):
+    lease = serializers.UUIDField()
+    round = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=Round.Kind.choices)
+    criterion = serializers.ChoiceField(choices=Round.Criterion.choices, allow_null=True)
+    expires_at = serializers.DateTimeField()
+    prompt = serializers.CharField(allow_null=True)
+    images = TaskImageSerializer(many=True)
+    choices = serializers.ListField(child=serializers.CharField())
+    questions = TaskQuestionSerializer(many=True)
+
+
+class NextResponseSerializer(serializers.Serializer):
+    task = TaskSerializer(allow_null=True)
+    reason = serializers.CharField(required=False)
+
+
+class SubmitRequestSerializer(serializers.Serializer):
+    client_uuid = serializers.UUIDField()
+    lease = serializers.UUIDField()
+    elapsed_ms = serializers.IntegerField(min_value=0, max_value=24 * 3600 * 1000)
+    answer = serializers.JSONField(
+        help_text="pairwise {outcome, winner}; best_worst {best, worst}; alignment {answers: [{question, answer}]}"
+    )
+
+
+class SubmitResponseSerializer(serializers.Serializer):
+    judgment = serializers.UUIDField()
+    replayed = serializers.BooleanField()
+    undo_until = serializers.DateTimeField()
+
+
+class UndoRequestSerializer(serializers.Serializer):
+    judgment = serializers.UUIDField()
+
+
+class UndoResponseSerializer(serializers.Serializer):
+    undone = serializers.UUIDField()
+    task = TaskSerializer()
+
+
+class RoundProgressSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    criterion = serializers.CharField(allow_null=True)
+    items_total = serializers.IntegerField()
+    items_complete = serializers.IntegerField()
+    judged_by_me = serializers.IntegerField()
+    available_to_me = serializers.IntegerField()
+
+
+class ProgressSerializer(serializers.Serializer):
+    judged_total = serializers.IntegerField()
+    judged_today = serializers.IntegerField()
+    rounds = RoundProgressSerializer(many=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField()
+
+
+# --- researcher side ------------------------------------------------------------------
+
+
+class ItemSpecSerializer(serializers.Serializer):
+    prompt = serializers.IntegerField()
+    images = serializers.ListField(child=serializers.CharField(), help_text="Image public ids, canonical order.")
+    is_gold = serializers.BooleanField(default=False)
+    gold_answer = serializers.JSONField(required=False, allow_null=True)
+
+
+class RoundSerializer(serializers.ModelSerializer):
+    items = ItemSpecSerializer(many=True, write_only=True, required=False)
+    item_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Round
+        fields = [
+            "id", "name", "kind", "criterion", "k", "lease_ttl_seconds", "no_majority_rule", "gold_rate",
+            "gold_min_accuracy", "status", "created_at", "item_count", "items",
+        ]
+        read_only_fields = ["id", "created_at", "item_count"]
+
+    def get_item_count(self, obj) -> int:
+        return obj.items.count()
+
+    def get_fields(self):
+        fields = super().get_fields()
+        if self.instance is not None and not isinstance(self.instance, list):
+            # The kind and the items of an existing round are fixed.
+            for name in ("kind", "items"):
+                fields[name].read_only = True
+        return fields
+
+
+class ResearchItemSerializer(serializers.ModelSerializer):
+    images = serializers.SerializerMethodField()
+    judgments = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Item
+        fields = ["id", "round", "prompt", "is_gold", "gold_answer", "slots_taken", "images", "judgments"]
+        read_only_fields = ["id", "round", "prompt", "slots_taken", "images", "judgments"]
+
+    def get_images(self, obj) -> list[dict]:
+        return [
+            {"id": ii.image.public_id, "model": ii.image.model_version.name, "seed": ii.image.seed, "order": ii.order}
+            for ii in obj.item_images.all()
+        ]
+
+    def get_judgments(self, obj) -> int:
+        return sum(1 for j in obj.judgments.all() if j.undone_at is None)
+
+
+class GoldSetSerializer(serializers.Serializer):
+    is_gold = serializers.BooleanField()
+    gold_answer = serializers.JSONField(required=False, allow_null=True)
+
+
+class ResearchJudgmentSerializer(serializers.ModelSerializer):
+    annotator = serializers.CharField(source="annotator.username")
+    winner = serializers.CharField(source="winner.public_id", allow_null=True, default=None)
+    loser = serializers.CharField(source="loser.public_id", allow_null=True, default=None)
+    answers = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Judgment
+        fields = [
+            "client_uuid", "item", "annotator", "outcome", "winner", "loser", "answers", "layout", "elapsed_ms",
+            "synthetic", "gold_score", "created_at", "undone_at",
+        ]
+
+    def get_answers(self, obj) -> dict:
+        return {str(a.question_id): a.answer for a in obj.answers.all()}
+
+
+class AggregateSerializer(serializers.ModelSerializer):
+    winner = serializers.CharField(source="winner.public_id", allow_null=True, default=None)
+    loser = serializers.CharField(source="loser.public_id", allow_null=True, default=None)
+
+    class Meta:
+        model = Aggregate
+        fields = [
+            "item", "outcome", "winner", "loser", "margin", "no_majority", "counts", "question_results",
+            "alignment_score", "n_judgments", "n_used", "n_rejected", "n_excluded", "n_synthetic", "complete",
+            "updated_at",
+        ]

@@ -1,0 +1,266 @@
+"""The HTTP API: the contract in docs/annotation-api.md, blinding, roles, CSRF and rate limiting."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from django.middleware.csrf import _get_new_csrf_string
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+from annotation.models import Item, Judgment, Lease
+from tests.annotation.builders import alignment_round, annotators, best_worst_round, pairwise_round
+from tests.factories import ResearcherFactory
+
+pytestmark = pytest.mark.django_db
+
+SECRETS = ("base-model-secret", "pixel-dpo-secret", "bw-model-secret", "align-model-secret", "/models/", "images/")
+
+
+class Session:
+    """A browser-like client: CSRF checks on, token sent the way the UI sends it."""
+
+    def __init__(self, user):
+        self.client = Client(enforce_csrf_checks=True)
+        self.client.force_login(user)
+        self.token = _get_new_csrf_string()
+        self.client.cookies["csrftoken"] = self.token
+
+    def get(self, url):
+        return self.client.get(url)
+
+    def post(self, url, body=None, csrf=True):
+        headers = {"HTTP_X_CSRFTOKEN": self.token} if csrf else {}
+        return self.client.post(url, json.dumps(body or {}), content_type="application/json", **headers)
+
+    def next(self, round_, exclude=()):
+        return self.post(f"/api/annotate/rounds/{round_.pk}/next/", {"exclude": [str(e) for e in exclude]})
+
+    def submit(self, task, answer, client_uuid=None, elapsed_ms=1500):
+        return self.post("/api/annotate/submit/", {
+            "client_uuid": str(client_uuid or uuid.uuid4()), "lease": task["lease"], "elapsed_ms": elapsed_ms,
+            "answer": answer,
+        })
+
+
+def answer_of(task):
+    ids = [image["id"] for image in task["images"]]
+    if task["kind"] == "pairwise":
+        return {"outcome": "win", "winner": ids[0]}
+    if task["kind"] == "best_worst":
+        return {"best": ids[0], "worst": ids[-1]}
+    return {"answers": [{"question": q["id"], "answer": "yes"} for q in task["questions"]]}
+
+
+def assert_blind(payload):
+    text = json.dumps(payload)
+    for secret in SECRETS:
+        assert secret not in text
+    for key in ("model", "seed", "path", "file", "sha256", "gold", "counts", "votes"):
+        assert f'"{key}' not in text
+
+
+@pytest.mark.parametrize("make_round", [pairwise_round, best_worst_round, alignment_round])
+def test_next_submit_undo_progress_for_each_kind(make_round):
+    round_ = make_round(n_items=2)
+    (person,) = annotators(1)
+    session = Session(person)
+    response = session.next(round_)
+    assert response.status_code == 200
+    task = response.json()["task"]
+    assert set(task) == {"lease", "round", "kind", "criterion", "expires_at", "prompt", "images", "choices", "questions"}
+    assert_blind(response.json())
+    for image in task["images"]:
+        assert image["url"] == f"/img/{image['id']}.png"
+    if task["kind"] == "pairwise":
+        assert task["prompt"] is None and task["choices"] == ["left", "tie", "right"]
+    else:
+        assert task["prompt"]
+    if task["kind"] == "alignment":
+        assert [q["parents"] for q in task["questions"]] == [[], [task["questions"][0]["id"]]]
+
+    key = uuid.uuid4()
+    created = session.submit(task, answer_of(task), client_uuid=key)
+    assert created.status_code == 201, created.content
+    assert created.json()["judgment"] == str(key) and created.json()["replayed"] is False
+    retried = session.submit(task, answer_of(task), client_uuid=key)
+    assert (retried.status_code, retried.json()["replayed"]) == (200, True)
+    assert Judgment.objects.count() == 1
+
+    undone = session.post("/api/annotate/undo/", {"judgment": str(key)})
+    assert undone.status_code == 200
+    assert undone.json()["task"]["lease"] == task["lease"]
+    assert [i["id"] for i in undone.json()["task"]["images"]] == [i["id"] for i in task["images"]]
+
+    progress = session.get("/api/annotate/progress/").json()
+    assert progress["judged_total"] == 0
+    assert progress["rounds"][0]["id"] == round_.pk and progress["rounds"][0]["items_total"] == 2
+    assert_blind(progress)
+
+
+def test_appeal_items_offer_cannot_compare():
+    round_ = pairwise_round(n_items=1, criterion="visual_appeal")
+    task = Session(annotators(1)[0]).next(round_).json()["task"]
+    assert task["choices"] == ["left", "tie", "right", "cannot_compare"]
+
+
+def test_nothing_left_and_closed_round():
+    round_ = pairwise_round(n_items=1, k=1)
+    a, b = annotators(2)
+    Session(a).next(round_)
+    assert Session(b).next(round_).json() == {"task": None, "reason": "no_items_left"}
+    closed = pairwise_round(n_items=1, status="closed")
+    assert Session(b).next(closed).status_code == 404
+
+
+def test_errors_name_the_field_and_code():
+    round_ = pairwise_round(n_items=1)
+    session = Session(annotators(1)[0])
+    task = session.next(round_).json()["task"]
+    bad = session.submit(task, {"outcome": "win", "winner": "deadbeef"})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid" and "answer" in bad.json()
+    missing = session.post("/api/annotate/submit/", {"lease": task["lease"]})
+    assert missing.status_code == 400 and "client_uuid" in missing.json()
+    unknown = session.submit({"lease": str(uuid.uuid4())}, {"outcome": "tie"})
+    assert unknown.status_code == 404
+
+
+def test_annotators_never_see_other_annotators_votes():
+    round_ = pairwise_round(n_items=1, k=5)
+    first, second = annotators(2)
+    one = Session(first)
+    task = one.next(round_).json()["task"]
+    one.submit(task, answer_of(task))
+    two = Session(second)
+    responses = [two.next(round_).json(), two.get("/api/annotate/progress/").json()]
+    for payload in responses:
+        text = json.dumps(payload)
+        assert first.username not in text
+        assert str(Judgment.objects.get().client_uuid) not in text
+        assert_blind(payload)
+    assert responses[1]["rounds"][0]["judged_by_me"] == 0
+
+
+def test_csrf_is_enforced_on_session_posts():
+    round_ = pairwise_round(n_items=1)
+    session = Session(annotators(1)[0])
+    assert session.post(f"/api/annotate/rounds/{round_.pk}/next/", csrf=False).status_code == 403
+    task = session.next(round_).json()["task"]
+    response = session.post("/api/annotate/submit/", {
+        "client_uuid": str(uuid.uuid4()), "lease": task["lease"], "elapsed_ms": 1, "answer": answer_of(task),
+    }, csrf=False)
+    assert response.status_code == 403 and "CSRF" in response.json()["detail"]
+    assert not Judgment.objects.exists()
+
+
+def test_submissions_are_rate_limited(settings):
+    settings.ANNOTATION_SUBMIT_RATE = 0.01
+    settings.ANNOTATION_SUBMIT_BURST = 1.0
+    round_ = pairwise_round(n_items=3)
+    session = Session(annotators(1)[0])
+    first = session.next(round_).json()["task"]
+    assert session.submit(first, answer_of(first)).status_code == 201
+    second = session.next(round_).json()["task"]
+    throttled = session.submit(second, answer_of(second))
+    assert throttled.status_code == 429 and throttled.json()["code"] == "throttled"
+    assert int(throttled["Retry-After"]) >= 1
+    assert Judgment.objects.count() == 1
+
+
+def test_annotators_cannot_reach_researcher_endpoints_or_the_admin():
+    round_ = pairwise_round(n_items=1)
+    session = Session(annotators(1)[0])
+    for url in ("/api/research/rounds/", f"/api/research/rounds/{round_.pk}/judgments/",
+                f"/api/research/rounds/{round_.pk}/aggregates/", "/api/schema/"):
+        assert session.get(url).status_code == 403, url
+    assert session.post(f"/api/research/rounds/{round_.pk}/export/").status_code == 403
+    for url in ("/admin/", "/admin/annotation/judgment/"):
+        response = session.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    anonymous = Client()
+    assert anonymous.get("/api/annotate/progress/").status_code == 403
+    assert anonymous.get("/api/research/rounds/").status_code in (401, 403)
+
+
+def test_researcher_without_annotator_role_cannot_annotate():
+    round_ = pairwise_round(n_items=1)
+    assert Session(ResearcherFactory()).next(round_).status_code == 403
+
+
+class TestImages:
+    def test_annotator_sees_only_images_of_items_leased_to_them(self):
+        round_ = pairwise_round(n_items=2, k=5)
+        a, b = annotators(2)
+        session = Session(a)
+        task = session.next(round_).json()["task"]
+        response = session.get(task["images"][0]["url"])
+        assert response.status_code == 200
+        assert response["Content-Type"] == "image/png" and "private" in response["Cache-Control"]
+        assert b"".join(response.streaming_content).startswith(b"\x89PNG")
+        leased_item = Lease.objects.get(pk=task["lease"]).item_id
+        unleased = Item.objects.filter(round=round_).exclude(pk=leased_item).get().item_images.first().image.public_id
+        assert Session(b).get(f"/img/{unleased}.png").status_code == 404  # b holds no lease yet
+        assert session.get(f"/img/{unleased}.png").status_code == 404
+        assert session.get("/img/0123456789abcdef01234567.png").status_code == 404
+
+    def test_login_required_and_researchers_see_all(self):
+        round_ = pairwise_round(n_items=1)
+        public_id = Item.objects.get(round=round_).item_images.first().image.public_id
+        anonymous = Client().get(f"/img/{public_id}.png")
+        assert anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"]
+        assert Session(ResearcherFactory()).get(f"/img/{public_id}.png").status_code == 200
+
+
+class TestResearcherAPI:
+    def client(self):
+        researcher = ResearcherFactory()
+        token = Token.objects.create(user=researcher)
+        return Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+
+    def test_token_auth_lists_rounds_items_judgments_aggregates(self):
+        round_ = pairwise_round(n_items=2, k=1)
+        session = Session(annotators(1)[0])
+        task = session.next(round_).json()["task"]
+        session.submit(task, answer_of(task))
+        client = self.client()
+        assert client.get("/api/research/rounds/").json()["results"][0]["item_count"] == 2
+        items = client.get(f"/api/research/rounds/{round_.pk}/items/").json()["results"]
+        assert {image["model"] for image in items[0]["images"]} == {"base-model-secret", "pixel-dpo-secret"}
+        judgments = client.get(f"/api/research/rounds/{round_.pk}/judgments/").json()["results"]
+        assert judgments[0]["layout"] == [i["id"] for i in task["images"]]
+        aggregates = client.get(f"/api/research/rounds/{round_.pk}/aggregates/").json()["results"]
+        assert sorted(a["n_judgments"] for a in aggregates) == [0, 1]
+        summary = client.post(f"/api/research/rounds/{round_.pk}/aggregate/").json()
+        assert summary["complete"] == 1 and summary["pairs"] == 1
+
+    def test_create_round_with_items_and_mark_gold(self):
+        base = pairwise_round(n_items=1, name="source")
+        item = Item.objects.get(round=base)
+        ids = [ii.image.public_id for ii in item.item_images.order_by("order")]
+        client = self.client()
+        created = client.post("/api/research/rounds/", {
+            "name": "via api", "kind": "pairwise", "criterion": "visual_appeal", "k": 3,
+            "items": [{"prompt": item.prompt_id, "images": ids}],
+        }, content_type="application/json")
+        assert created.status_code == 201, created.content
+        new_item = Item.objects.get(round_id=created.json()["id"])
+        patched = client.patch(f"/api/research/items/{new_item.pk}/", {
+            "is_gold": True, "gold_answer": {"outcome": "win", "winner": ids[1]},
+        }, content_type="application/json")
+        assert patched.status_code == 200 and patched.json()["is_gold"] is True
+        bad = client.patch(f"/api/research/items/{new_item.pk}/", {
+            "is_gold": True, "gold_answer": {"outcome": "win", "winner": "nope"},
+        }, content_type="application/json")
+        assert bad.status_code == 400 and "gold_answer" in bad.json()
+        no_criterion = client.post("/api/research/rounds/", {"name": "x", "kind": "pairwise"}, content_type="application/json")
+        assert no_criterion.status_code == 400
+
+    def test_openapi_schema_lists_the_endpoints(self):
+        schema = self.client().get("/api/schema/?format=json")
+        assert schema.status_code == 200
+        paths = json.loads(schema.content)["paths"]
+        for path in ("/api/annotate/submit/", "/api/annotate/undo/", "/api/annotate/progress/",
+                     "/api/annotate/rounds/{round_id}/next/", "/api/research/rounds/{id}/export/"):
+            assert path in paths

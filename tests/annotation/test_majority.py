@@ -1,0 +1,197 @@
+"""Majority rules: hand-worked cases from the specification and properties over random votes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from annotation.majority import (
+    A,
+    B,
+    REJECT,
+    TIE,
+    alignment_majority,
+    best_worst_majority,
+    dsg_apply,
+    pairwise_majority,
+)
+
+votes5 = st.lists(st.sampled_from([A, B, TIE, REJECT]), min_size=0, max_size=5)
+
+
+class TestPairwise:
+    def test_three_of_five_wins(self):
+        result = pairwise_majority([A, A, A, B, B], k=5)
+        assert (result.outcome, result.no_majority) == (A, False)
+        assert result.margin == pytest.approx(1 / 5)
+
+    def test_tie_label_can_win(self):
+        assert pairwise_majority([TIE, TIE, TIE, A, B], k=5).outcome == TIE
+
+    def test_two_two_one_is_a_tie_by_default(self):
+        result = pairwise_majority([A, A, B, B, TIE], k=5)
+        assert (result.outcome, result.no_majority) == (TIE, True)
+
+    def test_two_two_one_under_mean_score_is_still_a_tie_when_balanced(self):
+        result = pairwise_majority([A, A, B, B, TIE], k=5, no_majority_rule="mean_score")
+        assert (result.outcome, result.no_majority) == (TIE, True)
+
+    def test_mean_score_rule_takes_the_sign(self):
+        # 2 A, 1 B, 2 tie: nobody has 3, the mean (2 - 1) / 5 is positive.
+        result = pairwise_majority([A, A, B, TIE, TIE], k=5, no_majority_rule="mean_score")
+        assert (result.outcome, result.no_majority) == (A, True)
+        assert pairwise_majority([A, A, B, TIE, TIE], k=5).outcome == TIE
+
+    def test_rejections_are_excluded(self):
+        # Two "cannot compare" leave 2 A and 1 B: no label has 3 of 5.
+        result = pairwise_majority([A, A, B, REJECT, REJECT], k=5)
+        assert (result.outcome, result.no_majority, result.counts[REJECT]) == (TIE, True, 2)
+        assert pairwise_majority([A, A, A, REJECT, REJECT], k=5).outcome == A
+
+    def test_all_rejected_has_no_outcome(self):
+        result = pairwise_majority([REJECT] * 5, k=5)
+        assert (result.outcome, result.no_majority) == (None, False)
+
+    def test_unknown_vote_and_rule_are_refused(self):
+        with pytest.raises(ValueError, match="pairwise vote"):
+            pairwise_majority(["left"], k=5)
+        with pytest.raises(ValueError, match="no_majority_rule"):
+            pairwise_majority([A], k=5, no_majority_rule="coin")
+
+    @given(votes5)
+    def test_a_label_with_three_votes_always_wins(self, votes):
+        result = pairwise_majority(votes, k=5)
+        for label in (A, B, TIE):
+            if votes.count(label) >= 3:
+                assert result.outcome == label and not result.no_majority
+
+    @given(votes5, st.sampled_from(["tie", "mean_score"]))
+    def test_swapping_the_images_swaps_the_outcome(self, votes, rule):
+        swap = {A: B, B: A, TIE: TIE, REJECT: REJECT, None: None}
+        assert pairwise_majority([swap[v] for v in votes], k=5, no_majority_rule=rule).outcome == swap[
+            pairwise_majority(votes, k=5, no_majority_rule=rule).outcome
+        ]
+
+    @given(votes5, st.randoms())
+    def test_order_of_votes_does_not_matter(self, votes, rnd):
+        shuffled = list(votes)
+        rnd.shuffle(shuffled)
+        assert pairwise_majority(shuffled, k=5) == pairwise_majority(votes, k=5)
+
+    @given(votes5)
+    def test_no_majority_exactly_when_no_label_reaches_three(self, votes):
+        valid = [v for v in votes if v != REJECT]
+        result = pairwise_majority(votes, k=5)
+        reached = any(valid.count(label) >= 3 for label in (A, B, TIE))
+        assert result.no_majority == (bool(valid) and not reached)
+
+
+IMAGES = ["i0", "i1", "i2", "i3", "i4"]
+bw_vote = st.permutations(IMAGES).map(lambda p: (p[0], p[1]))
+
+
+class TestBestWorst:
+    def test_clear_winner_and_loser(self):
+        votes = [("i0", "i4"), ("i0", "i4"), ("i0", "i3"), ("i1", "i4"), ("i2", "i4")]
+        result = best_worst_majority(votes, images=IMAGES)
+        assert (result.winner, result.loser, result.ambiguous) == ("i0", "i4", False)
+        # score(i0) = 3, score(i4) = -4: margin (3 + 4) / (2 * 5)
+        assert result.margin == pytest.approx(0.7)
+
+    def test_best_tie_broken_by_best_minus_worst(self):
+        # i0 and i1 each have 2 "best"; i1 was also marked worst once, so i0 wins.
+        votes = [("i0", "i4"), ("i0", "i4"), ("i1", "i4"), ("i1", "i3"), ("i2", "i1")]
+        result = best_worst_majority(votes, images=IMAGES)
+        assert (result.winner, result.loser) == ("i0", "i4")
+
+    def test_worst_tie_broken_by_best_minus_worst(self):
+        # i3 and i4 each have 2 "worst"; i3 was also marked best once, so i4 is the loser.
+        votes = [("i0", "i4"), ("i0", "i4"), ("i0", "i3"), ("i3", "i2"), ("i1", "i3")]
+        assert best_worst_majority(votes, images=IMAGES).loser == "i4"
+
+    def test_unresolved_tie_is_ambiguous(self):
+        votes = [("i0", "i4"), ("i1", "i4"), ("i0", "i3"), ("i1", "i3")]
+        result = best_worst_majority(votes, images=IMAGES)
+        assert (result.winner, result.loser, result.ambiguous) == (None, None, True)
+
+    def test_winner_that_is_also_loser_is_ambiguous(self):
+        votes = [("i0", "i1"), ("i0", "i2"), ("i1", "i0"), ("i2", "i0"), ("i3", "i4")]
+        # i0: 2 best, 2 worst; nobody else has 2 best -> winner i0; worst: i0 has 2, others <= 1.
+        assert best_worst_majority(votes, images=IMAGES).ambiguous
+
+    def test_vote_outside_item_is_refused(self):
+        with pytest.raises(ValueError, match="outside the item"):
+            best_worst_majority([("i9", "i0")], images=IMAGES)
+        with pytest.raises(ValueError, match="both best and worst"):
+            best_worst_majority([("i0", "i0")], images=IMAGES)
+
+    @given(st.lists(bw_vote, min_size=1, max_size=5))
+    def test_winner_has_most_best_votes_and_loser_most_worst(self, votes):
+        result = best_worst_majority(votes, images=IMAGES)
+        if result.ambiguous:
+            assert result.winner is None and result.loser is None
+            return
+        assert result.winner != result.loser
+        assert result.best_counts[result.winner] == max(result.best_counts.values())
+        assert result.worst_counts[result.loser] == max(result.worst_counts.values())
+        assert 0 <= result.margin <= 1
+
+    @given(st.lists(bw_vote, min_size=1, max_size=5), st.permutations(IMAGES))
+    def test_renaming_images_renames_the_result(self, votes, renamed):
+        mapping = dict(zip(IMAGES, renamed))
+        result = best_worst_majority(votes, images=IMAGES)
+        other = best_worst_majority([(mapping[b], mapping[w]) for b, w in votes], images=[mapping[i] for i in IMAGES])
+        assert other.ambiguous == result.ambiguous
+        if not result.ambiguous:
+            assert (other.winner, other.loser) == (mapping[result.winner], mapping[result.loser])
+
+
+# A small DSG: 1 -> 2 -> 3 and 1 -> 4 (2 and 4 depend on 1, 3 depends on 2).
+QUESTIONS = [1, 2, 3, 4]
+PARENTS = {2: [1], 3: [2], 4: [1]}
+answer_set = st.fixed_dictionaries({q: st.booleans() for q in QUESTIONS})
+
+
+class TestAlignment:
+    def test_child_counts_no_when_parent_is_no(self):
+        assert dsg_apply({1: False, 2: True, 3: True, 4: True}, PARENTS) == {1: False, 2: False, 3: False, 4: False}
+
+    def test_rule_is_transitive(self):
+        assert dsg_apply({1: True, 2: False, 3: True, 4: True}, PARENTS) == {1: True, 2: False, 3: False, 4: True}
+
+    def test_cycle_in_bad_data_terminates(self):
+        assert dsg_apply({1: True, 2: True}, {1: [2], 2: [1]}) == {1: True, 2: True}
+
+    def test_majority_per_question_after_the_rule(self):
+        judgments = [
+            {1: True, 2: True, 3: True, 4: False},
+            {1: True, 2: True, 3: True, 4: False},
+            {1: False, 2: True, 3: True, 4: True},  # parent "no": its "yes" to 2, 3, 4 count as "no"
+            {1: True, 2: False, 3: True, 4: True},
+            {1: True, 2: True, 3: False, 4: True},
+        ]
+        result = alignment_majority(judgments, questions=QUESTIONS, parents=PARENTS)
+        # raw "yes" to 3 is 4 of 5, but after the rule only 2 of 5.
+        assert result.yes_counts == {1: 4, 2: 3, 3: 2, 4: 2}
+        assert result.answers == {1: True, 2: True, 3: False, 4: False}
+        assert result.score == pytest.approx(0.5)
+
+    def test_missing_answer_is_refused(self):
+        with pytest.raises(ValueError, match="lacks answers"):
+            alignment_majority([{1: True}], questions=QUESTIONS, parents=PARENTS)
+
+    @given(st.lists(answer_set, min_size=1, max_size=5))
+    def test_majority_result_respects_the_dsg(self, judgments):
+        result = alignment_majority(judgments, questions=QUESTIONS, parents=PARENTS)
+        for child, parents in PARENTS.items():
+            if result.answers[child]:
+                assert all(result.answers[p] for p in parents)
+
+    @given(answer_set)
+    def test_rule_only_turns_yes_into_no(self, answers):
+        applied = dsg_apply(answers, PARENTS)
+        assert all(applied[q] <= answers[q] for q in QUESTIONS)
+        for child, parents in PARENTS.items():
+            if applied[child]:
+                assert all(applied[p] for p in parents)
