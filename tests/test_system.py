@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICE_VARS = ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DJANGO_ENV", "SECRET_KEY", "ALLOWED_HOSTS")
+SERVICE_VARS = ("DJANGO_ALLOW_ASYNC_UNSAFE", "DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DJANGO_ENV", "SECRET_KEY", "ALLOWED_HOSTS")
 
 
 def clean_env(**overrides) -> dict[str, str]:
