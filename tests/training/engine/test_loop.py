@@ -253,3 +253,11 @@ def test_v_prediction_unet_trains_with_x0_pixel_decoding(tiny_pipelines, sft_fol
     result = loop.train(cfg)
     base, trained = denoiser_weights(tiny_pipelines["unet_v"]), denoiser_weights(result.model_dir)
     assert any(not torch.equal(base[k], trained[k]) for k in base)
+
+
+def test_one_process_can_train_several_runs_with_different_precisions(tiny_pipelines, sft_folder, tmp_path):
+    # A long-lived GPU worker trains one run after another.
+    first = loop.train(make_config(tiny_pipelines, sft_folder, tmp_path / "bf16", mixed_precision="bf16",
+                                   max_train_steps=1))
+    second = loop.train(make_config(tiny_pipelines, sft_folder, tmp_path / "fp32", max_train_steps=1))
+    assert first.global_step == second.global_step == 1
