@@ -54,13 +54,40 @@ def has_lora(denoiser: torch.nn.Module) -> bool:
     return bool(getattr(denoiser, "_hf_peft_config_loaded", False))
 
 
-def merged_copy(denoiser: torch.nn.Module) -> torch.nn.Module:
-    """A CPU copy of ``denoiser`` with its LoRA adapters fused into the base weights and removed."""
-    merged = copy.deepcopy(denoiser).to("cpu")
-    if has_lora(merged):
-        merged.fuse_lora()
-        merged.unload_lora()
-    return merged
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def stored_dtype(folder: str | Path) -> torch.dtype:
+    """The floating dtype of a model folder's safetensors weights (float32 when unknown)."""
+    from safetensors import safe_open
+
+    for weights in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():
+                dtype = _SAFETENSORS_DTYPES.get(handle.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
+    return torch.float32
+
+
+def merged_copy(denoiser: torch.nn.Module, base_dir: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A CPU copy of ``denoiser`` in ``dtype``, with any LoRA adapter fused into the base weights.
+
+    With LoRA the base weights are re-read from ``base_dir`` in float32 and the trained adapter
+    fused into them there: training may have kept the frozen base in bf16, and fusing into that
+    would round every base weight.
+    """
+    if not has_lora(denoiser):
+        return copy.deepcopy(denoiser).to("cpu", dtype)
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    merged = type(denoiser).from_pretrained(base_dir, dtype=torch.float32)
+    merged.add_adapter(copy.deepcopy(denoiser.peft_config["default"]))
+    adapter_weights = {k: v.detach().to("cpu", torch.float32) for k, v in get_peft_model_state_dict(denoiser).items()}
+    set_peft_model_state_dict(merged, adapter_weights)
+    merged.fuse_lora()
+    merged.unload_lora()
+    return merged.to(dtype)
 
 
 def export_pipeline(base_model: str | Path, denoiser: torch.nn.Module, out_dir: str | Path) -> Path:
@@ -71,7 +98,9 @@ def export_pipeline(base_model: str | Path, denoiser: torch.nn.Module, out_dir: 
         os.rmdir(tmp)
         shutil.copytree(index.path, tmp, copy_function=_link_or_copy,
                         ignore=shutil.ignore_patterns(index.denoiser))
-        merged_copy(denoiser).save_pretrained(tmp / index.denoiser, safe_serialization=True)
+        # Keep the base pipeline's storage dtype so every component loads in the same dtype.
+        dtype = stored_dtype(index.path / index.denoiser)
+        merged_copy(denoiser, index.path / index.denoiser, dtype).save_pretrained(tmp / index.denoiser, safe_serialization=True)
     return out_dir
 
 

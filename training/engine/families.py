@@ -256,6 +256,10 @@ class SD3Adapter(FamilyAdapter):
     ``z_t = (1−σ) z + σ ε`` with σ from the scheduler's shifted schedule; the model predicts
     ``v = ε − z`` and ``ε̂ = z_t + (1−σ) v̂``. Text comes from two CLIP encoders (token features
     and pooled projections) and T5, via the pipeline's own ``encode_prompt``.
+
+    The latent term stays eq. 1 in ε-space for every family. For flow models
+    ``ε − ε̂ = (1−σ)(v − v̂)``, so ``‖ε − ε̂‖² = (1−σ)² ‖v − v̂‖²``: relative to the usual
+    flow-matching loss, each noise level is weighted by ``(1−σ)²``.
     """
 
     family = "flow"

@@ -404,7 +404,13 @@ def train(config: TrainConfig) -> TrainResult:
     from accelerate.utils import ProjectConfiguration
     from tqdm.auto import tqdm
 
+    from accelerate.state import AcceleratorState, GradientState
+
     output_dir = Path(config.output_dir)
+    # accelerate keeps its settings in process-wide singletons; a long-lived worker that trains
+    # several runs (say bf16, then fp32) needs them cleared. The process group is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     # A multi-process launch on a machine without GPUs trains on CPUs over gloo.
     cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(

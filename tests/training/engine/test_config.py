@@ -111,3 +111,13 @@ def test_config_module_does_not_import_torch():
     code = "import sys, training.engine.config, training.engine.pipeline_index; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[3] / "training" / "configs").glob("*.toml"))
+    assert len(configs) >= 3
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.pixel_objective != "none", path

@@ -82,7 +82,8 @@ def test_lora_dpo_exports_merged_and_adapter_only(tiny_pipelines, preference_man
     from diffusers import UNet2DConditionModel
 
     cfg = make_config(tiny_pipelines, preference_manifest, tmp_path, latent_objective="dpo", pixel_objective="dpo",
-                      use_lora=True, lora_rank=4, lora_alpha=4, export_lora_adapter=True, learning_rate=1e-2)
+                      use_lora=True, lora_rank=4, lora_alpha=4, export_lora_adapter=True, learning_rate=1e-2,
+                      mixed_precision="bf16")  # the frozen base trains in bf16; the export must not
     result = loop.train(cfg)
     records = [json.loads(line) for line in result.metrics_file.read_text().splitlines()]
     assert records[0]["latent_loss"] == pytest.approx(0.693147, abs=1e-5)  # adapters start at zero
@@ -235,3 +236,29 @@ def test_seeds_and_sharding_are_deterministic():
     assert not set(batches[0]) & set(other[0])  # processes see different examples in a step
     assert list(loop.ShardedBatchSampler(10, 2, 2, 1, seed=7, start=3, stop=6)) == batches[3:]
     assert loop.derive_seed(1, 2, 3) == loop.derive_seed(1, 2, 3) != loop.derive_seed(1, 2, 4)
+
+
+def test_cached_latents_train_exactly_like_encoding_each_step(tiny_pipelines, sft_folder, tmp_path):
+    plain = loop.train(make_config(tiny_pipelines, sft_folder, tmp_path / "plain", pixel_objective="sft",
+                                   max_train_steps=2))
+    cached = loop.train(make_config(tiny_pipelines, sft_folder, tmp_path / "cached", pixel_objective="sft",
+                                    max_train_steps=2, cache_latents=True))
+    assert list((cached.output_dir / "latent_cache").glob("*.safetensors"))
+    for a, b in zip(plain.metrics_file.read_text().splitlines(), cached.metrics_file.read_text().splitlines()):
+        assert json.loads(a)["loss"] == pytest.approx(json.loads(b)["loss"], rel=1e-5)
+
+
+def test_v_prediction_unet_trains_with_x0_pixel_decoding(tiny_pipelines, sft_folder, tmp_path):
+    cfg = make_config(tiny_pipelines, sft_folder, tmp_path, family="unet_v", pixel_objective="sft",
+                      pixel_decoding="x0", max_train_steps=2)
+    result = loop.train(cfg)
+    base, trained = denoiser_weights(tiny_pipelines["unet_v"]), denoiser_weights(result.model_dir)
+    assert any(not torch.equal(base[k], trained[k]) for k in base)
+
+
+def test_one_process_can_train_several_runs_with_different_precisions(tiny_pipelines, sft_folder, tmp_path):
+    # A long-lived GPU worker trains one run after another.
+    first = loop.train(make_config(tiny_pipelines, sft_folder, tmp_path / "bf16", mixed_precision="bf16",
+                                   max_train_steps=1))
+    second = loop.train(make_config(tiny_pipelines, sft_folder, tmp_path / "fp32", max_train_steps=1))
+    assert first.global_step == second.global_step == 1

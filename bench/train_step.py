@@ -1,0 +1,578 @@
+"""Benchmark one training step: latent-only against latent + pixel, for SFT and SimPO.
+
+A script that prints numbers, not a test. The step is the engine's own: the loop's
+``compute_loss`` on the U-Net family adapter, then backward, clipping and AdamW as in
+``loop.train``, on a cached-latent batch.
+
+The default preset is SD1.5's architecture (UNet, VAE, CLIP text encoder, and a TAESD-shaped
+AutoencoderTiny) with every channel count divided by 4, at 128 px (16×16 latents): the VAE
+decoder/UNet MAC ratio stays near SD1.5's at 512 px (3.4 vs 3.7) and a step takes about a
+second on 2 CPU cores. ``--preset sd15`` is the real SD1.5 shapes (random init, built in code)
+for a GPU at 512 px.
+
+Timing: every configuration and every floor part is run once per round, in a shuffled order,
+and the median over rounds is reported (wall clock, and on CPU also process CPU time), so the
+load of other processes on a shared machine falls evenly on all of them. The "floor" of a
+pixel configuration is its latent-only step plus the measured decoder forward without grad
+(the target) plus the decoder forward+backward (the prediction), on the same latents.
+
+Memory: the peak during a step above what is resident between steps (gradients, activations,
+temporaries; the AdamW state is excluded). On CPU each configuration runs again in a fresh
+process that reads the kernel's peak-RSS mark; on CUDA, ``max_memory_allocated``.
+
+    python bench/train_step.py                       # CPU, scaled-down SD1.5
+    python bench/train_step.py --device cuda --preset sd15 --resolution 512 --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SD15_UNET_CHANNELS = (320, 640, 1280, 1280)
+SD15_VAE_CHANNELS = (128, 256, 512, 512)
+SD15_TEXT_HIDDEN = 768
+TAESD_CHANNELS = 64
+
+
+def _dtypes():
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Setup:
+    objective: str  # "sft" or "simpo"
+    pixel: bool = False
+    pixel_crop: float = 1.0
+    pixel_decoder: str = "vae"  # "vae" or "tiny" (AutoencoderTiny)
+    vae_checkpointing: bool = False
+
+    @property
+    def name(self) -> str:
+        if not self.pixel:
+            return f"{self.objective} latent"
+        parts = [f"{self.objective} latent+pixel"]
+        if self.pixel_crop != 1.0:
+            parts.append(f"crop {self.pixel_crop:g}")
+        if self.pixel_decoder == "tiny":
+            parts.append("tiny decoder")
+        if self.vae_checkpointing:
+            parts.append("decoder ckpt")
+        return ", ".join(parts)
+
+
+SETUPS = [
+    Setup(objective, **variant)
+    for objective in ("sft", "simpo")
+    for variant in (
+        {},
+        {"pixel": True},
+        {"pixel": True, "pixel_crop": 0.5},
+        {"pixel": True, "pixel_decoder": "tiny"},
+        {"pixel": True, "vae_checkpointing": True},
+    )
+]
+
+
+# --------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class Models:
+    adapter: object  # training.engine.families.UNetAdapter around an in-memory StableDiffusionPipeline
+    tiny_decoder: object  # AutoencoderTiny, the cheaper pixel_decoder
+    text_hidden: int
+    
+
+def build_models(preset: str, resolution: int, channel_div: int, device, dtype) -> Models:
+    """SD1.5's UNet, VAE, CLIP text encoder and a TAESD-shaped AutoencoderTiny, random init.
+
+    ``preset="scaled"`` divides every channel count by ``channel_div``. The pipeline is built in
+    memory and wrapped in the engine's own U-Net adapter, so the step below is the engine's.
+    """
+    import torch
+    from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from training.engine.families import UNetAdapter
+    from training.engine.pipeline_index import PipelineIndex
+    from training.engine.tiny import tiny_clip_tokenizer
+
+    div = 1 if preset == "sd15" else channel_div
+    groups = 32 if div == 1 else max(1, 32 // div)
+    text_hidden = SD15_TEXT_HIDDEN // div
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=resolution // 8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=tuple(c // div for c in SD15_UNET_CHANNELS),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=text_hidden,
+            attention_head_dim=8,
+            norm_num_groups=groups,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=tuple(c // div for c in SD15_VAE_CHANNELS),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            norm_num_groups=groups,
+            sample_size=resolution,
+            scaling_factor=0.18215,
+        )
+        tiny_decoder = AutoencoderTiny(
+            encoder_block_out_channels=(TAESD_CHANNELS // div,) * 4,
+            decoder_block_out_channels=(TAESD_CHANNELS // div,) * 4,
+        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            hidden_size=text_hidden, intermediate_size=4 * text_hidden, num_hidden_layers=12,
+            num_attention_heads=max(1, 12 // div), max_position_embeddings=77, vocab_size=49408,
+            bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        ))
+    tokenizer = tiny_clip_tokenizer()  # generated locally; SD1.5's 77-token context
+    tokenizer.model_max_length = 77
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    index = PipelineIndex(path=Path("in-memory"), pipeline_class="StableDiffusionPipeline", family="unet",
+                          prediction_type="epsilon", scheduler_class="DDIMScheduler")
+    adapter = UNetAdapter(pipeline, index)
+    # As the loop does: frozen VAE, decoder and text encoder in the weight dtype; the denoiser trains.
+    for module in (vae, tiny_decoder, text_encoder):
+        module.requires_grad_(False).eval().to(device, dtype)
+    unet.requires_grad_(True).train()
+    return Models(adapter=adapter, tiny_decoder=tiny_decoder, text_hidden=text_hidden)
+
+
+def count_macs(models: Models, resolution: int, device) -> dict:
+    """Multiply-accumulates of one forward pass per sample (UNet, VAE decoder, tiny decoder)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def macs(fn) -> float:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            fn()
+        return counter.get_total_flops() / 2
+
+    adapter = models.adapter
+    h = resolution // 8
+    z = torch.randn(1, 4, h, h, device=device)
+    text = torch.randn(1, 77, models.text_hidden, device=device)
+    t = torch.tensor([500], device=device)
+    unet = adapter.denoiser
+    unet_dtype = next(unet.parameters()).dtype
+    return {
+        "unet_gmac": macs(lambda: unet(z.to(unet_dtype), t, text.to(unet_dtype))) / 1e9,
+        "decoder_gmac": macs(lambda: adapter.decode(z)) / 1e9,
+        "tiny_decoder_gmac": macs(lambda: adapter.decode(z, models.tiny_decoder)) / 1e9,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The step
+
+
+def make_config(setup: Setup, args, output_dir: Path):
+    from training.engine.config import TrainConfig
+
+    return TrainConfig(
+        pretrained_model="in-memory", output_dir=str(output_dir), train_data="in-memory",
+        resolution=args.resolution, train_batch_size=args.batch,
+        latent_objective=setup.objective, pixel_objective=setup.objective if setup.pixel else "none",
+        pixel_weight=2.0,  # the paper's weight for a U-Net; it does not change the cost
+        pixel_crop=setup.pixel_crop, pixel_decoder="in-memory" if setup.pixel_decoder == "tiny" else None,
+        vae_gradient_checkpointing=setup.vae_checkpointing,
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[args.dtype],
+        vae_fp32=args.dtype == "fp32",
+    )
+
+
+def make_batch(setup: Setup, args) -> dict:
+    """A cached-latent batch, as the loop gets it from ``data.cache_latents`` + ``data.collate_fn``."""
+    import torch
+
+    h = args.resolution // 8
+    captions = [f"a photograph of item {i} on a table" for i in range(args.batch)]
+    if setup.objective == "sft":
+        return {"latents": torch.randn(args.batch, 4, h, h), "caption": captions}
+    return {"latents_w": torch.randn(args.batch, 4, h, h), "latents_l": torch.randn(args.batch, 4, h, h),
+            "caption": captions, "margin": torch.ones(args.batch)}
+
+
+def set_decoder_checkpointing(setup: Setup, models: Models) -> None:
+    decoder = models.tiny_decoder if setup.pixel_decoder == "tiny" else models.adapter.vae
+    for module in (models.tiny_decoder, models.adapter.vae):
+        module.disable_gradient_checkpointing()
+    if setup.pixel and setup.vae_checkpointing:
+        decoder.enable_gradient_checkpointing()
+
+
+class Bench:
+    """The engine's models, accelerator and optimizer, prepared as ``loop.train`` prepares them."""
+
+    def __init__(self, args, models: Models, output_dir: Path):
+        from accelerate import Accelerator
+
+        from training.engine import loop
+
+        self.args, self.models, self.output_dir = args, models, output_dir
+        self.accelerator = Accelerator(
+            mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[args.dtype],
+            cpu=args.device == "cpu",
+        )
+        adapter = models.adapter
+        self.params = [p for p in adapter.denoiser.parameters() if p.requires_grad]
+        config = make_config(SETUPS[0], args, output_dir)
+        self.max_grad_norm = config.max_grad_norm
+        self.denoiser, self.optimizer = self.accelerator.prepare(
+            adapter.denoiser, loop._make_optimizer(config, self.params)
+        )
+        self.counter = 0
+
+    def step_fn(self, setup: Setup):
+        """One optimizer step exactly as ``training.engine.loop.train`` takes it.
+
+        ``loop.compute_loss`` (text encoding, shared noise and timestep, the adapter's ε̂, the
+        pixel crop, the chosen decoder, ``losses.combined_loss``), the finiteness check,
+        ``accelerator.backward``, gradient clipping and the AdamW step.
+        """
+        import torch
+
+        from training.engine import loop
+
+        models, accelerator = self.models, self.accelerator
+        config = make_config(setup, self.args, self.output_dir)
+        ctx = loop.LossContext(
+            adapter=models.adapter, config=config, device=accelerator.device,
+            decoder=models.tiny_decoder if setup.pixel_decoder == "tiny" else None,
+            autocast=accelerator.autocast,
+        )
+        batch = make_batch(setup, self.args)
+
+        def step():
+            set_decoder_checkpointing(setup, models)  # configurations share one VAE
+            self.counter += 1
+            generator = torch.Generator().manual_seed(loop.derive_seed(0, self.counter, 0))
+            loss, metrics = loop.compute_loss(ctx, self.denoiser, batch, generator)
+            loop._stop_if_not_finite(accelerator, loss, metrics, self.counter, None)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(self.params, self.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    def decoder_fns(self, setup: Setup):
+        """The floor's parts, through the engine's decode, on exactly the latents the pixel term decodes.
+
+        Returns (forward without grad: the target, forward+backward to the latents: the prediction).
+        """
+        import torch
+
+        models, args = self.models, self.args
+        adapter = models.adapter
+        samples = args.batch * (1 if setup.objective == "sft" else 2)
+        crop = max(1, round(args.resolution // 8 * setup.pixel_crop))
+        z = torch.randn(samples, 4, crop, crop, device=self.accelerator.device)
+        decoder = models.tiny_decoder if setup.pixel_decoder == "tiny" else None
+
+        def forward():
+            set_decoder_checkpointing(setup, models)
+            with torch.no_grad():
+                adapter.decode(z, decoder)
+
+        def forward_backward():
+            set_decoder_checkpointing(setup, models)
+            z_hat = z.detach().requires_grad_(True)
+            adapter.decode(z_hat, decoder).float().square().mean().backward()
+
+        return forward, forward_backward
+
+
+# --------------------------------------------------------------------------------------
+# Measuring
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss_bytes() -> int:
+    # VmHWM, unlike ru_maxrss, can be reset (see measure_memory).
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measure_times(setups: list[Setup], bench: Bench, args) -> dict[str, dict]:
+    """Median wall and CPU seconds per step, configurations interleaved round by round.
+
+    Interleaving (in a shuffled order each round) spreads the load of other processes on a
+    shared machine evenly over the configurations, so ratios between them stay meaningful.
+    """
+    import random
+
+    device = args.device
+    jobs = []  # (configuration name, part, callable)
+    for setup in setups:
+        jobs.append((setup.name, "step", bench.step_fn(setup)))
+        if setup.pixel:
+            forward, forward_backward = bench.decoder_fns(setup)
+            jobs.append((setup.name, "decoder_forward", forward))
+            jobs.append((setup.name, "decoder_forward_backward", forward_backward))
+    wall: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    order = random.Random(0)
+    for round_index in range(args.warmup + args.steps):
+        order.shuffle(jobs)
+        for name, part, fn in jobs:
+            synchronize(device)
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            synchronize(device)
+            if round_index >= args.warmup:
+                wall.setdefault((name, part), []).append(time.perf_counter() - start_wall)
+                cpu.setdefault((name, part), []).append(time.process_time() - start_cpu)
+        print(f"  round {round_index + 1}/{args.warmup + args.steps} done", file=sys.stderr, flush=True)
+    times: dict[str, dict] = {}
+    for (name, part), values in wall.items():
+        times.setdefault(name, {})[f"{part}_s"] = statistics.median(values)
+        times[name][f"{part}_cpu_s"] = statistics.median(cpu[(name, part)])
+    return times
+
+
+def measure_memory(setup: Setup, bench: Bench, args) -> float:
+    """Peak memory of a training step above what is resident between steps, in MiB.
+
+    One step first (it allocates the AdamW state), then the peak over two more steps above the
+    memory in use before them: gradients, activations and temporaries. On CPU, in a fresh
+    process: the kernel's peak-RSS mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
+    above the RSS before. On CUDA: ``max_memory_allocated`` above ``memory_allocated``.
+    """
+    import gc
+
+    import torch
+
+    step = bench.step_fn(setup)
+    step()
+    gc.collect()
+    if args.device.startswith("cuda"):
+        synchronize(args.device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for _ in range(2):
+            step()
+        synchronize(args.device)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS mark
+    base = rss_bytes()
+    for _ in range(2):
+        step()
+    return (peak_rss_bytes() - base) / 2**20
+
+
+# --------------------------------------------------------------------------------------
+# Report
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Add the latent step, overhead, ratio and floor to each pixel configuration's result."""
+    latent = {r["objective"]: r for r in results if not r["pixel"]}
+    full = {r["objective"]: r for r in results
+            if r["pixel"] and r["pixel_crop"] == 1.0 and r["pixel_decoder"] == "vae" and not r["vae_checkpointing"]}
+    for r in results:
+        base = latent.get(r["objective"])
+        if not r["pixel"] or base is None:
+            continue
+        for clock in ("", "_cpu"):
+            step, latent_step = r[f"step{clock}_s"], base[f"step{clock}_s"]
+            r[f"ratio_to_latent{clock}"] = step / latent_step
+            r[f"overhead{clock}_s"] = step - latent_step
+            floor = latent_step + r[f"decoder_forward{clock}_s"] + r[f"decoder_forward_backward{clock}_s"]
+            r[f"floor{clock}_s"] = floor
+            r[f"ratio_to_floor{clock}"] = step / floor
+            reference = full.get(r["objective"])
+            if reference is not None and reference is not r:
+                r[f"overhead_vs_full{clock}"] = r[f"overhead{clock}_s"] / (reference[f"step{clock}_s"] - latent_step)
+    return results
+
+
+def format_table(results: list[dict], clock: str) -> str:
+    unit = "CPU s" if clock == "_cpu" else "s"
+    lines = [
+        f"| configuration | step ({unit}) | ×latent | floor ({unit}) | ×floor | overhead ÷ full overhead "
+        "| peak mem (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "–"
+
+    for r in results:
+        lines.append(
+            f"| {r['setup']} | {r[f'step{clock}_s']:.3f} | {fmt(r.get(f'ratio_to_latent{clock}'), '.2f')} | "
+            f"{fmt(r.get(f'floor{clock}_s'), '.3f')} | {fmt(r.get(f'ratio_to_floor{clock}'), '.3f')} | "
+            f"{fmt(r.get(f'overhead_vs_full{clock}'), '.2f')} | {fmt(r.get('peak_mem_mb'), '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def format_targets(results: list[dict], clock: str) -> str:
+    lines = []
+    for r in results:
+        if r["pixel"] and r["pixel_crop"] == 1.0 and r["pixel_decoder"] == "vae" and not r["vae_checkpointing"]:
+            value = r[f"ratio_to_floor{clock}"]
+            lines.append(f"{r['setup']}: step / floor = {value:.3f} (target ≤ 1.15: {'met' if value <= 1.15 else 'NOT met'})")
+        if r["pixel"] and r["pixel_crop"] == 0.5 and f"overhead_vs_full{clock}" in r:
+            value = r[f"overhead_vs_full{clock}"]
+            lines.append(f"{r['setup']}: pixel overhead / full-image pixel overhead = {value:.3f} "
+                         f"(target ≤ 0.35: {'met' if value <= 0.35 else 'NOT met'})")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", choices=("scaled", "sd15"), default="scaled")
+    parser.add_argument("--channel-div", type=int, default=4, help="channel divisor of the scaled preset")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=2, help="images (SFT) or pairs (SimPO) per step")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--steps", type=int, default=7, help="timed rounds (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only configurations whose name contains one of these")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory runs")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--memory-worker", type=int, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def memory_in_subprocess(setup: Setup, argv: list[str]) -> float:
+    command = [sys.executable, __file__, *argv, "--memory-worker", str(SETUPS.index(setup))]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_worker_env())
+    if done.returncode != 0:
+        print(done.stderr, file=sys.stderr)
+        raise SystemExit(f"configuration '{setup.name}' failed (exit {done.returncode})")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _worker_env() -> dict:
+    # Passive OpenMP waiting: on a shared machine, spinning threads that lose their core to
+    # another process turn a 0.5 s step into a 10 s one.
+    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.device == "cpu" and os.environ.get("OMP_WAIT_POLICY") is None:
+        # OpenMP reads this at start-up, so re-run this process with it set.
+        os.execve(sys.executable, [sys.executable, __file__, *argv], _worker_env())
+    import tempfile
+
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("CUDA is not available on this machine: run this benchmark on a GPU box, "
+              "or use --device cpu.", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    models = build_models(args.preset, args.resolution, args.channel_div, device, _dtypes()[args.dtype])
+    with tempfile.TemporaryDirectory() as output_dir:
+        bench = Bench(args, models, Path(output_dir))
+        if args.memory_worker is not None:
+            print(measure_memory(SETUPS[args.memory_worker], bench, args))
+            return 0
+        return _run(args, argv, models, bench)
+
+
+def _run(args, argv, models: Models, bench: Bench) -> int:
+    import torch
+
+    setups = [s for s in SETUPS if args.only is None or any(key in s.name for key in args.only)]
+    macs = count_macs(models, args.resolution, bench.accelerator.device)
+    header = [
+        f"device {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else
+                                   f", {args.threads} threads, {os.cpu_count()} cores"),
+        f"preset {args.preset}" + ("" if args.preset == "sd15" else f" (SD1.5 channels / {args.channel_div})"),
+        f"{args.resolution} px, batch {args.batch} (SimPO: pairs), {args.dtype}",
+        f"median of {args.steps} interleaved rounds after {args.warmup} warm-up",
+        f"MACs per sample, forward: UNet {macs['unet_gmac']:.3f} G, VAE decoder {macs['decoder_gmac']:.3f} G "
+        f"(×{macs['decoder_gmac'] / macs['unet_gmac']:.2f}), tiny decoder {macs['tiny_decoder_gmac']:.3f} G",
+        f"load average before: {os.getloadavg()[0]:.2f}",
+    ]
+    for line in header:
+        print(f"# {line}", flush=True)
+
+    times = measure_times(setups, bench, args)
+    results = []
+    for setup in setups:
+        result = {"setup": setup.name, "objective": setup.objective, "pixel": setup.pixel,
+                  "pixel_crop": setup.pixel_crop, "pixel_decoder": setup.pixel_decoder,
+                  "vae_checkpointing": setup.vae_checkpointing, **times[setup.name]}
+        results.append(result)
+    load_after_timing = os.getloadavg()[0]
+    if not args.no_memory:
+        for result, setup in zip(results, setups):
+            if args.device.startswith("cuda"):
+                result["peak_mem_mb"] = measure_memory(setup, bench, args)
+            else:
+                result["peak_mem_mb"] = memory_in_subprocess(setup, argv)
+    summarize(results)
+    print(f"# load average after timing: {load_after_timing:.2f}")
+    print("\nWall clock:\n")
+    print(format_table(results, ""))
+    print()
+    print(format_targets(results, ""))
+    if args.device == "cpu":
+        print("\nProcess CPU time (all threads; less sensitive to other processes on the machine):\n")
+        print(format_table(results, "_cpu"))
+        print()
+        print(format_targets(results, "_cpu"))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"header": header, "macs": macs, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
