@@ -58,7 +58,7 @@ def fleiss_kappa(table: np.ndarray) -> float | None:
     table = _check_table(table)
     raters = _constant_raters(table)
     sums = _fleiss_contributions(table, raters).sum(axis=0)
-    value = _fleiss_from_sums(sums[None, :], table.shape[0], raters)[0]
+    value = _fleiss_from_sums(sums[None, :], raters)[0]
     return float(value) if np.isfinite(value) else None
 
 
@@ -125,7 +125,7 @@ def summarize_agreement(
         contributions = _fleiss_contributions(table, int(raters[0]))
         kappa, kappa_ci = _estimate_with_ci(
             contributions,
-            lambda sums: _fleiss_from_sums(sums, n_items, int(raters[0])),
+            lambda sums: _fleiss_from_sums(sums, int(raters[0])),
             bootstrap, confidence, "Fleiss' κ", messages,
         )
 
@@ -233,9 +233,11 @@ def _fleiss_contributions(table: np.ndarray, raters: int) -> np.ndarray:
     return np.hstack([agreeing, table])
 
 
-def _fleiss_from_sums(sums: np.ndarray, n_items: int, raters: int) -> np.ndarray:
-    observed = sums[:, 0] / (n_items * raters * (raters - 1))
-    shares = sums[:, 1:] / (n_items * raters)
+def _fleiss_from_sums(sums: np.ndarray, raters: int) -> np.ndarray:
+    # The category totals add up to items × raters, which also serves leave-one-out sums.
+    votes = sums[:, 1:].sum(axis=1, keepdims=True)
+    observed = sums[:, 0] / (votes[:, 0] * (raters - 1))
+    shares = sums[:, 1:] / votes
     expected = (shares**2).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (observed - expected) / (1 - expected)

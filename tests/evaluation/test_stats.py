@@ -365,3 +365,324 @@ def test_minimal_detectable_difference_by_hand():
     expected = (1.959963984540054 + 0.8416212335729143) * differences.std(ddof=1) / math.sqrt(6)
     assert minimal_detectable_difference(differences) == pytest.approx(expected)
     assert minimal_detectable_difference([0.3]) is None
+
+
+# --- text alignment ------------------------------------------------------------------------
+
+
+def question(question_id: str, yes: int, no: int, parents: tuple[str, ...] = ()) -> AlignmentQuestion:
+    return AlignmentQuestion(question_id, (True,) * yes + (False,) * no, parents)
+
+
+def test_question_majority_and_even_split():
+    assert question_majority([True, True, True, False, False])
+    assert not question_majority([True, True, False, False, False])
+    assert not question_majority([True, False])  # an even split has not shown a "yes"
+
+
+def test_dsg_rule_child_is_no_when_a_parent_is_no():
+    answers = {"cat": False, "cat_black": True, "dog": True, "dog_running": True}
+    parents = {"cat_black": ["cat"], "dog_running": ["dog"]}
+    assert apply_dsg_dependencies(answers, parents) == {
+        "cat": False, "cat_black": False, "dog": True, "dog_running": True,
+    }
+
+
+def test_dsg_rule_is_transitive_and_any_parent_counts():
+    answers = {"a": False, "b": True, "c": True, "d": True, "e": True}
+    # c depends on b which depends on a; e depends on d and c.
+    parents = {"b": ["a"], "c": ["b"], "e": ["d", "c"]}
+    resolved = apply_dsg_dependencies(answers, parents)
+    assert resolved == {"a": False, "b": False, "c": False, "d": True, "e": False}
+
+
+def test_dsg_rule_keeps_a_no_child_of_a_yes_parent():
+    assert apply_dsg_dependencies({"p": True, "c": False}, {"c": ["p"]}) == {"p": True, "c": False}
+
+
+def test_dsg_rule_rejects_cycles_and_unknown_parents():
+    with pytest.raises(ValueError, match="cycle"):
+        apply_dsg_dependencies({"a": True, "b": True}, {"a": ["b"], "b": ["a"]})
+    with pytest.raises(ValueError, match="unknown question 'ghost'"):
+        apply_dsg_dependencies({"a": True}, {"a": ["ghost"]})
+
+
+def test_alignment_rate_averages_per_prompt_then_over_prompts():
+    prompts = {
+        "p1": [question("q1", 5, 0), question("q2", 1, 4)],  # 1/2
+        "p2": [question("q1", 4, 1)],                        # 1/1
+        "p3": [question("q1", 0, 5), question("q2", 5, 0, ("q1",)), question("q3", 3, 2)],  # 1/3
+        "p4": [],
+    }
+    summary = summarize_alignment(prompts, bootstrap=PromptBootstrap(300))
+    assert summary.rate == pytest.approx((0.5 + 1.0 + 1 / 3) / 3)  # not the pooled 3/6
+    assert summary.n_prompts == 3 and summary.prompts_without_questions == 1
+    assert "1 prompt without alignment questions" in summary.message
+    assert prompt_alignment_scores(prompts)["p3"] == {"q1": False, "q2": False, "q3": True}
+
+
+def test_a_model_without_alignment_questions_gives_a_message():
+    summary = summarize_alignment({"p1": [], "p2": []})
+    assert summary.rate is None and summary.ci is None
+    assert "No prompt has alignment questions" in summary.message
+    comparison = compare_alignment({"p1": [question("q1", 5, 0)]}, {"p1": []})
+    assert comparison.difference is None and comparison.mcnemar_p is None
+    assert "cannot be compared" in comparison.message
+    assert_no_nan(as_dict(comparison))
+
+
+def simulated_alignment(seed: int, n_prompts: int, p_a: float, p_b: float):
+    rng = np.random.default_rng(seed)
+    model_a: dict[str, list[AlignmentQuestion]] = {}
+    model_b: dict[str, list[AlignmentQuestion]] = {}
+    for prompt in range(n_prompts):
+        # 1, 2 or 4 questions keep prompt scores dyadic, so sums over prompts are exact in floating
+        # point and bootstrap values that equal the estimate compare equal in scipy too.
+        n_questions = int(rng.choice([1, 2, 4]))
+        for model, p_yes in ((model_a, p_a), (model_b, p_b)):
+            model[f"p{prompt}"] = [
+                AlignmentQuestion(f"q{q}", tuple(bool(v) for v in rng.random(5) < p_yes),
+                                  ("q0",) if q > 0 else ())
+                for q in range(n_questions)
+            ]
+    return model_a, model_b
+
+
+def test_compare_alignment_matches_independent_mcnemar_and_paired_bootstrap():
+    model_a, model_b = simulated_alignment(seed=1, n_prompts=80, p_a=0.75, p_b=0.6)
+    comparison = compare_alignment(model_a, model_b, bootstrap=PromptBootstrap(2000, seed=4))
+    outcomes_a, outcomes_b = prompt_alignment_scores(model_a), prompt_alignment_scores(model_b)
+    table = np.zeros((2, 2), dtype=int)
+    scores_a, scores_b = [], []
+    for prompt in outcomes_a:
+        for q, answer_a in outcomes_a[prompt].items():
+            table[0 if answer_a else 1, 0 if outcomes_b[prompt][q] else 1] += 1
+        scores_a.append(np.mean(list(outcomes_a[prompt].values())))
+        scores_b.append(np.mean(list(outcomes_b[prompt].values())))
+    assert comparison.mcnemar_p == pytest.approx(mcnemar(table, exact=True).pvalue, rel=1e-12)
+    discordant = table[0, 1] + table[1, 0]
+    assert comparison.mcnemar_p == pytest.approx(stats.binomtest(table[0, 1], discordant).pvalue)
+    assert (comparison.a_only, comparison.b_only) == (table[0, 1], table[1, 0])
+    assert comparison.rate_a == pytest.approx(np.mean(scores_a))
+    assert comparison.difference == pytest.approx(np.mean(scores_a) - np.mean(scores_b))
+    expected = stats.bootstrap(
+        (np.array(scores_a), np.array(scores_b)), lambda a, b, axis: np.mean(a - b, axis=axis),
+        paired=True, n_resamples=2000, method="BCa", rng=np.random.default_rng(4),
+    ).confidence_interval
+    assert (comparison.difference_ci.low, comparison.difference_ci.high) == pytest.approx(
+        (expected.low, expected.high), abs=1e-9
+    )
+    assert comparison.minimal_detectable_difference == pytest.approx(
+        minimal_detectable_difference(np.array(scores_a) - np.array(scores_b))
+    )
+
+
+def test_within_margin_of_error_follows_the_difference_interval():
+    same_a, same_b = simulated_alignment(seed=2, n_prompts=60, p_a=0.7, p_b=0.7)
+    close = compare_alignment(same_a, same_b, bootstrap=PromptBootstrap(1000))
+    assert close.within_margin_of_error == close.difference_ci.contains(0.0)
+    apart_a, apart_b = simulated_alignment(seed=3, n_prompts=200, p_a=0.9, p_b=0.4)
+    apart = compare_alignment(apart_a, apart_b, bootstrap=PromptBootstrap(1000))
+    assert apart.difference_ci.low > 0 and apart.within_margin_of_error is False
+    assert apart.mcnemar_p < 1e-6
+
+
+# --- agreement -----------------------------------------------------------------------------
+
+# Fleiss (1971)-style example: 10 items, 14 raters, 5 categories; κ ≈ 0.210.
+FLEISS_TABLE = np.array([
+    [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+    [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
+])
+
+
+def test_fleiss_kappa_matches_statsmodels():
+    assert fleiss_kappa(FLEISS_TABLE) == pytest.approx(statsmodels_fleiss_kappa(FLEISS_TABLE), abs=1e-12)
+    assert round(fleiss_kappa(FLEISS_TABLE), 3) == 0.210
+    rng = np.random.default_rng(0)
+    votes = [list(rng.choice(["A", "tie", "B"], size=5, p=[0.5, 0.3, 0.2])) for _ in range(200)]
+    table = vote_table(votes, ["A", "tie", "B"])
+    assert fleiss_kappa(table) == pytest.approx(statsmodels_fleiss_kappa(table), abs=1e-12)
+
+
+def reliability_table(data: list[list[int | None]]) -> np.ndarray:
+    """Observers × units reliability data (None = missing) → units × categories counts."""
+    units = [[row[u] for row in data if row[u] is not None] for u in range(len(data[0]))]
+    categories = sorted({v for unit in units for v in unit})
+    return vote_table([[str(v) for v in unit] for unit in units], [str(c) for c in categories])
+
+
+def test_krippendorff_alpha_on_the_textbook_examples():
+    # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", §C: 4 observers,
+    # 12 units, missing data, nominal α = 0.743.
+    data = [
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, None, 3],
+        [None, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, None],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, None],
+    ]
+    assert round(krippendorff_alpha_nominal(reliability_table(data)), 3) == 0.743
+    # Same paper, §A: two observers, binary data. By hand: n = 20, n₀ = 14, n₁ = 6,
+    # o₀₀ + o₁₁ = 12, α = 1 − 19·(20 − 12)/(400 − 14² − 6²) = 1 − 152/168 = 0.0952.
+    binary = [[0, 1, 0, 0, 0, 0, 0, 0, 1, 0], [1, 1, 1, 0, 0, 1, 0, 0, 0, 0]]
+    assert krippendorff_alpha_nominal(reliability_table(binary)) == pytest.approx(1 - 152 / 168)
+
+
+def test_krippendorff_alpha_equals_fleiss_style_agreement_in_the_limit():
+    # With full data, α = 1 − (n−1)/n · (1 − κ)-type relation: α and κ differ only by the
+    # small-sample factor, so for 2000 items they agree to 3 decimals.
+    rng = np.random.default_rng(5)
+    truth = rng.choice(3, size=2000, p=[0.5, 0.3, 0.2])
+    votes = [[str(t if rng.random() < 0.7 else rng.integers(3)) for _ in range(5)] for t in truth]
+    table = vote_table(votes, ["0", "1", "2"])
+    assert krippendorff_alpha_nominal(table) == pytest.approx(fleiss_kappa(table), abs=2e-3)
+
+
+def test_agreement_bootstrap_interval_equals_scipy_bootstrap_over_items():
+    rng = np.random.default_rng(8)
+    truth = rng.choice(3, size=60, p=[0.5, 0.3, 0.2])
+    votes = [[str(t if rng.random() < 0.6 else rng.integers(3)) for _ in range(5)] for t in truth]
+    table = vote_table(votes, ["0", "1", "2"])
+    summary = summarize_agreement(table, bootstrap=PromptBootstrap(1500, seed=2))
+    expected = stats.bootstrap(
+        (np.arange(60),), lambda items: statsmodels_fleiss_kappa(table[items]),
+        vectorized=False, paired=False, n_resamples=1500, method="BCa",
+        rng=np.random.default_rng(2),
+    ).confidence_interval
+    assert summary.fleiss_kappa == pytest.approx(statsmodels_fleiss_kappa(table))
+    assert (summary.kappa_ci.low, summary.kappa_ci.high) == pytest.approx(
+        (expected.low, expected.high), abs=1e-9
+    )
+    assert summary.alpha_ci.low < summary.krippendorff_alpha < summary.alpha_ci.high
+
+
+def test_agreement_edge_cases_give_messages():
+    unanimous = vote_table([["A"] * 5] * 10, ["A", "tie", "B"])
+    summary = summarize_agreement(unanimous, bootstrap=PromptBootstrap(100))
+    assert summary.fleiss_kappa is None and "undefined" in summary.message
+    ragged = vote_table([["A", "A", "B"], ["A", "B"], ["B", "B", "B", "A"]], ["A", "tie", "B"])
+    summary = summarize_agreement(ragged, bootstrap=PromptBootstrap(100))
+    assert summary.fleiss_kappa is None and "different numbers of votes" in summary.message
+    assert summary.krippendorff_alpha is not None
+    assert_no_nan(as_dict(summary))
+
+
+def test_annotator_agreement_with_the_majority_of_the_others():
+    judgments = [
+        ("i1", "ann", "A"), ("i1", "bob", "A"), ("i1", "cat", "A"), ("i1", "dan", "B"),
+        ("i2", "ann", "B"), ("i2", "bob", "B"), ("i2", "cat", "tie"), ("i2", "dan", "B"),
+        ("i3", "ann", "A"), ("i3", "bob", "B"), ("i3", "cat", "tie"), ("i3", "dan", "tie"),
+    ]
+    scores = annotator_majority_agreement(judgments)
+    # ann: i1 others A,A,B → A ✓; i2 others B,tie,B → B ✓; i3 others B,tie,tie → tie ✗.
+    assert (scores["ann"].matches, scores["ann"].n) == (2, 3)
+    # dan: i1 others A,A,A → A ✗; i2 others B,B,tie → B ✓; i3 others A,B,tie → none.
+    assert (scores["dan"].matches, scores["dan"].n) == (1, 2)
+    low, high = proportion_confint(2, 3, method="wilson")
+    assert (scores["ann"].ci.low, scores["ann"].ci.high) == pytest.approx((low, high))
+    with pytest.raises(ValueError, match="voted twice on item 'i1'"):
+        annotator_majority_agreement([("i1", "ann", "A"), ("i1", "ann", "B")])
+
+
+def test_gold_accuracy_per_annotator():
+    judgments = [("g1", "ann", "A"), ("g2", "ann", "B"), ("x", "ann", "B"),
+                 ("g1", "bob", "B"), ("x", "cat", "A")]
+    scores = gold_accuracy(judgments, {"g1": "A", "g2": "tie"})
+    assert (scores["ann"].matches, scores["ann"].n, scores["ann"].rate) == (1, 2, 0.5)
+    assert (scores["bob"].matches, scores["bob"].n) == (0, 1)
+    assert scores["cat"].rate is None and scores["cat"].n == 0
+
+
+# --- Bradley–Terry -------------------------------------------------------------------------
+
+
+def simulated_pairs(strengths: dict[str, float], n: int, seed: int) -> list[PairCounts]:
+    rng = np.random.default_rng(seed)
+    names = list(strengths)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            p_a = 1 / (1 + math.exp(strengths[b] - strengths[a]))
+            tie = 0.3
+            wins, ties, losses = rng.multinomial(n, [(1 - tie) * p_a, tie, (1 - tie) * (1 - p_a)])
+            pairs.append(PairCounts(a, b, int(wins), int(ties), int(losses)))
+    return pairs
+
+
+def test_bradley_terry_recovers_the_order_of_simulated_strengths():
+    truth = {"base": -1.0, "sft": -0.3, "sft_pixel": 0.2, "dpo": 0.6, "dpo_pixel": 1.2}
+    board = bradley_terry(simulated_pairs(truth, 600, seed=0), n_resamples=500)
+    assert [entry.model for entry in board] == sorted(truth, key=truth.get, reverse=True)
+    for entry in board:
+        assert entry.ci.low < entry.strength < entry.ci.high
+
+
+def test_bradley_terry_matches_a_direct_likelihood_maximization():
+    pairs = simulated_pairs({"a": 0.0, "b": 0.5, "c": -0.4, "d": 0.9}, 80, seed=1)
+    models = ["a", "b", "c", "d"]
+    wins = np.zeros((4, 4))
+    for p in pairs:
+        i, j = models.index(p.model_a), models.index(p.model_b)
+        wins[i, j] += p.wins + 0.5 * p.ties + 0.5  # + half of the one virtual tie (prior = 1)
+        wins[j, i] += p.losses + 0.5 * p.ties + 0.5
+
+    def negative_log_likelihood(theta: np.ndarray) -> float:
+        diff = theta[:, None] - theta[None, :]
+        return float(np.sum(wins * np.logaddexp(0, -diff)))
+
+    fitted = optimize.minimize(negative_log_likelihood, np.zeros(4), method="BFGS", options={"gtol": 1e-10}).x
+    fitted -= fitted.mean()
+    board = {entry.model: entry.strength for entry in bradley_terry(pairs, n_resamples=50)}
+    assert [board[m] for m in models] == pytest.approx(list(fitted), abs=1e-5)
+
+
+def test_bradley_terry_keeps_a_model_that_never_wins_finite():
+    pairs = [PairCounts("good", "bad", 50, 0, 0), PairCounts("good", "mid", 30, 10, 10),
+             PairCounts("mid", "bad", 45, 5, 0)]
+    board = bradley_terry(pairs, n_resamples=300)
+    assert [entry.model for entry in board] == ["good", "mid", "bad"]
+    assert all(math.isfinite(e.strength) and math.isfinite(e.ci.low) for e in board)
+    with pytest.raises(ValueError, match="prior must be positive"):
+        bradley_terry_strengths(np.array([[0.0, 5.0], [0.0, 0.0]]), prior=0.0)
+
+
+def test_bradley_terry_rejects_disconnected_models():
+    with pytest.raises(ValueError, match="2 groups never compared"):
+        bradley_terry([PairCounts("a", "b", 3, 1, 2), PairCounts("c", "d", 4, 0, 1)])
+
+
+# --- the paper's table layout --------------------------------------------------------------
+
+
+def test_paper_table_rows_are_plain_json_with_holm_adjusted_p_values():
+    bootstrap = PromptBootstrap(300)
+    model_a, model_b = simulated_alignment(seed=6, n_prompts=40, p_a=0.8, p_b=0.7)
+    rows = [
+        ComparisonRow(
+            "sft_pixel", "sft",
+            summarize_pairwise(labels_from_counts(385, 159, 56), bootstrap=bootstrap),
+            summarize_pairwise(labels_from_counts(281, 231, 88), bootstrap=bootstrap),
+            compare_alignment(model_a, model_b, bootstrap=bootstrap),
+        ),
+        ComparisonRow(
+            "dpo", "base", summarize_pairwise(["tie"] * 10, bootstrap=bootstrap), None,
+            compare_alignment(model_a, {}, bootstrap=bootstrap),
+        ),
+    ]
+    table = paper_table_rows(rows)
+    json.dumps(table, allow_nan=False)
+    first = table[0]
+    assert (first["model_a"], first["model_b"]) == ("sft_pixel", "sft")
+    flaws = first["visual_flaws"]
+    assert (flaws["a_wins"]["count"], flaws["tie"]["count"], flaws["b_wins"]["count"]) == (385, 159, 56)
+    assert round(100 * flaws["a_wins"]["rate"], 1) == 64.2
+    assert flaws["a_wins"]["ci_low"] < flaws["a_wins"]["rate"] < flaws["a_wins"]["ci_high"]
+    raw = [first["visual_flaws"]["p_value"], first["visual_appeal"]["p_value"],
+           first["text_alignment"]["p_value"]]
+    expected = adjust_p_values(raw + [None, None, None])
+    assert [first["visual_flaws"]["p_adjusted"], first["visual_appeal"]["p_adjusted"],
+            first["text_alignment"]["p_adjusted"]] == pytest.approx(expected[:3])
+    second = table[1]
+    assert second["visual_appeal"] is None
+    assert second["visual_flaws"]["p_value"] is None and second["visual_flaws"]["p_adjusted"] is None
+    assert "cannot be compared" in second["text_alignment"]["message"]
