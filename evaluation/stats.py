@@ -18,7 +18,7 @@ No output holds NaN: a number that is undefined is ``None`` and ``message`` says
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from statsmodels.stats.proportion import multinomial_proportions_confint
 from evaluation.stats_agreement import (
     AgreementSummary,
     AnnotatorScore,
+    agreement_steps,
     annotator_majority_agreement,
     fleiss_kappa,
     gold_accuracy,
@@ -41,6 +42,7 @@ from evaluation.stats_alignment import (
     AlignmentComparison,
     AlignmentQuestion,
     AlignmentSummary,
+    alignment_comparison_steps,
     apply_dsg_dependencies,
     compare_alignment,
     prompt_alignment_scores,
@@ -51,8 +53,10 @@ from evaluation.stats_core import (
     BootstrapInterval,
     Interval,
     PromptBootstrap,
+    Steps,
     bootstrap_interval,
     minimal_detectable_difference,
+    run_with_bootstrap,
     wilson_interval,
 )
 from evaluation.stats_ranking import (
@@ -71,7 +75,9 @@ __all__ = [
     "BootstrapInterval",
     "BradleyTerryEntry",
     "CategoryIntervals",
+    "CRITERIA",
     "ComparisonRow",
+    "ComparisonVotes",
     "Interval",
     "LABELS",
     "MajorityReduction",
@@ -79,6 +85,8 @@ __all__ = [
     "PairwiseSummary",
     "PositionBias",
     "PromptBootstrap",
+    "ReportStatistics",
+    "Steps",
     "adjust_p_values",
     "annotator_majority_agreement",
     "apply_dsg_dependencies",
@@ -90,16 +98,19 @@ __all__ = [
     "gold_accuracy",
     "krippendorff_alpha_nominal",
     "minimal_detectable_difference",
+    "pairwise_steps",
     "paper_table_rows",
     "position_bias_test",
     "prompt_alignment_scores",
     "prompts_needed",
     "question_majority",
     "reduce_votes",
+    "run_with_bootstrap",
     "summarize_agreement",
     "summarize_alignment",
     "summarize_pairwise",
     "summarize_pairwise_votes",
+    "summarize_report",
     "vote_table",
     "wilson_interval",
 ]
@@ -225,10 +236,22 @@ def summarize_pairwise(
 
     ``no_majority`` is carried through for the report (``summarize_pairwise_votes`` fills it).
     """
+    bootstrap = bootstrap if bootstrap is not None else PromptBootstrap()
+    steps = pairwise_steps(labels, confidence, no_majority=no_majority, power=power)
+    return run_with_bootstrap([steps], bootstrap)[0]
+
+
+def pairwise_steps(
+    labels: Sequence[str],
+    confidence: float = 0.95,
+    *,
+    no_majority: int | None = None,
+    power: float = 0.8,
+) -> Steps[PairwiseSummary]:
+    """``summarize_pairwise`` as ``Steps``, so that a report can batch its bootstrap sums."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     _check_labels(labels, where="labels")
-    bootstrap = bootstrap if bootstrap is not None else PromptBootstrap()
     scores = np.fromiter((_SCORE[label] for label in labels), dtype=np.float64, count=len(labels))
     n = int(scores.size)
     wins = int(np.count_nonzero(scores > 0))
@@ -264,7 +287,8 @@ def summarize_pairwise(
         )
 
     net_win_rate = (wins - losses) / n
-    distribution = bootstrap.sums(scores) / n
+    (score_sums,) = yield [scores]
+    distribution = score_sums / n
     # Leave-one-prompt-out values of the mean, for the BCa acceleration.
     jackknife = (scores.sum() - scores) / (n - 1) if n > 1 else None
     net_win_ci = bootstrap_interval(net_win_rate, distribution, jackknife, confidence)
@@ -326,14 +350,18 @@ def summarize_pairwise_votes(
         reduction.labels, confidence, bootstrap=bootstrap, no_majority=reduction.no_majority,
         power=power,
     )
-    if reduction.no_majority:
-        note = (
-            f"{reduction.no_majority} prompt{'s' if reduction.no_majority != 1 else ''} had no "
-            f"majority and counted as {'a tie' if no_majority_rule == 'tie' else 'the sign of the mean vote'}."
-        )
-        message = f"{summary.message} {note}" if summary.message else note
-        summary = replace(summary, message=message)
-    return summary
+    return _with_no_majority_note(summary, reduction)
+
+
+def _with_no_majority_note(summary: PairwiseSummary, reduction: MajorityReduction) -> PairwiseSummary:
+    if not reduction.no_majority:
+        return summary
+    counted_as = "a tie" if reduction.rule == "tie" else "the sign of the mean vote"
+    note = (
+        f"{reduction.no_majority} prompt{'s' if reduction.no_majority != 1 else ''} had no "
+        f"majority and counted as {counted_as}."
+    )
+    return replace(summary, message=f"{summary.message} {note}" if summary.message else note)
 
 
 # --- multiple testing, position bias, power ------------------------------------------------
@@ -433,6 +461,8 @@ class ComparisonRow:
     visual_flaws: PairwiseSummary | None
     visual_appeal: PairwiseSummary | None
     text_alignment: AlignmentComparison | None
+    visual_flaws_agreement: AgreementSummary | None = None
+    visual_appeal_agreement: AgreementSummary | None = None
 
 
 def paper_table_rows(
@@ -442,7 +472,8 @@ def paper_table_rows(
 
     Columns: Model A | Model B | Visual Flaws: A wins / Tie / B wins | Visual Appeal: A wins /
     Tie / B wins | Text alignment: A / B. Rates are fractions in [0, 1] with their Wilson
-    intervals; each criterion carries its raw p-value and the p-value adjusted over the family
+    intervals (a cell is ``{"count", "rate", "ci_low", "ci_high"}``); agreement, where the row
+    has it, sits under each criterion; each criterion carries its raw p-value and the p-value adjusted over the family
     of every test in the table (all rows, all three criteria) with ``adjust_p_values``.
     Missing or undefined numbers are ``None``, never NaN.
     """
@@ -457,8 +488,12 @@ def paper_table_rows(
         table.append({
             "model_a": row.model_a,
             "model_b": row.model_b,
-            "visual_flaws": _pairwise_cells(row.visual_flaws, adjusted[3 * index]),
-            "visual_appeal": _pairwise_cells(row.visual_appeal, adjusted[3 * index + 1]),
+            "visual_flaws": _pairwise_cells(
+                row.visual_flaws, adjusted[3 * index], row.visual_flaws_agreement
+            ),
+            "visual_appeal": _pairwise_cells(
+                row.visual_appeal, adjusted[3 * index + 1], row.visual_appeal_agreement
+            ),
             "text_alignment": _alignment_cells(row.text_alignment, adjusted[3 * index + 2]),
             "p_adjust": p_adjust,
         })
@@ -474,7 +509,11 @@ def _rate_cell(rate: float | None, interval: Interval | None, count: int | None)
     }
 
 
-def _pairwise_cells(summary: PairwiseSummary | None, p_adjusted: float | None) -> dict[str, Any] | None:
+def _pairwise_cells(
+    summary: PairwiseSummary | None,
+    p_adjusted: float | None,
+    agreement: AgreementSummary | None,
+) -> dict[str, Any] | None:
     if summary is None:
         return None
     wilson = summary.wilson
@@ -490,6 +529,12 @@ def _pairwise_cells(summary: PairwiseSummary | None, p_adjusted: float | None) -
         "prompts_needed": summary.prompts_needed,
         "no_majority": summary.no_majority,
         "message": summary.message,
+        "agreement": None if agreement is None else {
+            "fleiss_kappa": _rate_cell(agreement.fleiss_kappa, agreement.kappa_ci, None),
+            "krippendorff_alpha": _rate_cell(agreement.krippendorff_alpha, agreement.alpha_ci, None),
+            "n_votes": agreement.n_votes,
+            "message": agreement.message,
+        },
     }
 
 
@@ -509,6 +554,130 @@ def _alignment_cells(
         "minimal_detectable_difference": comparison.minimal_detectable_difference,
         "message": comparison.message,
     }
+
+
+# --- a whole report ------------------------------------------------------------------------
+
+CRITERIA: tuple[str, str] = ("visual_flaws", "visual_appeal")
+
+
+@dataclass(frozen=True)
+class ComparisonVotes:
+    """The raw judgments of one comparison: per-prompt vote lists and alignment questions."""
+
+    model_a: str
+    model_b: str
+    visual_flaws: Sequence[Sequence[str]] | None = None
+    visual_appeal: Sequence[Sequence[str]] | None = None
+    alignment_a: Mapping[str, Sequence[AlignmentQuestion]] | None = None
+    alignment_b: Mapping[str, Sequence[AlignmentQuestion]] | None = None
+
+
+@dataclass(frozen=True)
+class ReportStatistics:
+    """Every number of an evaluation report.
+
+    ``rows`` hold each comparison's summaries and agreement, ``table`` the paper's layout
+    (``paper_table_rows``), ``leaderboards`` a Bradley–Terry leaderboard per criterion when at
+    least three models are compared, and ``messages`` anything that could not be computed.
+    """
+
+    rows: tuple[ComparisonRow, ...]
+    table: list[dict[str, Any]]
+    leaderboards: dict[str, list[BradleyTerryEntry]]
+    messages: tuple[str, ...]
+
+
+def summarize_report(
+    comparisons: Sequence[ComparisonVotes],
+    confidence: float = 0.95,
+    *,
+    n_resamples: int = 10_000,
+    seed: int | None = 0,
+    no_majority_rule: NoMajorityRule = "tie",
+    p_adjust: Literal["holm", "fdr_bh"] = "holm",
+    power: float = 0.8,
+) -> ReportStatistics:
+    """All statistics of a report, from raw votes, with one shared prompt bootstrap.
+
+    Per comparison and criterion: ``reduce_votes`` then ``summarize_pairwise`` and
+    ``summarize_agreement``; per comparison: ``compare_alignment``; then ``paper_table_rows``
+    (p-values adjusted over the whole table) and ``bradley_terry`` per criterion. The same
+    numbers as calling those functions one by one with a ``PromptBootstrap(n_resamples, seed)``,
+    but every bootstrap sum of the report is one matrix product per number of prompts.
+    """
+    bootstrap = PromptBootstrap(n_resamples=n_resamples, seed=seed)
+    steps: list[Steps[Any]] = []
+    slots: list[tuple[int, str]] = []
+    reductions: dict[tuple[int, str], MajorityReduction] = {}
+    outcomes: dict[int, dict[str, dict[str, bool]]] = {}
+
+    def alignment_outcomes(prompts: Mapping[str, Sequence[AlignmentQuestion]]) -> dict[str, dict[str, bool]]:
+        # A model's questions usually appear in several comparisons; resolve them once.
+        if id(prompts) not in outcomes:
+            outcomes[id(prompts)] = prompt_alignment_scores(prompts)
+        return outcomes[id(prompts)]
+
+    for index, comparison in enumerate(comparisons):
+        for criterion in CRITERIA:
+            votes = getattr(comparison, criterion)
+            if votes is None:
+                continue
+            try:
+                reduction = reduce_votes(votes, no_majority_rule=no_majority_rule)
+            except (TypeError, ValueError) as error:
+                raise ValueError(
+                    f"{comparison.model_a} vs {comparison.model_b}, {criterion}: {error}"
+                ) from None
+            reductions[(index, criterion)] = reduction
+            steps.append(pairwise_steps(
+                reduction.labels, confidence, no_majority=reduction.no_majority, power=power
+            ))
+            slots.append((index, criterion))
+            steps.append(agreement_steps(vote_table(votes, LABELS), confidence))
+            slots.append((index, f"{criterion}_agreement"))
+        if comparison.alignment_a is not None and comparison.alignment_b is not None:
+            steps.append(alignment_comparison_steps(
+                alignment_outcomes(comparison.alignment_a),
+                alignment_outcomes(comparison.alignment_b),
+                confidence, power=power,
+            ))
+            slots.append((index, "text_alignment"))
+
+    fields: list[dict[str, Any]] = [{} for _ in comparisons]
+    for (index, name), result in zip(slots, run_with_bootstrap(steps, bootstrap)):
+        if name in CRITERIA:
+            result = _with_no_majority_note(result, reductions[(index, name)])
+        fields[index][name] = result
+    rows = tuple(
+        ComparisonRow(
+            model_a=comparison.model_a, model_b=comparison.model_b,
+            visual_flaws=row.get("visual_flaws"), visual_appeal=row.get("visual_appeal"),
+            text_alignment=row.get("text_alignment"),
+            visual_flaws_agreement=row.get("visual_flaws_agreement"),
+            visual_appeal_agreement=row.get("visual_appeal_agreement"),
+        )
+        for comparison, row in zip(comparisons, fields)
+    )
+
+    leaderboards: dict[str, list[BradleyTerryEntry]] = {}
+    messages: list[str] = []
+    for criterion in CRITERIA:
+        pairs = [
+            PairCounts(row.model_a, row.model_b, summary.wins, summary.ties, summary.losses)
+            for row in rows
+            if (summary := getattr(row, criterion)) is not None and summary.n > 0
+        ]
+        models = {p.model_a for p in pairs} | {p.model_b for p in pairs}
+        if len(models) < 3:
+            continue
+        try:
+            leaderboards[criterion] = bradley_terry(
+                pairs, confidence, n_resamples=n_resamples, seed=seed
+            )
+        except ValueError as error:
+            messages.append(f"{criterion}: no leaderboard: {error}")
+    return ReportStatistics(rows, paper_table_rows(rows, p_adjust=p_adjust), leaderboards, tuple(messages))
 
 
 # --- helpers -------------------------------------------------------------------------------

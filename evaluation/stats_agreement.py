@@ -9,7 +9,7 @@ re-exported from ``evaluation.stats``.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +18,16 @@ from evaluation.stats_core import (
     BootstrapInterval,
     Interval,
     PromptBootstrap,
+    Steps,
     bootstrap_interval,
+    run_with_bootstrap,
     wilson_interval,
 )
 
 __all__ = [
     "AgreementSummary",
     "AnnotatorScore",
+    "agreement_steps",
     "annotator_majority_agreement",
     "fleiss_kappa",
     "gold_accuracy",
@@ -105,38 +108,47 @@ def summarize_agreement(
     votes on every item; otherwise it is ``None`` and ``message`` says so (α still applies).
     Resamples where a coefficient is undefined (no variation at all) are dropped and counted.
     """
-    table = _check_table(table)
     bootstrap = bootstrap if bootstrap is not None else PromptBootstrap()
+    return run_with_bootstrap([agreement_steps(table, confidence)], bootstrap)[0]
+
+
+def agreement_steps(table: np.ndarray, confidence: float = 0.95) -> Steps[AgreementSummary]:
+    """``summarize_agreement`` as ``Steps``, so that a report can batch its bootstrap sums."""
+    table = _check_table(table)
     messages: list[str] = []
     n_items = table.shape[0]
-    kappa: float | None = None
-    kappa_ci: BootstrapInterval | None = None
     raters = np.unique(table.sum(axis=1))
+    kappa_contributions: np.ndarray | None = None
     if n_items == 0:
         messages.append("No items: agreement is undefined.")
     elif raters.size != 1:
         messages.append(
-            f"Items have different numbers of votes ({raters.min()} to {raters.max()}): Fleiss' κ "
-            "needs a constant number; see Krippendorff's α."
+            f"Items have different numbers of votes ({raters.min():g} to {raters.max():g}): "
+            "Fleiss' κ needs a constant number; see Krippendorff's α."
         )
     elif raters[0] < 2:
         messages.append("Fewer than 2 votes per item: agreement is undefined.")
     else:
-        contributions = _fleiss_contributions(table, int(raters[0]))
-        kappa, kappa_ci = _estimate_with_ci(
-            contributions,
-            lambda sums: _fleiss_from_sums(sums, int(raters[0])),
-            bootstrap, confidence, "Fleiss' κ", messages,
-        )
-
-    alpha: float | None = None
-    alpha_ci: BootstrapInterval | None = None
-    contributions = _alpha_contributions(table)
-    if n_items and contributions.shape[0] == 0:
+        kappa_contributions = _fleiss_contributions(table, int(raters[0]))
+    alpha_contributions = _alpha_contributions(table)
+    if n_items and alpha_contributions.shape[0] == 0:
         messages.append("No item has two or more votes: Krippendorff's α is undefined.")
-    elif contributions.shape[0]:
+
+    wanted = [c for c in (kappa_contributions, alpha_contributions) if c is not None and c.size]
+    sums: Iterator[np.ndarray] = iter([])
+    if wanted:
+        sums = iter((yield wanted))
+    kappa = kappa_ci = alpha = alpha_ci = None
+    if kappa_contributions is not None:
+        rater_count = int(raters[0])
+        kappa, kappa_ci = _estimate_with_ci(
+            kappa_contributions, next(sums), lambda totals: _fleiss_from_sums(totals, rater_count),
+            confidence, "Fleiss' κ", messages,
+        )
+    if alpha_contributions.size:
         alpha, alpha_ci = _estimate_with_ci(
-            contributions, _alpha_from_sums, bootstrap, confidence, "Krippendorff's α", messages
+            alpha_contributions, next(sums), _alpha_from_sums, confidence, "Krippendorff's α",
+            messages,
         )
     return AgreementSummary(
         n_items=n_items, n_votes=int(table.sum()), fleiss_kappa=kappa, kappa_ci=kappa_ci,
@@ -261,22 +273,22 @@ def _alpha_from_sums(sums: np.ndarray) -> np.ndarray:
 
 def _estimate_with_ci(
     contributions: np.ndarray,
-    from_sums,  # type: ignore[no-untyped-def]
-    bootstrap: PromptBootstrap,
+    resampled_sums: np.ndarray,
+    from_sums: Callable[[np.ndarray], np.ndarray],
     confidence: float,
     name: str,
     messages: list[str],
 ) -> tuple[float | None, BootstrapInterval | None]:
+    """Estimate and BCa interval of a coefficient that is a function of per-item sums."""
     totals = contributions.sum(axis=0)
     estimate = float(from_sums(totals[None, :])[0])
     if not np.isfinite(estimate):
         messages.append(f"{name} is undefined: every vote falls in one category.")
         return None, None
-    units = contributions.shape[0]
     # Every resample has the original number of items, so the formulas apply unchanged.
-    distribution = from_sums(bootstrap.sums(contributions))
+    distribution = from_sums(resampled_sums)
     # Leave-one-item-out values for the BCa acceleration.
-    jackknife = from_sums(totals[None, :] - contributions) if units > 1 else None
+    jackknife = from_sums(totals[None, :] - contributions) if contributions.shape[0] > 1 else None
     finite = np.isfinite(distribution)
     if not finite.all():
         messages.append(

@@ -17,14 +17,18 @@ from statsmodels.stats.contingency_tables import mcnemar
 from evaluation.stats_core import (
     BootstrapInterval,
     PromptBootstrap,
+    Steps,
     bootstrap_interval,
     minimal_detectable_difference,
+    run_with_bootstrap,
 )
 
 __all__ = [
     "AlignmentComparison",
     "AlignmentQuestion",
     "AlignmentSummary",
+    "alignment_comparison_steps",
+    "alignment_steps",
     "apply_dsg_dependencies",
     "compare_alignment",
     "prompt_alignment_scores",
@@ -138,17 +142,27 @@ def summarize_alignment(
 
     Prompts without questions are left out and counted; with none left the rate is ``None``.
     """
-    outcomes = prompt_alignment_scores(prompts)
-    scores = np.array([np.mean(list(o.values())) for o in outcomes.values() if o], dtype=np.float64)
+    bootstrap = bootstrap if bootstrap is not None else PromptBootstrap()
+    steps = alignment_steps(prompt_alignment_scores(prompts), confidence)
+    return run_with_bootstrap([steps], bootstrap)[0]
+
+
+def alignment_steps(
+    outcomes: Mapping[str, Mapping[str, bool]], confidence: float = 0.95
+) -> Steps[AlignmentSummary]:
+    """``summarize_alignment`` from ``prompt_alignment_scores`` output, as ``Steps``."""
+    scores = np.array(
+        [sum(o.values()) / len(o) for o in outcomes.values() if o], dtype=np.float64
+    )
     without = sum(1 for o in outcomes.values() if not o)
     n_questions = sum(len(o) for o in outcomes.values())
     messages = _without_questions_note(without)
     if scores.size == 0:
         messages.append("No prompt has alignment questions: the alignment rate is undefined.")
         return AlignmentSummary(None, None, 0, 0, without, confidence, " ".join(messages))
-    bootstrap = bootstrap if bootstrap is not None else PromptBootstrap()
     rate = float(scores.mean())
-    ci = bootstrap_interval(rate, bootstrap.means(scores), _jackknife_means(scores), confidence)
+    (sums,) = yield [scores]
+    ci = bootstrap_interval(rate, sums / scores.size, _jackknife_means(scores), confidence)
     return AlignmentSummary(
         rate, ci, int(scores.size), n_questions, without, confidence, " ".join(messages) or None
     )
@@ -202,12 +216,25 @@ def compare_alignment(
     - Minimal detectable difference at the current number of prompts with ``power``
       (``minimal_detectable_difference`` of the per-prompt differences).
     """
-    outcomes_a = prompt_alignment_scores(model_a)
-    outcomes_b = prompt_alignment_scores(model_b)
+    bootstrap = bootstrap if bootstrap is not None else PromptBootstrap()
+    steps = alignment_comparison_steps(
+        prompt_alignment_scores(model_a), prompt_alignment_scores(model_b), confidence, power=power
+    )
+    return run_with_bootstrap([steps], bootstrap)[0]
+
+
+def alignment_comparison_steps(
+    outcomes_a: Mapping[str, Mapping[str, bool]],
+    outcomes_b: Mapping[str, Mapping[str, bool]],
+    confidence: float = 0.95,
+    *,
+    power: float = 0.8,
+) -> Steps[AlignmentComparison]:
+    """``compare_alignment`` from ``prompt_alignment_scores`` output, as ``Steps``."""
     paired_prompts = [
         prompt_id for prompt_id in outcomes_a
         if outcomes_a[prompt_id] and outcomes_b.get(prompt_id)
-        and set(outcomes_a[prompt_id]) & set(outcomes_b[prompt_id])
+        and not outcomes_a[prompt_id].keys().isdisjoint(outcomes_b[prompt_id])
     ]
     unpaired = len(set(outcomes_a) | set(outcomes_b)) - len(paired_prompts)
     messages: list[str] = []
@@ -218,15 +245,19 @@ def compare_alignment(
         )
     scores_a: list[float] = []
     scores_b: list[float] = []
-    table = np.zeros((2, 2), dtype=np.int64)
+    cells = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
     for prompt_id in paired_prompts:
-        shared = [q for q in outcomes_a[prompt_id] if q in outcomes_b[prompt_id]]
-        answers_a = np.array([outcomes_a[prompt_id][q] for q in shared])
-        answers_b = np.array([outcomes_b[prompt_id][q] for q in shared])
-        scores_a.append(float(answers_a.mean()))
-        scores_b.append(float(answers_b.mean()))
-        # Rows: A yes / A no; columns: B yes / B no.
-        np.add.at(table, (1 - answers_a.astype(int), 1 - answers_b.astype(int)), 1)
+        answers_a, answers_b = outcomes_a[prompt_id], outcomes_b[prompt_id]
+        shared = [q for q in answers_a if q in answers_b]
+        for q in shared:
+            cells[(answers_a[q], answers_b[q])] += 1
+        scores_a.append(sum(answers_a[q] for q in shared) / len(shared))
+        scores_b.append(sum(answers_b[q] for q in shared) / len(shared))
+    # Per-question 2×2 table: rows A yes / A no, columns B yes / B no.
+    table = np.array([
+        [cells[(True, True)], cells[(True, False)]],
+        [cells[(False, True)], cells[(False, False)]],
+    ])
     n = len(paired_prompts)
     a_only, b_only = int(table[0, 1]), int(table[1, 0])
     if n == 0:
@@ -237,11 +268,11 @@ def compare_alignment(
             None, None, None, None, None, None, None, None, 0, 0, 0, 0, None, confidence,
             " ".join(messages),
         )
-    bootstrap = bootstrap if bootstrap is not None else PromptBootstrap()
     per_prompt = np.column_stack([scores_a, scores_b])
     differences = per_prompt[:, 0] - per_prompt[:, 1]
     columns = np.column_stack([per_prompt, differences])
-    distributions = bootstrap.means(columns)
+    (sums,) = yield [columns]
+    distributions = sums / n
     estimates = columns.mean(axis=0)
     intervals = [
         bootstrap_interval(

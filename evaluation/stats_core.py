@@ -12,8 +12,9 @@ bootstrap distributions, and hence the intervals, agree with scipy's.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -23,10 +24,14 @@ __all__ = [
     "BootstrapInterval",
     "Interval",
     "PromptBootstrap",
+    "Steps",
     "bootstrap_interval",
     "minimal_detectable_difference",
+    "run_with_bootstrap",
     "wilson_interval",
 ]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,61 @@ class PromptBootstrap:
         """Per-resample means of per-unit ``values`` (shape ``(n,)`` or ``(n, k)``)."""
         values = np.asarray(values, dtype=np.float64)
         return self.sums(values) / values.shape[0]
+
+    def sums_many(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``sums`` of several arrays with one matrix product per number of units.
+
+        The product is bound by reading the ``(n_resamples, n)`` counts from memory, so
+        stacking the columns of a whole report into one product is what makes it fast.
+        """
+        arrays = [np.asarray(values, dtype=np.float64) for values in arrays]
+        results: list[np.ndarray | None] = [None] * len(arrays)
+        by_size: dict[int, list[int]] = {}
+        for index, values in enumerate(arrays):
+            by_size.setdefault(values.shape[0], []).append(index)
+        for size, indices in by_size.items():
+            columns = [arrays[i].reshape(size, -1) for i in indices]
+            stacked = self.counts(size) @ np.hstack(columns)
+            start = 0
+            for i, block in zip(indices, columns):
+                width = block.shape[1]
+                piece = stacked[:, start:start + width]
+                results[i] = piece[:, 0] if arrays[i].ndim == 1 else piece
+                start += width
+        return [result for result in results if result is not None]
+
+
+Steps = Generator[list[np.ndarray], list[np.ndarray], T]
+"""A statistic written as a generator: it yields the per-unit arrays it needs bootstrap sums of,
+receives those sums (in order), and returns its result."""
+
+
+def run_with_bootstrap(steps: Sequence[Steps[T]], bootstrap: PromptBootstrap) -> list[T]:
+    """Run statistics written as ``Steps``, batching their bootstrap sums (``sums_many``).
+
+    Each round collects what every unfinished statistic asks for, computes all of it with one
+    matrix product per number of units, and hands each statistic its share.
+    """
+    results: list[T | None] = [None] * len(steps)
+    requests: dict[int, list[np.ndarray]] = {}
+
+    def advance(index: int, sent: list[np.ndarray] | None) -> None:
+        try:
+            requests[index] = steps[index].send(sent)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            results[index] = stop.value
+
+    for index in range(len(steps)):
+        advance(index, None)
+    while requests:
+        pending = list(requests.items())
+        requests.clear()
+        sums = bootstrap.sums_many([values for _, wanted in pending for values in wanted])
+        start = 0
+        for index, wanted in pending:
+            advance(index, sums[start:start + len(wanted)])
+            start += len(wanted)
+    return results  # type: ignore[return-value]
 
 
 def bootstrap_interval(

@@ -19,6 +19,7 @@ from statsmodels.stats.proportion import multinomial_proportions_confint, propor
 from evaluation.stats import (
     AlignmentQuestion,
     ComparisonRow,
+    ComparisonVotes,
     PairCounts,
     PromptBootstrap,
     adjust_p_values,
@@ -42,6 +43,7 @@ from evaluation.stats import (
     summarize_alignment,
     summarize_pairwise,
     summarize_pairwise_votes,
+    summarize_report,
     vote_table,
     wilson_interval,
 )
@@ -528,9 +530,9 @@ def test_krippendorff_alpha_on_the_textbook_examples():
     assert krippendorff_alpha_nominal(reliability_table(binary)) == pytest.approx(1 - 152 / 168)
 
 
-def test_krippendorff_alpha_equals_fleiss_style_agreement_in_the_limit():
-    # With full data, α = 1 − (n−1)/n · (1 − κ)-type relation: α and κ differ only by the
-    # small-sample factor, so for 2000 items they agree to 3 decimals.
+def test_krippendorff_alpha_and_fleiss_kappa_agree_on_large_complete_data():
+    # With every item fully rated, α and Fleiss' κ differ only by a small-sample correction of
+    # order 1/(items · votes), so for 2000 items they agree to about 3 decimals.
     rng = np.random.default_rng(5)
     truth = rng.choice(3, size=2000, p=[0.5, 0.3, 0.2])
     votes = [[str(t if rng.random() < 0.7 else rng.integers(3)) for _ in range(5)] for t in truth]
@@ -686,3 +688,50 @@ def test_paper_table_rows_are_plain_json_with_holm_adjusted_p_values():
     assert second["visual_appeal"] is None
     assert second["visual_flaws"]["p_value"] is None and second["visual_flaws"]["p_adjusted"] is None
     assert "cannot be compared" in second["text_alignment"]["message"]
+
+
+# --- a whole report ------------------------------------------------------------------------
+
+
+def simulated_votes(seed: int, prompts: int, p: list[float]) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(3, size=prompts, p=p)
+    chosen = np.where(rng.random((prompts, 5)) < 0.7, truth[:, None], rng.integers(0, 3, (prompts, 5)))
+    return np.array(["A", "tie", "B"])[chosen].tolist()
+
+
+def test_summarize_report_equals_the_functions_called_one_by_one():
+    models = ["base", "sft", "sft_pixel"]
+    alignment = {m: simulated_alignment(seed=10 + i, n_prompts=50, p_a=0.6 + 0.1 * i, p_b=0.5)[0]
+                 for i, m in enumerate(models)}
+    comparisons = []
+    for index, (a, b) in enumerate([("sft", "base"), ("sft_pixel", "base"), ("sft_pixel", "sft")]):
+        comparisons.append(ComparisonVotes(
+            a, b,
+            visual_flaws=simulated_votes(index, 50, [0.5, 0.3, 0.2]),
+            visual_appeal=simulated_votes(100 + index, 50, [0.4, 0.3, 0.3]),
+            alignment_a=alignment[a], alignment_b=alignment[b],
+        ))
+    report = summarize_report(comparisons, n_resamples=400, seed=3)
+    for row, comparison in zip(report.rows, comparisons):
+        bootstrap = PromptBootstrap(400, seed=3)
+        assert row.visual_flaws == summarize_pairwise_votes(comparison.visual_flaws, bootstrap=bootstrap)
+        assert row.visual_appeal == summarize_pairwise_votes(comparison.visual_appeal, bootstrap=bootstrap)
+        assert row.visual_flaws_agreement == summarize_agreement(
+            vote_table(comparison.visual_flaws, ["A", "tie", "B"]), bootstrap=bootstrap
+        )
+        assert row.text_alignment == compare_alignment(
+            comparison.alignment_a, comparison.alignment_b, bootstrap=bootstrap
+        )
+    assert set(report.leaderboards) == {"visual_flaws", "visual_appeal"}
+    assert report.table == paper_table_rows(list(report.rows))
+    assert report.table[0]["visual_flaws"]["agreement"]["fleiss_kappa"]["rate"] == pytest.approx(
+        statsmodels_fleiss_kappa(vote_table(comparisons[0].visual_flaws, ["A", "tie", "B"]))
+    )
+    json.dumps(report.table, allow_nan=False)
+
+
+def test_summarize_report_names_the_comparison_with_bad_votes():
+    bad = ComparisonVotes("x", "y", visual_flaws=[["A", "A", "B"], ["A", "left", "A"]])
+    with pytest.raises(ValueError, match=r"x vs y, visual_flaws: prompt 1\[1\]: 'left'"):
+        summarize_report([bad], n_resamples=10)
