@@ -135,7 +135,9 @@ class PromptBootstrap:
             by_size.setdefault(values.shape[0], []).append(index)
         for size, indices in by_size.items():
             columns = [arrays[i].reshape(size, -1) for i in indices]
-            stacked = self.counts(size) @ np.hstack(columns)
+            # Statistics often share columns (category counts of κ and α); multiply each once.
+            unique, inverse = np.unique(np.hstack(columns), axis=1, return_inverse=True)
+            stacked = (self.counts(size) @ unique)[:, inverse.reshape(-1)]
             start = 0
             for i, block in zip(indices, columns):
                 width = block.shape[1]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.sparse.csgraph import connected_components
+from scipy.special import expit
 
 from evaluation.stats_core import Interval
 
@@ -45,7 +46,9 @@ class BradleyTerryEntry:
     comparisons: int
 
 
-def bradley_terry_strengths(wins: np.ndarray, *, prior: float = 1.0) -> np.ndarray:
+def bradley_terry_strengths(
+    wins: np.ndarray, *, prior: float = 1.0, initial: np.ndarray | None = None
+) -> np.ndarray:
     """Log-strengths maximizing the Bradley–Terry likelihood, for one or many win matrices.
 
     ``wins[..., i, j]`` is how often model i beat model j (a tie is half a win each way).
@@ -56,6 +59,10 @@ def bradley_terry_strengths(wins: np.ndarray, *, prior: float = 1.0) -> np.ndarr
     virtual ties to every pair that was compared (prior/2 wins each way), which keeps every
     strength finite when the comparison graph is connected and shrinks slightly toward equal
     strengths (one virtual tie against 600 prompts moves a win rate by under 0.1 points).
+    With ``initial`` log-strengths (broadcast over the leading axes; the bootstrap passes the
+    point estimate, which is close to every resample's answer) Newton's method is tried first:
+    it reaches the same maximum in a handful of steps where MM needs hundreds. Should it not
+    converge, MM from scratch decides.
     """
     if prior <= 0:
         raise ValueError(f"prior must be positive to keep strengths finite, got {prior}")
@@ -65,6 +72,10 @@ def bradley_terry_strengths(wins: np.ndarray, *, prior: float = 1.0) -> np.ndarr
     wins = wins + 0.5 * prior * compared
     games = games + prior * compared
     total_wins = wins.sum(axis=-1)
+    if initial is not None:
+        log_strength = _newton(wins, games, np.broadcast_to(initial, total_wins.shape))
+        if log_strength is not None:
+            return log_strength
     strength = np.ones(total_wins.shape)
     for _ in range(_MAX_ITERATIONS):
         pair_sums = strength[..., :, None] + strength[..., None, :]
@@ -76,6 +87,31 @@ def bradley_terry_strengths(wins: np.ndarray, *, prior: float = 1.0) -> np.ndarr
             break
     log_strength = np.log(strength)
     return log_strength - log_strength.mean(axis=-1, keepdims=True)
+
+
+def _newton(wins: np.ndarray, games: np.ndarray, initial: np.ndarray) -> np.ndarray | None:
+    """Newton's method on the concave log-likelihood Σ w_ij log σ(θ_i − θ_j), Σ θ = 0.
+
+    The Hessian is singular along (1, …, 1); adding the all-ones matrix fixes that direction
+    without changing the step, because the gradient sums to zero.
+    """
+    theta = np.array(initial, dtype=np.float64)
+    theta -= theta.mean(axis=-1, keepdims=True)
+    k = theta.shape[-1]
+    for _ in range(50):
+        p = expit(theta[..., :, None] - theta[..., None, :])
+        gradient = (wins - games * p).sum(axis=-1)
+        curvature = games * p * (1 - p)
+        information = -curvature + np.ones((k, k))
+        diagonal = np.arange(k)
+        information[..., diagonal, diagonal] += curvature.sum(axis=-1)
+        step = np.linalg.solve(information, gradient[..., None])[..., 0]
+        theta += step
+        if not np.all(np.isfinite(theta)):
+            return None
+        if np.abs(step).max() < _TOLERANCE:
+            return theta - theta.mean(axis=-1, keepdims=True)
+    return None
 
 
 def bradley_terry(
@@ -128,7 +164,7 @@ def bradley_terry(
         draws = rng.multinomial(n, np.array([pair.wins, pair.ties, pair.losses]) / n, size=n_resamples)
         resampled[:, i, j] += draws[:, 0] + 0.5 * draws[:, 1]
         resampled[:, j, i] += draws[:, 2] + 0.5 * draws[:, 1]
-    distribution = bradley_terry_strengths(resampled, prior=prior)
+    distribution = bradley_terry_strengths(resampled, prior=prior, initial=estimate)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(distribution, [alpha, 1 - alpha], axis=0)
 

@@ -735,3 +735,14 @@ def test_summarize_report_names_the_comparison_with_bad_votes():
     bad = ComparisonVotes("x", "y", visual_flaws=[["A", "A", "B"], ["A", "left", "A"]])
     with pytest.raises(ValueError, match=r"x vs y, visual_flaws: prompt 1\[1\]: 'left'"):
         summarize_report([bad], n_resamples=10)
+
+
+def test_bradley_terry_newton_refit_reaches_the_mm_maximum():
+    rng = np.random.default_rng(0)
+    wins = rng.integers(0, 50, (40, 5, 5)).astype(float)
+    wins[:, range(5), range(5)] = 0
+    wins[0, 2, :] = 0  # one resample where a model never wins
+    by_mm = bradley_terry_strengths(wins)
+    by_newton = bradley_terry_strengths(wins, initial=np.zeros(5))
+    assert by_newton == pytest.approx(by_mm, abs=1e-8)
+    assert np.all(np.isfinite(by_mm))
