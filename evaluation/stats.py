@@ -545,8 +545,8 @@ def _alignment_cells(
         return None
     return {
         "n_prompts": comparison.n_prompts,
-        "a": _rate_cell(comparison.rate_a, None, None),
-        "b": _rate_cell(comparison.rate_b, None, None),
+        "a": _rate_cell(comparison.rate_a, comparison.rate_a_ci, None),
+        "b": _rate_cell(comparison.rate_b, comparison.rate_b_ci, None),
         "difference": _rate_cell(comparison.difference, comparison.difference_ci, None),
         "p_value": comparison.mcnemar_p,
         "p_adjusted": p_adjusted,
