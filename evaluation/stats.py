@@ -150,7 +150,9 @@ def reduce_votes(
     no_majority = 0
     for index, prompt_votes in enumerate(votes):
         if isinstance(prompt_votes, str):
-            raise TypeError(f"prompt {index}: votes must be a list of labels, got the string {prompt_votes!r}")
+            raise TypeError(
+                f"prompt {index}: votes must be a list of labels, got the string {prompt_votes!r}"
+            )
         _check_labels(prompt_votes, where=f"prompt {index}")
         if not prompt_votes:
             raise ValueError(f"prompt {index}: has no votes")
@@ -471,11 +473,12 @@ def paper_table_rows(
     """Turn comparison rows into the seed paper's table layout as plain, JSON-ready dicts.
 
     Columns: Model A | Model B | Visual Flaws: A wins / Tie / B wins | Visual Appeal: A wins /
-    Tie / B wins | Text alignment: A / B. Rates are fractions in [0, 1] with their Wilson
-    intervals (a cell is ``{"count", "rate", "ci_low", "ci_high"}``); agreement, where the row
-    has it, sits under each criterion; each criterion carries its raw p-value and the p-value adjusted over the family
-    of every test in the table (all rows, all three criteria) with ``adjust_p_values``.
-    Missing or undefined numbers are ``None``, never NaN.
+    Tie / B wins | Text alignment: A / B. A cell is ``{"count", "rate", "ci_low", "ci_high"}``
+    with the rate as a fraction in [0, 1]: Wilson intervals for the pairwise outcomes, bootstrap
+    intervals for alignment rates and differences. Agreement, where the row has it, sits under
+    each criterion. Each criterion carries its raw p-value (sign test; McNemar for alignment)
+    and the p-value adjusted over the family of every test in the table (all rows, all three
+    criteria) with ``adjust_p_values``. Missing or undefined numbers are ``None``, never NaN.
     """
     raw: list[float | None] = []
     for row in rows:

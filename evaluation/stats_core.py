@@ -92,7 +92,7 @@ class PromptBootstrap:
 
     n_resamples: int = 10_000
     seed: int | None = 0
-    _cache: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _cache: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.n_resamples < 1:

@@ -346,7 +346,8 @@ def test_prompts_needed_gives_about_80_percent_exact_power(net_win_rate, tie_rat
         for m in range(1, prompts + 1):
             k = np.arange(m + 1)
             # Two-sided exact sign test at p = 0.5 rejects where 2·min(cdf, sf) ≤ 0.05.
-            p_values = np.minimum(1, 2 * np.minimum(stats.binom.cdf(k, m, 0.5), stats.binom.sf(k - 1, m, 0.5)))
+            tail = np.minimum(stats.binom.cdf(k, m, 0.5), stats.binom.sf(k - 1, m, 0.5))
+            p_values = np.minimum(1, 2 * tail)
             reject = p_values <= 0.05
             total += stats.binom.pmf(m, prompts, decisive_share) * stats.binom.pmf(k, m, p_win)[reject].sum()
         return total
