@@ -24,7 +24,8 @@ def report_render(report: EvaluationReport, fmt: str) -> str:
             report.table,
             caption=(
                 f"Human evaluation on {evaluation['prompt_set']}: majority of {evaluation['k']} votes per prompt; "
-                "95% Wilson intervals in brackets; p-values of exact sign (McNemar) tests, Holm-adjusted."
+                "95% intervals in brackets (Wilson; bootstrap over prompts for text alignment); "
+                "p-values of exact sign tests (McNemar for text alignment), Holm-adjusted across the table."
             ),
             label=f"tab:evaluation-{evaluation['id']}",
         )

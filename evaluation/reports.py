@@ -119,7 +119,7 @@ def report_from_data(
             ))
             slots.append(("alignment_pair", pair, None))
 
-    category_keys = sorted(category_labels, key=lambda key: (key[3], pairs.index(key[:2]), key[2]))
+    category_keys = sorted(category_labels, key=lambda key: (key[3], pairs.index(key[:2]), CRITERIA.index(key[2])))
     for key in category_keys:
         steps.append(stats.pairwise_steps(category_labels[key], confidence, power=power))
         slots.append(("category", key, None))

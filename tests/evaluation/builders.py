@@ -59,3 +59,54 @@ def annotate_round(round_: Round, people, choose) -> int:
 
 def annotators(n: int, **kwargs):
     return [AnnotatorFactory(**kwargs) for _ in range(n)]
+
+
+def set_pairwise_outcomes(evaluation, criterion: str, labels: list[str], *, no_majority: int = 0) -> None:
+    """Store complete majority results on a two-model evaluation's items, in prompt order.
+
+    ``labels`` holds "A", "tie", "B" or "reject" (every vote was "cannot compare") per prompt;
+    the first ``no_majority`` prompts are flagged as having had no majority.
+    """
+    from annotation.models import Aggregate
+
+    round_ = evaluation.annotation_rounds.get(criterion=criterion)
+    aggregates = list(Aggregate.objects.filter(round=round_).select_related("item").order_by("item__prompt_id"))
+    assert len(aggregates) == len(labels), (len(aggregates), len(labels))
+    images = {
+        item_id: (a, b)
+        for item_id, a, b in (
+            (agg.item_id, *[ii.image_id for ii in agg.item.item_images.order_by("order")]) for agg in aggregates
+        )
+    }
+    for index, (aggregate, label) in enumerate(zip(aggregates, labels)):
+        a, b = images[aggregate.item_id]
+        aggregate.complete, aggregate.n_judgments, aggregate.n_used = True, evaluation.k, evaluation.k
+        aggregate.no_majority = index < no_majority
+        if label in ("A", "B"):
+            aggregate.outcome = Aggregate.Outcome.WINNER
+            aggregate.winner_id, aggregate.loser_id = (a, b) if label == "A" else (b, a)
+        else:
+            aggregate.outcome = Aggregate.Outcome.TIE if label == "tie" else Aggregate.Outcome.PENDING
+            aggregate.winner_id = aggregate.loser_id = None
+    Aggregate.objects.bulk_update(
+        aggregates, ["complete", "n_judgments", "n_used", "no_majority", "outcome", "winner", "loser"], batch_size=1000
+    )
+
+
+def bulk_prompt_set(*, models: list[str], n_prompts: int, seed: int = 0, set_name: str = "bulk"):
+    """Many prompts and image rows at once (no files): for reports at the paper's scale."""
+    from annotation.models import Image, Prompt
+
+    prompt_set = PromptSetFactory(name=set_name)
+    versions = [ModelVersionFactory(name=name) for name in models]
+    Prompt.objects.bulk_create([
+        Prompt(prompt_set=prompt_set, external_id=f"{set_name}-{n}", text=f"prompt {n}", category=("Animals", "People")[n % 2])
+        for n in range(n_prompts)
+    ])
+    prompts = list(Prompt.objects.filter(prompt_set=prompt_set).order_by("id"))
+    Image.objects.bulk_create([
+        Image(prompt=p, model_version=v, seed=prompt_seed(seed=seed, external_id=p.external_id),
+              file=f"images/x/{p.pk}-{v.pk}.png", sha256="0" * 64, width=16, height=16)
+        for p in prompts for v in versions
+    ], batch_size=2000)
+    return prompt_set, versions, prompts
