@@ -130,7 +130,8 @@ def generation_jobs_fill_from_existing(*, evaluation: EvaluationRound) -> int:
         if image_id is not None:
             job.image_id, job.status, job.error, job.finished_at = image_id, GenerationJob.Status.DONE, "", now
             filled.append(job)
-    GenerationJob.objects.bulk_update(filled, ["image", "status", "error", "finished_at"], batch_size=2000)
+    # Small batches: bulk_update builds one CASE per field and row, quadratic in the batch.
+    GenerationJob.objects.bulk_update(filled, ["image", "status", "error", "finished_at"], batch_size=100)
     return len(filled)
 
 

@@ -69,15 +69,16 @@ def set_pairwise_outcomes(evaluation, criterion: str, labels: list[str], *, no_m
     """
     from annotation.models import Aggregate
 
+    from annotation.models import ItemImage
+
     round_ = evaluation.annotation_rounds.get(criterion=criterion)
     aggregates = list(Aggregate.objects.filter(round=round_).select_related("item").order_by("item__prompt_id"))
     assert len(aggregates) == len(labels), (len(aggregates), len(labels))
-    images = {
-        item_id: (a, b)
-        for item_id, a, b in (
-            (agg.item_id, *[ii.image_id for ii in agg.item.item_images.order_by("order")]) for agg in aggregates
-        )
-    }
+    images: dict[int, list[int]] = {}
+    for item_id, image_id in ItemImage.objects.filter(item__round=round_).order_by("item_id", "order").values_list(
+        "item_id", "image_id"
+    ):
+        images.setdefault(item_id, []).append(image_id)
     for index, (aggregate, label) in enumerate(zip(aggregates, labels)):
         a, b = images[aggregate.item_id]
         aggregate.complete, aggregate.n_judgments, aggregate.n_used = True, evaluation.k, evaluation.k
@@ -89,7 +90,7 @@ def set_pairwise_outcomes(evaluation, criterion: str, labels: list[str], *, no_m
             aggregate.outcome = Aggregate.Outcome.TIE if label == "tie" else Aggregate.Outcome.PENDING
             aggregate.winner_id = aggregate.loser_id = None
     Aggregate.objects.bulk_update(
-        aggregates, ["complete", "n_judgments", "n_used", "no_majority", "outcome", "winner", "loser"], batch_size=1000
+        aggregates, ["complete", "n_judgments", "n_used", "no_majority", "outcome", "winner", "loser"], batch_size=100
     )
 
 
