@@ -76,6 +76,9 @@ export class TaskPage {
 
   async #advance() {
     this.#setBusy(true);
+    // A task fetched ahead long ago (the annotator took a break) may have lost its lease.
+    const soon = Date.now() + 30000;
+    this.queue = this.queue.filter((task) => !task.expires_at || Date.parse(task.expires_at) > soon);
     try {
       // A fetch-ahead already in flight may have started before the last submission: if it
       // found nothing, ask again now that the submission is stored.
