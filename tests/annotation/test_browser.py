@@ -183,6 +183,11 @@ def test_annotator_completes_each_kind_with_the_keyboard(work, open_page):
     dashboard = page.content()
     shot(page, "dashboard-1280x800")
     assert "secret" not in dashboard
+    page.click("text=Guidelines")
+    page.wait_for_selector("h1:has-text('Annotation guidelines')")
+    page.screenshot(path=str(ARTIFACTS / "guidelines-1280x800-full.png"), full_page=True)
+    page.go_back()
+    page.wait_for_selector(".task-card")
 
     # Pairwise, visual flaws: the left image wins with the left arrow key.
     page.click(f"a[href='/annotate/pairwise/{work['flaws'].pk}/']")

@@ -60,7 +60,8 @@ def test_only_annotators_open_task_pages(client):
     assert client.get(f"/annotate/pairwise/{round_.pk}/").status_code == 403
 
 
-def test_dashboard_and_guidelines(client):
+def test_dashboard_and_guidelines(client, settings):
+    settings.ANNOTATION_UNDO_SECONDS = 45
     client.force_login(AnnotatorFactory())
     home = client.get("/")
     assert home.status_code == 200 and b'id="dashboard-config"' in home.content
@@ -68,3 +69,4 @@ def test_dashboard_and_guidelines(client):
     guidelines = client.get("/guidelines/").content.decode()
     for topic in ("Visual flaws", "Visual appeal", "Photorealistic vs stylized", "Fewest visual flaws decides first", "literally"):
         assert topic in guidelines
+    assert "within 45 seconds" in guidelines
