@@ -1,21 +1,18 @@
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.shortcuts import render
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
 
+from annotation.conf import setting
+from annotation.models import Round
 from annotation.roles import is_annotator, is_researcher
 
-# One page per task kind; the page asks the annotator API for the round's tasks.
-TASK_TEMPLATES = {
-    "pairwise": "annotation/pairwise.html",
-    "best_worst": "annotation/best_worst.html",
-    "alignment": "annotation/alignment.html",
-}
-
-ANNOTATE_API = {
-    "next": "/api/annotate/rounds/{round}/next/",
-    "submit": "/api/annotate/submit/",
-    "undo": "/api/annotate/undo/",
-    "progress": "/api/annotate/progress/",
+# One page per task kind: (URL name, template). The page asks the annotator API for tasks.
+TASK_PAGES = {
+    Round.Kind.PAIRWISE: ("annotate-pairwise", "annotation/pairwise.html"),
+    Round.Kind.BEST_WORST: ("annotate-best-worst", "annotation/best_worst.html"),
+    Round.Kind.ALIGNMENT: ("annotate-alignment", "annotation/alignment.html"),
 }
 
 
@@ -27,23 +24,33 @@ def home(request):
         {
             "is_researcher": is_researcher(request.user),
             "is_annotator": is_annotator(request.user),
-            "dashboard_config": {"progress": ANNOTATE_API["progress"]},
+            "dashboard_config": {"progress": reverse("annotate-progress")},
         },
     )
 
 
 @login_required
 def guidelines(request):
-    return render(request, "annotation/guidelines.html")
+    return render(request, "annotation/guidelines.html", {"undo_seconds": round(setting("ANNOTATION_UNDO_SECONDS"))})
 
 
 @login_required
 def annotate(request, kind: str, round_id: int):
     if not is_annotator(request.user):
         raise PermissionDenied("Annotators only.")
+    round_kind = Round.objects.filter(pk=round_id, status=Round.Status.OPEN).values_list("kind", flat=True).first()
+    if round_kind is None:
+        raise Http404("No open round with this id.")
+    if round_kind != kind:
+        return redirect(TASK_PAGES[round_kind][0], round_id=round_id)
     task_config = {
         "round": round_id,
         "kind": kind,
-        "urls": {name: url.format(round=round_id) for name, url in ANNOTATE_API.items()},
+        "urls": {
+            "next": reverse("annotate-next", kwargs={"round_id": round_id}),
+            "submit": reverse("annotate-submit"),
+            "undo": reverse("annotate-undo"),
+            "progress": reverse("annotate-progress"),
+        },
     }
-    return render(request, TASK_TEMPLATES[kind], {"task_config": task_config})
+    return render(request, TASK_PAGES[kind][1], {"task_config": task_config})

@@ -16,6 +16,7 @@ export class TaskPage {
     this.fetching = null; // the fetch-ahead in flight
     this.pending = new Map(); // client_uuid -> {task, done}: submissions on their way
     this.lastSubmitted = null; // {task, uuid, done, undoUntil}
+    this.submitted = Promise.resolve(); // the chain of submissions, in order
     this.finished = false;
     this.$ = (id) => document.getElementById(id);
   }
@@ -68,9 +69,20 @@ export class TaskPage {
     return this.fetching;
   }
 
-  async #showNext() {
+  #showNext() {
+    this.advancing = this.#advance();
+    return this.advancing;
+  }
+
+  async #advance() {
     this.#setBusy(true);
+    // A task fetched ahead long ago (the annotator took a break) may have lost its lease.
+    const soon = Date.now() + 30000;
+    this.queue = this.queue.filter((task) => !task.expires_at || Date.parse(task.expires_at) > soon);
     try {
+      // A fetch-ahead already in flight may have started before the last submission: if it
+      // found nothing, ask again now that the submission is stored.
+      if (!this.queue.length && this.fetching) await this.fetching;
       if (!this.queue.length) await this.#fetchAhead();
     } catch (error) {
       this.#setBusy(false);
@@ -146,8 +158,10 @@ export class TaskPage {
     const uuid = crypto.randomUUID();
     const payload = { client_uuid: uuid, lease: task.lease, elapsed_ms: this.#elapsedMs(), answer };
     const record = { task, uuid, undoUntil: null };
-    record.done = this.api
-      .submit(payload, { onRetry: () => this.toast("Connection trouble: retrying your last answer…") })
+    // Submissions go out one after another, so the server stores them in the order given
+    // (undo takes back the latest) while the next item is already on screen.
+    record.done = this.submitted
+      .then(() => this.api.submit(payload, { onRetry: () => this.toast("Connection trouble: retrying your last answer…") }))
       .then((response) => {
         record.undoUntil = response && response.undo_until ? Date.parse(response.undo_until) : null;
         this.refreshProgress();
@@ -165,7 +179,7 @@ export class TaskPage {
         this.pending.delete(uuid);
         this.#updateUndo();
       });
-    record.done.catch(() => {});
+    this.submitted = record.done.catch(() => {});
     this.pending.set(uuid, record);
     this.lastSubmitted = record;
     this.current = null;
@@ -173,8 +187,18 @@ export class TaskPage {
   }
 
   async undo() {
+    await this.advancing; // let the item switch that the submission started finish first
     const record = this.lastSubmitted;
-    if (!record || this.busy) return;
+    if (!record || this.undoing) return;
+    this.undoing = true;
+    try {
+      await this.#undo(record);
+    } finally {
+      this.undoing = false;
+    }
+  }
+
+  async #undo(record) {
     try {
       await record.done;
     } catch (error) {
@@ -317,7 +341,6 @@ export function preloadImages(images) {
 export function makePane({ image, label }) {
   const pane = document.createElement("div");
   pane.className = "pane";
-  pane.tabIndex = -1;
   const img = document.createElement("img");
   img.src = image.url;
   img.alt = label;

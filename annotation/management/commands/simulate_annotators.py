@@ -1,0 +1,47 @@
+"""Judge a round with synthetic annotators, through the same services as people."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from annotation.management.commands._rounds import round_get
+from annotation.models import Round
+from annotation.services import round_summary
+from annotation.simulation import Policy, round_simulate, synthetic_annotators
+from training.models import ModelVersion
+
+
+class Command(BaseCommand):
+    help = "Work ROUND with N synthetic annotators (accounts flagged synthetic) until it is done or --max-judgments."
+
+    def add_arguments(self, parser):
+        parser.add_argument("round", help="round id or name")
+        parser.add_argument("--annotators", type=int, default=5)
+        parser.add_argument("--policy", default="random", help="random | prefer_model:NAME | noisy_oracle")
+        parser.add_argument("--noise", type=float, default=0.2, help="noisy_oracle: chance of a slip")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--max-judgments", type=int, default=None)
+        parser.add_argument("--prefix", default="synthetic", help="account names: PREFIX-001, PREFIX-002, ...")
+
+    def handle(self, *args, **opts):
+        round_ = round_get(opts["round"])
+        if round_.status != Round.Status.OPEN:
+            raise CommandError(f"round {round_.pk} is {round_.status}, not open")
+        if opts["annotators"] < 1:
+            raise CommandError("--annotators must be at least 1")
+        try:
+            policy = Policy.parse(opts["policy"], noise=opts["noise"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        if policy.kind == "prefer_model" and not ModelVersion.objects.filter(name=policy.model).exists():
+            raise CommandError(f"--policy: no model version named {policy.model!r}")
+        users = synthetic_annotators(count=opts["annotators"], prefix=opts["prefix"])
+        result = round_simulate(
+            round_=round_, annotators=users, policy=policy, seed=opts["seed"], max_judgments=opts["max_judgments"]
+        )
+        summary = round_summary(round_=round_)
+        self.stdout.write(
+            f"{result.judgments} synthetic judgments by {result.annotators} annotators; round {round_.pk}: "
+            f"{summary.complete}/{summary.items} items complete, {summary.pairs} pairs, "
+            f"{summary.no_majority} without majority, {summary.synthetic_judgments} synthetic judgments counted"
+        )
