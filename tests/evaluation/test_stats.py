@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from scipy import optimize, stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import multinomial_proportions_confint, proportion_confint
 
 from evaluation.stats import (
@@ -311,6 +312,18 @@ def test_holm_is_at_least_the_raw_p_and_keeps_their_order(p_values):
         order = np.argsort(p_values, kind="stable")
         sorted_adjusted = [adjusted[i] for i in order]
         assert all(a <= b + 1e-15 for a, b in zip(sorted_adjusted, sorted_adjusted[1:]))
+
+
+def test_holm_and_bh_equal_statsmodels_multipletests():
+    rng = np.random.default_rng(12)
+    cases = [rng.random(size) ** 3 for size in (1, 2, 5, 12, 30)]
+    cases += [np.array([0.01, 0.01, 0.04, 0.5, 0.5, 1.0]), np.array([0.0, 1.0, 0.3])]
+    for p_values in cases:
+        for method in ("holm", "fdr_bh"):
+            expected = multipletests(p_values, method=method)[1]
+            assert adjust_p_values(list(p_values), method=method) == pytest.approx(
+                list(expected), abs=1e-15
+            )
 
 
 def test_holm_by_hand_and_undefined_tests_stay_out_of_the_family():
