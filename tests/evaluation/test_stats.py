@@ -69,12 +69,6 @@ def assert_no_nan(value: Any, path: str = "summary") -> None:
         assert math.isfinite(value), f"{path} is {value}"
 
 
-def as_dict(obj: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
-
-
 # --- the seed paper's Table 1 at n = 600 ---------------------------------------------------
 
 # (A wins %, tie %, B wins %) as printed, and the counts out of 600 prompts they come from.
@@ -444,7 +438,7 @@ def test_a_model_without_alignment_questions_gives_a_message():
     comparison = compare_alignment({"p1": [question("q1", 5, 0)]}, {"p1": []})
     assert comparison.difference is None and comparison.mcnemar_p is None
     assert "cannot be compared" in comparison.message
-    assert_no_nan(as_dict(comparison))
+    assert_no_nan(comparison.to_dict())
 
 
 def simulated_alignment(seed: int, n_prompts: int, p_a: float, p_b: float):
@@ -580,7 +574,7 @@ def test_agreement_edge_cases_give_messages():
     summary = summarize_agreement(ragged, bootstrap=PromptBootstrap(100))
     assert summary.fleiss_kappa is None and "different numbers of votes" in summary.message
     assert summary.krippendorff_alpha is not None
-    assert_no_nan(as_dict(summary))
+    assert_no_nan(summary.to_dict())
 
 
 def test_annotator_agreement_with_the_majority_of_the_others():
