@@ -59,7 +59,7 @@ def question_majority(votes: Sequence[bool]) -> bool:
     """
     if len(votes) == 0:
         raise ValueError("a question needs at least one vote")
-    return 2 * sum(bool(vote) for vote in votes) > len(votes)
+    return 2 * sum(map(bool, votes)) > len(votes)
 
 
 def apply_dsg_dependencies(
