@@ -92,11 +92,12 @@ def main() -> None:
     report_input = report_comparisons(data)
     runs = []
     for run in range(args.repeat):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         report = summarize_report(report_input, n_resamples=args.resamples, seed=run)
         total = time.perf_counter() - start
         runs.append(total)
-        print(f"run {run + 1}: {total:.3f} s")
+        # CPU time (all threads) shows how much of the wall time other processes took.
+        print(f"run {run + 1}: {total:.3f} s wall, {time.process_time() - cpu_start:.3f} s CPU")
     first = report.table[0]
     print(
         f"check: {first['model_a']} vs {first['model_b']} visual flaws A wins "
@@ -105,7 +106,7 @@ def main() -> None:
         f"{first['visual_flaws']['net_win_rate']['ci_high']:.3f}], "
         f"leaderboards: {', '.join(report.leaderboards)}"
     )
-    print(f"best wall time: {min(runs):.3f} s")
+    print(f"best wall time: {min(runs):.3f} s (load average {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy.stats import binomtest, norm
-from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import multinomial_proportions_confint
 
 from evaluation.stats_agreement import (
@@ -374,10 +373,14 @@ def adjust_p_values(
 ) -> list[float | None]:
     """Adjust the p-values of a report's rows for multiple testing.
 
-    ``"holm"``: Holm (1979) step-down, controls the family-wise error rate.
-    ``"fdr_bh"``: Benjamini & Hochberg (1995), controls the false discovery rate.
-    Both via ``statsmodels.stats.multitest.multipletests``. ``None`` entries (undefined tests)
-    stay ``None`` and are not part of the family.
+    ``"holm"``: Holm (1979) step-down, controls the family-wise error rate. With the m
+    p-values sorted, p̃₍ᵢ₎ = maxⱼ≤ᵢ min(1, (m − j + 1)·p₍ⱼ₎).
+    ``"fdr_bh"``: Benjamini & Hochberg (1995) step-up, controls the false discovery rate:
+    p̃₍ᵢ₎ = minⱼ≥ᵢ min(1, m·p₍ⱼ₎/j).
+    The numbers equal ``statsmodels.stats.multitest.multipletests`` (a test checks it); that
+    function is not called because its Holm branch runs ``gc.collect()`` on every call, which
+    costs 0.05–0.2 s in a process holding a report. ``None`` entries (undefined tests) stay
+    ``None`` and are not part of the family.
     """
     if method not in ("holm", "fdr_bh"):
         raise ValueError(f"method must be 'holm' or 'fdr_bh', got {method!r}")
@@ -388,11 +391,21 @@ def adjust_p_values(
         if not 0.0 <= p <= 1.0 or math.isnan(p):
             raise ValueError(f"p-value at position {index} must lie in [0, 1], got {p}")
     adjusted: list[float | None] = [None] * len(p_values)
-    if present:
-        raw = np.array([p_values[index] for index in present], dtype=np.float64)
-        corrected = multipletests(raw, method=method)[1]
-        for index, value in zip(present, corrected):
-            adjusted[index] = float(value)
+    if not present:
+        return adjusted
+    raw = np.array([p_values[index] for index in present], dtype=np.float64)
+    m = raw.size
+    order = np.argsort(raw, kind="stable")
+    ranked = raw[order]
+    if method == "holm":
+        corrected_sorted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * ranked))
+    else:
+        scaled = ranked * m / np.arange(1, m + 1)
+        corrected_sorted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    corrected = np.empty(m)
+    corrected[order] = corrected_sorted
+    for index, value in zip(present, corrected):
+        adjusted[index] = float(value)
     return adjusted
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,10 @@ class AgreementSummary:
     alpha_ci: BootstrapInterval | None
     confidence: float
     message: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready dict (nested intervals become ``{"low", "high", "method"}``)."""
+        return asdict(self)
 
 
 def summarize_agreement(

@@ -9,7 +9,8 @@ are re-exported from ``evaluation.stats``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from statsmodels.stats.contingency_tables import mcnemar
@@ -58,7 +59,7 @@ def question_majority(votes: Sequence[bool]) -> bool:
     """
     if len(votes) == 0:
         raise ValueError("a question needs at least one vote")
-    return 2 * sum(bool(vote) for vote in votes) > len(votes)
+    return 2 * sum(map(bool, votes)) > len(votes)
 
 
 def apply_dsg_dependencies(
@@ -131,6 +132,10 @@ class AlignmentSummary:
     confidence: float
     message: str | None
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready dict (nested intervals become ``{"low", "high", "method"}``)."""
+        return asdict(self)
+
 
 def summarize_alignment(
     prompts: PromptQuestions,
@@ -192,6 +197,10 @@ class AlignmentComparison:
     minimal_detectable_difference: float | None
     confidence: float
     message: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready dict (nested intervals become ``{"low", "high", "method"}``)."""
+        return asdict(self)
 
 
 def compare_alignment(

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from scipy import optimize, stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import multinomial_proportions_confint, proportion_confint
 
 from evaluation.stats import (
@@ -66,12 +67,6 @@ def assert_no_nan(value: Any, path: str = "summary") -> None:
             assert_no_nan(item, f"{path}[{index}]")
     elif isinstance(value, float):
         assert math.isfinite(value), f"{path} is {value}"
-
-
-def as_dict(obj: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 # --- the seed paper's Table 1 at n = 600 ---------------------------------------------------
@@ -313,6 +308,18 @@ def test_holm_is_at_least_the_raw_p_and_keeps_their_order(p_values):
         assert all(a <= b + 1e-15 for a, b in zip(sorted_adjusted, sorted_adjusted[1:]))
 
 
+def test_holm_and_bh_equal_statsmodels_multipletests():
+    rng = np.random.default_rng(12)
+    cases = [rng.random(size) ** 3 for size in (1, 2, 5, 12, 30)]
+    cases += [np.array([0.01, 0.01, 0.04, 0.5, 0.5, 1.0]), np.array([0.0, 1.0, 0.3])]
+    for p_values in cases:
+        for method in ("holm", "fdr_bh"):
+            expected = multipletests(p_values, method=method)[1]
+            assert adjust_p_values(list(p_values), method=method) == pytest.approx(
+                list(expected), abs=1e-15
+            )
+
+
 def test_holm_by_hand_and_undefined_tests_stay_out_of_the_family():
     # Holm on (0.01, 0.04, 0.03): sorted 0.01·3, max(0.03·2, 0.03), max(0.04·1, 0.06).
     assert adjust_p_values([0.01, None, 0.04, 0.03]) == pytest.approx([0.03, None, 0.06, 0.06])
@@ -431,7 +438,7 @@ def test_a_model_without_alignment_questions_gives_a_message():
     comparison = compare_alignment({"p1": [question("q1", 5, 0)]}, {"p1": []})
     assert comparison.difference is None and comparison.mcnemar_p is None
     assert "cannot be compared" in comparison.message
-    assert_no_nan(as_dict(comparison))
+    assert_no_nan(comparison.to_dict())
 
 
 def simulated_alignment(seed: int, n_prompts: int, p_a: float, p_b: float):
@@ -567,7 +574,7 @@ def test_agreement_edge_cases_give_messages():
     summary = summarize_agreement(ragged, bootstrap=PromptBootstrap(100))
     assert summary.fleiss_kappa is None and "different numbers of votes" in summary.message
     assert summary.krippendorff_alpha is not None
-    assert_no_nan(as_dict(summary))
+    assert_no_nan(summary.to_dict())
 
 
 def test_annotator_agreement_with_the_majority_of_the_others():
