@@ -7,6 +7,7 @@ import json
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 from scipy.stats import binomtest
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
@@ -16,6 +17,7 @@ from evaluation.report_text import report_render
 from evaluation.reports import evaluation_report_build
 from evaluation.services import evaluation_start
 from tests.evaluation.builders import bulk_prompt_set, prompt_set_with_images, set_pairwise_outcomes
+from tests.factories import ResearcherFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -135,6 +137,12 @@ def test_three_models_get_every_pair_and_a_leaderboard():
     for criterion in ("visual_flaws", "visual_appeal"):
         ranking = [entry["model"] for entry in data["leaderboards"][criterion]]
         assert ranking == ["pixel", "sft", "base"]
+    client = Client()
+    client.force_login(ResearcherFactory())
+    html = client.get(f"/evaluation/{evaluation.pk}/").content.decode()
+    assert "Bradley–Terry leaderboard" in html
+    assert html.count("<tr>") >= 3 + 6  # three comparisons in the table, two leaderboards of three
+    assert b"sft vs pixel" in client.get(f"/evaluation/{evaluation.pk}/chart.svg").content
 
 
 def test_a_model_without_answered_alignment_questions(postgres):
