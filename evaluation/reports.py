@@ -73,8 +73,6 @@ def report_from_data(
     messages: list[str] = []
     bootstrap = stats.PromptBootstrap(n_resamples=n_resamples, seed=seed)
 
-    if data.judgments_total == 0:
-        messages.append("No judgments yet: every rate, interval and test below is undefined until annotators submit.")
     if not data.pairwise:
         messages.append("This evaluation has no pairwise annotation rounds yet (images are still being generated).")
 
@@ -100,6 +98,10 @@ def report_from_data(
             slots.append(("agreement", pair, criterion))
             for category, label in zip(detail["categories"], detail["labels"]):
                 category_labels[(*pair, criterion, category)].append(label)
+
+    decided = any(d["labels"] for by_criterion in details.values() for d in by_criterion.values())
+    if data.judgments_total == 0 and not decided:
+        messages.append("No judgments yet: every rate, interval and test below is undefined until annotators submit.")
 
     # Text alignment: per model outcomes over complete items, then paired comparisons.
     alignment_outcomes: dict[int, dict[str, dict[str, bool]]] | None = None

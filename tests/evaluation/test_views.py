@@ -45,6 +45,7 @@ def test_report_page_shows_the_paper_table_for_researchers(evaluation):
     assert "By prompt category" in html and "Animals" in html
     assert f"/evaluation/{evaluation.pk}/chart.svg" in html
     assert "nan" not in html.lower().replace("nance", "")
+    assert "No judgments yet" not in html  # results stored without judgments are still results
 
 
 def test_list_and_home_link(evaluation):
