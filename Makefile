@@ -15,11 +15,13 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-## Run the app on embedded defaults (SQLite + filesystem broker under var/): web on :8000 plus a worker.
+## Run the app on embedded defaults (SQLite + filesystem broker under var/): web on :8000 plus a worker,
+## with demo rounds of every kind (procedural images, placeholder models) ready for the annotator accounts.
 demo: install
 	$(BIN)/python manage.py migrate -v0
 	$(BIN)/python manage.py import_prompts --preset partiprompts
 	$(BIN)/python manage.py import_prompts --preset dsg1k
+	$(BIN)/python manage.py seed_demo
 	$(BIN)/python manage.py create_demo_accounts
 	BIN=$(BIN) scripts/demo.sh
 

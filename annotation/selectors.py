@@ -21,7 +21,10 @@ def image_url(public_id: str) -> str:
 def task_for_lease(lease: Lease) -> dict:
     """The blinded task an annotator sees: opaque image ids in this annotator's layout, no model, path or seed."""
     round_ = lease.round
-    images = {image.public_id: image for image in Image.objects.filter(public_id__in=lease.layout).only("public_id", "width", "height")}
+    cached = getattr(lease.item, "_ordered_images", None)  # loaded when the lease was just made
+    if cached is None:
+        cached = Image.objects.filter(public_id__in=lease.layout).only("public_id", "width", "height")
+    images = {image.public_id: image for image in cached}
     prompt = None
     questions = []
     if round_.kind == Round.Kind.PAIRWISE:

@@ -394,8 +394,11 @@ def _gold_score(*, parsed: ParsedAnswer, gold: ParsedAnswer) -> float:
 
 def _profile_lock(annotator) -> AnnotatorProfile:
     """Lock the annotator's profile row: one assignment or submission per annotator at a time."""
-    AnnotatorProfile.objects.get_or_create(user=annotator)
-    return AnnotatorProfile.objects.select_for_update().get(user=annotator)
+    profile = AnnotatorProfile.objects.select_for_update().filter(user=annotator).first()
+    if profile is None:
+        AnnotatorProfile.objects.get_or_create(user=annotator)
+        profile = AnnotatorProfile.objects.select_for_update().get(user=annotator)
+    return profile
 
 
 def leases_reclaim(*, round_: Round, now: datetime | None = None, limit: int = 500) -> int:
@@ -404,25 +407,28 @@ def leases_reclaim(*, round_: Round, now: datetime | None = None, limit: int = 5
     Rows another transaction holds are skipped, not waited for, so this never deadlocks
     with assignment or submission; a later call picks them up.
     """
-    now = now or timezone.now()
     with transaction.atomic():
-        expired = list(
-            Lease.objects.filter(round=round_, state=Lease.State.HELD, expires_at__lte=now)
-            .select_for_update(skip_locked=True).values_list("id", "item_id")[:limit]
-        )
-        if not expired:
-            return 0
-        locked_items = set(
-            Item.objects.filter(pk__in={item_id for _, item_id in expired})
-            .select_for_update(skip_locked=True).values_list("pk", flat=True)
-        )
-        reclaimable = [(lease_id, item_id) for lease_id, item_id in expired if item_id in locked_items]
-        Lease.objects.filter(pk__in=[lease_id for lease_id, _ in reclaimable], state=Lease.State.HELD).update(
-            state=Lease.State.EXPIRED
-        )
-        for item_id, n in Counter(item_id for _, item_id in reclaimable).items():
-            Item.objects.filter(pk=item_id).update(slots_taken=F("slots_taken") - n)
-        return len(reclaimable)
+        return _leases_reclaim(round_=round_, now=now or timezone.now(), limit=limit)
+
+
+def _leases_reclaim(*, round_: Round, now: datetime, limit: int) -> int:
+    expired = list(
+        Lease.objects.filter(round=round_, state=Lease.State.HELD, expires_at__lte=now)
+        .select_for_update(skip_locked=True).values_list("id", "item_id")[:limit]
+    )
+    if not expired:
+        return 0
+    locked_items = set(
+        Item.objects.filter(pk__in={item_id for _, item_id in expired})
+        .select_for_update(skip_locked=True).values_list("pk", flat=True)
+    )
+    reclaimable = [(lease_id, item_id) for lease_id, item_id in expired if item_id in locked_items]
+    Lease.objects.filter(pk__in=[lease_id for lease_id, _ in reclaimable], state=Lease.State.HELD).update(
+        state=Lease.State.EXPIRED
+    )
+    for item_id, n in Counter(item_id for _, item_id in reclaimable).items():
+        Item.objects.filter(pk=item_id).update(slots_taken=F("slots_taken") - n)
+    return len(reclaimable)
 
 
 def _lease_release(lease: Lease) -> None:
@@ -462,10 +468,10 @@ def item_next_for_annotator(
     rng = rng or _system_random
     if round_.status != Round.Status.OPEN:
         raise NotFound(f"round {round_.pk} is not open")
-    leases_reclaim(round_=round_, now=now)
     exclude = {str(lease_id) for lease_id in exclude}
     with transaction.atomic():
         _profile_lock(annotator)
+        _leases_reclaim(round_=round_, now=now, limit=100)
         held = list(
             Lease.objects.filter(round=round_, annotator=annotator, state=Lease.State.HELD, expires_at__gt=now)
             .order_by("leased_at", "id")
@@ -558,9 +564,6 @@ def judgment_submit(
     now = now or timezone.now()
     if elapsed_ms is None or elapsed_ms < 0:
         raise InvalidAnswer("must be a non-negative integer", field="elapsed_ms")
-    replay = _replay(annotator=annotator, client_uuid=client_uuid)
-    if replay:
-        return replay
     try:
         with transaction.atomic():
             profile = _profile_lock(annotator)
@@ -669,10 +672,12 @@ def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate
     """Recompute one item's majority result from its current judgments."""
     round_ = item.round
     aggregate, _ = Aggregate.objects.select_for_update().get_or_create(item=item, defaults={"round": round_})
-    judgments = list(
-        Judgment.objects.filter(item=item, undone_at__isnull=True).prefetch_related("answers")
-        .only("id", "annotator_id", "outcome", "winner_id", "loser_id", "synthetic")
+    judgments = Judgment.objects.filter(item=item, undone_at__isnull=True).only(
+        "id", "annotator_id", "outcome", "winner_id", "loser_id", "synthetic"
     )
+    if round_.kind == Round.Kind.ALIGNMENT:
+        judgments = judgments.prefetch_related("answers")
+    judgments = list(judgments)
     if excluded is None:
         excluded = annotators_excluded(round_=round_, annotator_ids=[j.annotator_id for j in judgments])
     counted = [j for j in judgments if j.annotator_id not in excluded]

@@ -4,6 +4,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 
+from annotation.conf import setting
 from annotation.models import Round
 from annotation.roles import is_annotator, is_researcher
 
@@ -30,7 +31,7 @@ def home(request):
 
 @login_required
 def guidelines(request):
-    return render(request, "annotation/guidelines.html")
+    return render(request, "annotation/guidelines.html", {"undo_seconds": round(setting("ANNOTATION_UNDO_SECONDS"))})
 
 
 @login_required

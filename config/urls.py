@@ -17,4 +17,5 @@ urlpatterns = [
     ),
     path("", include("annotation.api_urls")),
     path("", include("annotation.urls")),
+    path("", include("evaluation.urls")),
 ]

@@ -1,0 +1,103 @@
+"""Evaluation rounds: which models are compared on which prompts, and the images they need."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class EvaluationRound(models.Model):
+    """A comparison of two or more model versions on a prompt set, one image per prompt per model.
+
+    The models are ordered: the first is "Model A" of every comparison it is in, and so on.
+    The annotation rounds it created (pairwise visual flaws, pairwise visual appeal, alignment)
+    hold the judgments its report is built from.
+    """
+
+    class Status(models.TextChoices):
+        GENERATING = "generating", "generating images"
+        ANNOTATING = "annotating", "annotation rounds created"
+        CLOSED = "closed"
+
+    name = models.CharField(max_length=200, unique=True)
+    prompt_set = models.ForeignKey("annotation.PromptSet", on_delete=models.PROTECT, related_name="evaluations")
+    limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Prompts drawn from the set (a seeded sample); empty for all of them."
+    )
+    seed = models.BigIntegerField(default=0, help_text="Derives each prompt's image seed and the prompt sample.")
+    k = models.PositiveSmallIntegerField(default=5, help_text="Judgments per item in the annotation rounds.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.GENERATING, db_index=True)
+    annotation_rounds = models.ManyToManyField("annotation.Round", blank=True, related_name="evaluations")
+    missing_prompts = models.JSONField(
+        default=list, blank=True,
+        help_text="Prompts left out of the annotation rounds because an image was missing: [{prompt, models}].",
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.CheckConstraint(condition=models.Q(k__gte=1), name="evaluation_k_positive")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def ordered_models(self) -> list:
+        return [entry.model_version for entry in self.entries.select_related("model_version").order_by("position")]
+
+
+class EvaluationModel(models.Model):
+    """One model under test, at its position in the evaluation's model order (0 = Model A)."""
+
+    evaluation_round = models.ForeignKey(EvaluationRound, on_delete=models.CASCADE, related_name="entries")
+    model_version = models.ForeignKey("training.ModelVersion", on_delete=models.PROTECT, related_name="evaluation_entries")
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["evaluation_round", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["evaluation_round", "position"], name="unique_evaluation_position"),
+            models.UniqueConstraint(fields=["evaluation_round", "model_version"], name="unique_evaluation_model"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.evaluation_round} #{self.position}: {self.model_version}"
+
+
+class GenerationJob(models.Model):
+    """One image to generate: a model, a prompt and a seed (the same seed for every model)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    evaluation_round = models.ForeignKey(EvaluationRound, on_delete=models.CASCADE, related_name="jobs")
+    model_version = models.ForeignKey("training.ModelVersion", on_delete=models.PROTECT, related_name="generation_jobs")
+    prompt = models.ForeignKey("annotation.Prompt", on_delete=models.PROTECT, related_name="generation_jobs")
+    seed = models.BigIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    image = models.ForeignKey(
+        "annotation.Image", null=True, blank=True, on_delete=models.PROTECT, related_name="generation_jobs"
+    )
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["evaluation_round", "prompt", "model_version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["evaluation_round", "model_version", "prompt"], name="unique_generation_job"
+            ),
+            models.CheckConstraint(
+                condition=(models.Q(status="done") & models.Q(image__isnull=False))
+                | (~models.Q(status="done") & models.Q(image__isnull=True)),
+                name="generation_job_image_iff_done",
+            ),
+        ]
+        indexes = [models.Index(fields=["evaluation_round", "status"], name="generation_job_status_idx")]
+
+    def __str__(self) -> str:
+        return f"job {self.pk}: {self.model_version} / prompt {self.prompt_id} / seed {self.seed} ({self.status})"

@@ -174,6 +174,8 @@ def no_page_scroll(page):
 
 def test_annotator_completes_each_kind_with_the_keyboard(work, open_page):
     page = open_page(DESKTOP)
+    api_calls = []
+    page.on("request", lambda r: api_calls.append(r.url.rsplit("/api/annotate/", 1)[-1]) if "/api/annotate/" in r.url else None)
     login(page)
     # The dashboard lists every open round, without round names (they may name models).
     page.wait_for_selector(".task-card")
@@ -181,6 +183,11 @@ def test_annotator_completes_each_kind_with_the_keyboard(work, open_page):
     dashboard = page.content()
     shot(page, "dashboard-1280x800")
     assert "secret" not in dashboard
+    page.click("text=Guidelines")
+    page.wait_for_selector("h1:has-text('Annotation guidelines')")
+    page.screenshot(path=str(ARTIFACTS / "guidelines-1280x800-full.png"), full_page=True)
+    page.go_back()
+    page.wait_for_selector(".task-card")
 
     # Pairwise, visual flaws: the left image wins with the left arrow key.
     page.click(f"a[href='/annotate/pairwise/{work['flaws'].pk}/']")
@@ -192,6 +199,9 @@ def test_annotator_completes_each_kind_with_the_keyboard(work, open_page):
     assert no_page_scroll(page)
     shot(page, "pairwise-1280x800")
     left, right = screen_ids(page)
+    # The next item is leased and its images loaded while the first one is on screen.
+    page.wait_for_function("() => performance.getEntriesByType('resource').filter(e => e.name.includes('/img/')).length >= 4")
+    assert [c for c in api_calls if c != "progress/"][:2] == [f"rounds/{work['flaws'].pk}/next/"] * 2
     page.keyboard.press("ArrowLeft")
     # The second item was fetched ahead: it is on screen as soon as the key is pressed.
     page.wait_for_function("ids => !document.querySelector('#grid img').src.includes(ids[0])", arg=[left])
@@ -338,41 +348,67 @@ def test_undo_puts_the_last_item_back(work, open_page):
     assert redo.winner.public_id == first[0]
 
 
+def test_a_submission_whose_answer_was_lost_is_retried_and_stored_once(work, open_page):
+    page = open_page(DESKTOP)
+    login(page)
+    sent = []
+
+    def lose_first_answer(route):
+        sent.append(route.request.post_data_json["client_uuid"])
+        response = route.fetch()  # the server stores the judgment...
+        if len(sent) == 1:
+            route.fulfill(status=502, body="")  # ...but the answer never reaches the browser
+        else:
+            route.fulfill(response=response)
+
+    page.route("**/api/annotate/submit/", lose_first_answer)
+    page.goto(f"/annotate/pairwise/{work['appeal'].pk}/")
+    wait_for_task(page, 2)
+    page.keyboard.press("3")
+    page.wait_for_selector("#empty-state:not([hidden])")
+    assert len(sent) == 2 and sent[0] == sent[1]
+    assert Judgment.objects.filter(annotator=work["annotator"]).count() == 1
+    assert page.is_enabled("#undo")
+    page.unroute_all(behavior="ignoreErrors")
+
+
 def test_pages_reveal_no_model_name_path_or_seed(work, open_page):
     page = open_page(DESKTOP)
-    requests, responses = [], []
+    requests, bodies = [], []
     page.on("request", lambda request: requests.append(request.url))
-    page.on("response", lambda response: responses.append(response))
+
+    def record(route):
+        if route.request.resource_type not in ("document", "fetch", "xhr"):
+            return route.continue_()
+        response = route.fetch()
+        if "/api/annotate/progress/" in route.request.url:
+            # Round names are free text written by researchers; the pages never display them.
+            rounds = response.json()["rounds"]
+            bodies.append(str([{k: v for k, v in r.items() if k != "name"} for r in rounds]))
+        else:
+            bodies.append(response.text())
+        route.fulfill(response=response)
+
     login(page)
+    page.route("**/*", record)
     base, tuned = work["models"]
     secrets = [base.name, tuned.name, base.local_path, tuned.local_path, "seed"]
-    bodies = []
     for path, count in [
         (f"/annotate/pairwise/{work['flaws'].pk}/", 2),
         (f"/annotate/best-worst/{work['best_worst'].pk}/", 5),
         (f"/annotate/alignment/{work['alignment'].pk}/", 1),
     ]:
-        responses.clear()
         page.goto(path)
         wait_for_task(page, count)
-        page.wait_for_load_state("networkidle")
         html = page.content()
-        for response in responses:
-            if response.request.resource_type not in ("document", "fetch", "xhr") or response.status != 200:
-                continue
-            if "/api/annotate/progress/" in response.url:
-                # Round names are free text written by researchers; the pages never display them.
-                progress = response.json()
-                bodies.append(str([{k: v for k, v in r.items() if k != "name"} for r in progress["rounds"]]))
-            else:
-                bodies.append(response.text())
         for secret in secrets:
             assert secret not in html
-    assert any("/api/annotate/rounds/" in url for url in requests)
+    assert any('"task": {' in body or '"task":{' in body for body in bodies)
     scripts = [path.read_text() for path in (Path(__file__).resolve().parents[2] / "static").rglob("*.js")]
     everything = " ".join(bodies + scripts + requests + page.console_messages)
     for secret in secrets:
         assert secret not in everything
+    page.unroute_all(behavior="ignoreErrors")  # a fetch-ahead may still be in flight
 
 
 @pytest.mark.parametrize("kind, count", [("pairwise", 2), ("best-worst", 5), ("alignment", 1)])

@@ -130,3 +130,12 @@ def test_export_command_and_human_votes_are_not_counted_as_synthetic(tmp_path, c
     with pytest.raises(CommandError, match="no round"):
         call_command("export_preferences", "nope", "--out", str(tmp_path / "out"))
     assert Item.objects.get(round=round_).aggregate.n_synthetic == 0
+
+
+def test_export_task_takes_a_primary_key_and_is_repeatable(tmp_path):
+    from annotation.tasks import export_preferences
+
+    round_ = judged_pairwise_round(n_items=2)
+    first = export_preferences.apply(args=[round_.pk, str(tmp_path / "out")]).get()
+    second = export_preferences.apply(args=[round_.pk, str(tmp_path / "out")]).get()
+    assert first["path"] == second["path"] and (first["created"], second["created"]) == (True, False)

@@ -94,6 +94,11 @@ const bestWorst = {
         if (key === "ArrowLeft") return select(state.selected - 1);
         if (key === "ArrowRight") return select(state.selected + 1);
         if (key === "Enter") return submit();
+        if (key === "Escape") {
+          state.best = state.worst = null;
+          render();
+          return true;
+        }
         return false;
       },
       focus: () => stage.focus({ preventScroll: true }),

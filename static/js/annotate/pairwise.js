@@ -21,7 +21,6 @@ const pairwise = {
     const grid = document.getElementById("grid");
     const stage = document.getElementById("stage");
     document.getElementById("question").textContent = QUESTIONS[task.criterion] || "Which image is better?";
-    document.getElementById("task-body").dataset.criterion = task.criterion;
     const panes = task.images.map((image, index) => {
       const pane = makePane({ image, label: SIDES[index] });
       const wrap = document.createElement("div");

@@ -16,6 +16,7 @@ export class TaskPage {
     this.fetching = null; // the fetch-ahead in flight
     this.pending = new Map(); // client_uuid -> {task, done}: submissions on their way
     this.lastSubmitted = null; // {task, uuid, done, undoUntil}
+    this.submitted = Promise.resolve(); // the chain of submissions, in order
     this.finished = false;
     this.$ = (id) => document.getElementById(id);
   }
@@ -75,6 +76,9 @@ export class TaskPage {
 
   async #advance() {
     this.#setBusy(true);
+    // A task fetched ahead long ago (the annotator took a break) may have lost its lease.
+    const soon = Date.now() + 30000;
+    this.queue = this.queue.filter((task) => !task.expires_at || Date.parse(task.expires_at) > soon);
     try {
       // A fetch-ahead already in flight may have started before the last submission: if it
       // found nothing, ask again now that the submission is stored.
@@ -154,8 +158,10 @@ export class TaskPage {
     const uuid = crypto.randomUUID();
     const payload = { client_uuid: uuid, lease: task.lease, elapsed_ms: this.#elapsedMs(), answer };
     const record = { task, uuid, undoUntil: null };
-    record.done = this.api
-      .submit(payload, { onRetry: () => this.toast("Connection trouble: retrying your last answer…") })
+    // Submissions go out one after another, so the server stores them in the order given
+    // (undo takes back the latest) while the next item is already on screen.
+    record.done = this.submitted
+      .then(() => this.api.submit(payload, { onRetry: () => this.toast("Connection trouble: retrying your last answer…") }))
       .then((response) => {
         record.undoUntil = response && response.undo_until ? Date.parse(response.undo_until) : null;
         this.refreshProgress();
@@ -173,7 +179,7 @@ export class TaskPage {
         this.pending.delete(uuid);
         this.#updateUndo();
       });
-    record.done.catch(() => {});
+    this.submitted = record.done.catch(() => {});
     this.pending.set(uuid, record);
     this.lastSubmitted = record;
     this.current = null;

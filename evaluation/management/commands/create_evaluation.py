@@ -1,0 +1,83 @@
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from annotation.models import PromptSet
+from evaluation.services import EvaluationError, evaluation_start
+from training.models import ModelVersion
+
+
+def describe_start(result) -> list[str]:
+    """Lines that say what ``evaluation_start`` made (shared with the admin)."""
+    evaluation = result.evaluation
+    lines = [
+        f"evaluation {evaluation.pk} '{evaluation.name}': {result.jobs} generation jobs, "
+        f"{result.filled} filled from existing images"
+    ]
+    build = result.build
+    if build is None:
+        lines.append("annotation rounds: not yet; they are created once the images exist")
+        return lines
+    for round_ in build.rounds:
+        label = round_.criterion or round_.kind
+        lines.append(f"round {round_.pk} '{round_.name}': {build.items[label]} items ({label})")
+    lines.append(f"prompts used: {build.prompts_used}")
+    if build.prompts_without_questions:
+        lines.append(f"prompts without alignment questions (no alignment items): {build.prompts_without_questions}")
+    return lines
+
+
+def describe_missing(missing: list[dict], limit: int = 20) -> list[str]:
+    lines = [f"{len(missing)} prompts left out: an image is missing"] if missing else []
+    for entry in missing[:limit]:
+        lines.append(f"  prompt {entry['prompt']}: no image from {', '.join(entry['models'])}")
+    if len(missing) > limit:
+        lines.append(f"  ... and {len(missing) - limit} more (the evaluation lists them all)")
+    return lines
+
+
+class Command(BaseCommand):
+    help = (
+        "Create an evaluation round: one image job per prompt per model (same seed for every model), "
+        "pairwise visual flaws and visual appeal items for every pair of models, alignment items for "
+        "prompts with questions. Model A of each pair is the one listed first."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--models", nargs="+", required=True, metavar="MODEL", help="Model version names, in order.")
+        parser.add_argument("--prompts", required=True, metavar="SET", help="Prompt set name.")
+        parser.add_argument("--limit", type=int, help="Evaluate a seeded sample of this many prompts.")
+        parser.add_argument("--seed", type=int, default=0, help="Derives each prompt's image seed (default 0).")
+        parser.add_argument("--k", type=int, default=5, help="Judgments per item (default 5).")
+        parser.add_argument("--name", default="", help="Name of the evaluation (default: models, set and seed).")
+        parser.add_argument(
+            "--from-existing", action="store_true",
+            help="Fill the jobs from existing images with the same (model, prompt, seed) and create the rounds now.",
+        )
+        parser.add_argument("--user", help="Username recorded as the creator.")
+
+    def handle(self, *args, models, prompts, limit, seed, k, name, from_existing, user, **options):
+        found = {m.name: m for m in ModelVersion.objects.filter(name__in=models)}
+        unknown = [m for m in models if m not in found]
+        if unknown:
+            raise CommandError(f"--models: no model version named {', '.join(map(repr, unknown))}")
+        prompt_set = PromptSet.objects.filter(name=prompts).first()
+        if prompt_set is None:
+            raise CommandError(f"--prompts: no prompt set named {prompts!r}")
+        created_by = None
+        if user:
+            created_by = get_user_model().objects.filter(username=user).first()
+            if created_by is None:
+                raise CommandError(f"--user: no user named {user!r}")
+        try:
+            result = evaluation_start(
+                model_versions=[found[m] for m in models], prompt_set=prompt_set, limit=limit, seed=seed, k=k,
+                name=name, from_existing=from_existing, created_by=created_by,
+            )
+        except EvaluationError as exc:
+            raise CommandError(f"{exc} (nothing was created)") from exc
+        for line in describe_start(result):
+            self.stdout.write(line)
+        if result.build and result.build.missing:
+            for line in describe_missing(result.build.missing):
+                self.stderr.write(self.style.WARNING(line))
+        self.stdout.write(self.style.SUCCESS(f"created evaluation {result.evaluation.pk}"))

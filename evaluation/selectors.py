@@ -1,0 +1,184 @@
+"""Read-side queries of the evaluation app: evaluation rounds, and the judgments a report is built from."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from django.db.models import Count, Q
+
+from annotation.models import Aggregate, AlignmentAnswer, AlignmentQuestion, Item, ItemImage, Judgment, Round
+from annotation.services import annotators_excluded, gold_accuracy
+from evaluation.models import EvaluationRound, GenerationJob
+
+UNCATEGORIZED = "(no category)"
+
+
+def evaluation_rounds_list():
+    return EvaluationRound.objects.select_related("prompt_set", "created_by").annotate(
+        n_jobs=Count("jobs", distinct=True),
+        n_jobs_done=Count("jobs", filter=Q(jobs__status=GenerationJob.Status.DONE), distinct=True),
+    ).prefetch_related("entries__model_version")
+
+
+@dataclass
+class PairwiseItem:
+    """One non-gold pairwise item: its prompt, the models of its images in storage order, its votes."""
+
+    item_id: int
+    prompt_id: int
+    category: str
+    model_a: int
+    model_b: int
+    image_a: int
+    image_b: int
+    complete: bool = False
+    outcome: str = Aggregate.Outcome.PENDING
+    winner: int | None = None
+    no_majority: bool = False
+    votes: list[tuple[int, str]] = field(default_factory=list)  # (annotator id, "A" | "tie" | "B" | "reject")
+    left_wins: int = 0
+    right_wins: int = 0
+
+
+@dataclass
+class AlignmentItem:
+    item_id: int
+    prompt_id: int
+    category: str
+    model: int
+    complete: bool = False
+    votes: dict[int, list[bool]] = field(default_factory=dict)  # question id -> yes votes
+
+
+@dataclass
+class EvaluationData:
+    """Everything a report needs, read from the database in a few queries."""
+
+    evaluation: EvaluationRound
+    models: list[tuple[int, str]]
+    pairwise: dict[str, list[PairwiseItem]]  # criterion -> items
+    alignment: list[AlignmentItem] | None  # None: the evaluation has no alignment round
+    parents: dict[int, list[int]]  # alignment question id -> the question ids it depends on
+    annotators: dict[int, dict]  # annotator id -> {"username", "synthetic", "judgments"}
+    gold: dict[int, tuple[float, int]]  # annotator id -> (mean gold score, gold judgments)
+    judgments_total: int
+    judgments_synthetic: int
+    excluded_annotators: set[int]
+
+
+def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
+    """Read an evaluation's items, aggregates, counted judgments and alignment answers.
+
+    Judgments that were undone, and those of annotators the round excludes for their gold
+    accuracy, are not counted, matching the stored aggregates.
+    """
+    models = [(m.pk, m.name) for m in evaluation.ordered_models()]
+    rounds = list(evaluation.annotation_rounds.all())
+    pairwise: dict[str, list[PairwiseItem]] = {}
+    alignment: list[AlignmentItem] | None = None
+    parents: dict[int, list[int]] = {}
+    annotators: dict[int, dict] = {}
+    gold_totals: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
+    excluded_all: set[int] = set()
+    judgments_total = judgments_synthetic = 0
+
+    for round_ in rounds:
+        excluded = annotators_excluded(round_=round_)
+        excluded_all |= excluded
+        for annotator_id, (accuracy, n) in gold_accuracy(round_=round_).items():
+            gold_totals[annotator_id][0] += accuracy * n
+            gold_totals[annotator_id][1] += n
+        judgments = (
+            Judgment.objects.filter(round=round_, undone_at__isnull=True, item__is_gold=False)
+            .exclude(annotator_id__in=excluded)
+            .values("id", "item_id", "annotator_id", "annotator__username", "outcome", "winner_id",
+                    "winner__public_id", "layout", "synthetic")
+        )
+        judgments = list(judgments)
+        judgments_total += len(judgments)
+        judgments_synthetic += sum(j["synthetic"] for j in judgments)
+        for j in judgments:
+            entry = annotators.setdefault(
+                j["annotator_id"], {"username": j["annotator__username"], "synthetic": j["synthetic"], "judgments": 0}
+            )
+            entry["judgments"] += 1
+        items = Item.objects.filter(round=round_, is_gold=False).values_list("id", "prompt_id", "prompt__category")
+        if round_.kind == Round.Kind.PAIRWISE:
+            pairwise[round_.criterion] = _pairwise_items(round_, items, judgments)
+        elif round_.kind == Round.Kind.ALIGNMENT:
+            alignment, round_parents = _alignment_items(round_, items, excluded)
+            parents.update(round_parents)
+
+    return EvaluationData(
+        evaluation=evaluation, models=models, pairwise=pairwise, alignment=alignment, parents=parents,
+        annotators=annotators,
+        gold={a: (total / n, int(n)) for a, (total, n) in gold_totals.items() if n},
+        judgments_total=judgments_total, judgments_synthetic=judgments_synthetic,
+        excluded_annotators=excluded_all,
+    )
+
+
+def _pairwise_items(round_: Round, items, judgments: list[dict]) -> list[PairwiseItem]:
+    images: dict[int, dict[int, tuple[int, int]]] = defaultdict(dict)
+    for item_id, order, image_id, model_id in ItemImage.objects.filter(item__round=round_).values_list(
+        "item_id", "order", "image_id", "image__model_version_id"
+    ):
+        images[item_id][order] = (image_id, model_id)
+    by_id: dict[int, PairwiseItem] = {}
+    for item_id, prompt_id, category in items:
+        (image_a, model_a), (image_b, model_b) = images[item_id][0], images[item_id][1]
+        by_id[item_id] = PairwiseItem(
+            item_id=item_id, prompt_id=prompt_id, category=category or UNCATEGORIZED,
+            model_a=model_a, model_b=model_b, image_a=image_a, image_b=image_b,
+        )
+    for item_id, outcome, winner_id, no_majority, complete in Aggregate.objects.filter(
+        round=round_, item_id__in=by_id
+    ).values_list("item_id", "outcome", "winner_id", "no_majority", "complete"):
+        record = by_id[item_id]
+        record.outcome, record.winner, record.no_majority, record.complete = outcome, winner_id, no_majority, complete
+    for j in judgments:
+        record = by_id.get(j["item_id"])
+        if record is None:
+            continue
+        if j["outcome"] == Judgment.Outcome.WIN:
+            label = "A" if j["winner_id"] == record.image_a else "B"
+            # Screen position: the layout is the public ids in the order this annotator saw them.
+            if j["layout"] and j["winner__public_id"] == j["layout"][0]:
+                record.left_wins += 1
+            else:
+                record.right_wins += 1
+        elif j["outcome"] == Judgment.Outcome.TIE:
+            label = "tie"
+        else:
+            label = "reject"
+        record.votes.append((j["annotator_id"], label))
+    return list(by_id.values())
+
+
+def _alignment_items(round_: Round, items, excluded: set[int]) -> tuple[list[AlignmentItem], dict[int, list[int]]]:
+    models = dict(
+        ItemImage.objects.filter(item__round=round_, order=0).values_list("item_id", "image__model_version_id")
+    )
+    by_id = {
+        item_id: AlignmentItem(item_id=item_id, prompt_id=prompt_id, category=category or UNCATEGORIZED, model=models[item_id])
+        for item_id, prompt_id, category in items
+    }
+    for item_id, complete in Aggregate.objects.filter(round=round_, item_id__in=by_id).values_list("item_id", "complete"):
+        by_id[item_id].complete = complete
+    answers = (
+        AlignmentAnswer.objects.filter(judgment__round=round_, judgment__undone_at__isnull=True)
+        .exclude(judgment__annotator_id__in=excluded)
+        .values_list("judgment__item_id", "question_id", "answer")
+    )
+    for item_id, question_id, answer in answers:
+        if item_id in by_id:
+            by_id[item_id].votes.setdefault(question_id, []).append(answer)
+    prompt_ids = {record.prompt_id for record in by_id.values()}
+    parents: dict[int, list[int]] = defaultdict(list)
+    through = AlignmentQuestion.parents.through
+    for child, parent in through.objects.filter(from_alignmentquestion__prompt_id__in=prompt_ids).values_list(
+        "from_alignmentquestion_id", "to_alignmentquestion_id"
+    ):
+        parents[child].append(parent)
+    return list(by_id.values()), dict(parents)

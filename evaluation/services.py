@@ -1,0 +1,262 @@
+"""Write-side operations of the evaluation app: evaluation rounds, generation jobs, annotation rounds."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.utils import timezone
+
+from annotation.models import AlignmentQuestion, Image, Prompt, PromptSet, Round
+from annotation.services import AnnotationError, ItemSpec, round_create
+from evaluation.models import EvaluationModel, EvaluationRound, GenerationJob
+from training.models import ModelVersion
+
+CRITERIA = (Round.Criterion.VISUAL_FLAWS, Round.Criterion.VISUAL_APPEAL)
+
+
+class EvaluationError(Exception):
+    """A refused evaluation request; ``field`` names the input at fault."""
+
+    def __init__(self, detail: str, *, field: str = ""):
+        super().__init__(f"{field}: {detail}" if field else detail)
+        self.detail = detail
+        self.field = field
+
+
+def prompt_seed(*, seed: int, external_id: str) -> int:
+    """The image seed of one prompt: the same for every model, derived from the evaluation seed.
+
+    A hash of (seed, the prompt's stable external id), so it does not depend on database ids
+    and stays below 2**31 (every sampler's generator takes it).
+    """
+    digest = hashlib.sha256(f"{seed}:{external_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF
+
+
+def prompts_select(*, prompt_set: PromptSet, limit: int | None, seed: int) -> list[Prompt]:
+    """The set's prompts, or a sample of ``limit`` of them drawn with ``seed`` (in set order).
+
+    A sample rather than the first N, because prompt files are often sorted by category.
+    """
+    prompts = list(Prompt.objects.filter(prompt_set=prompt_set).order_by("id"))
+    if limit is not None and limit < len(prompts):
+        chosen = set(random.Random(seed).sample(range(len(prompts)), limit))
+        prompts = [p for index, p in enumerate(prompts) if index in chosen]
+    return prompts
+
+
+@transaction.atomic
+def evaluation_create(
+    *, model_versions: Sequence[ModelVersion], prompt_set: PromptSet, limit: int | None = None, seed: int = 0,
+    k: int = 5, name: str = "", created_by=None,
+) -> EvaluationRound:
+    """Create an evaluation round and one generation job per prompt per model (same seed per prompt)."""
+    if len(model_versions) < 2:
+        raise EvaluationError("an evaluation compares at least 2 models", field="models")
+    duplicates = sorted({m.name for m in model_versions if list(model_versions).count(m) > 1})
+    if duplicates:
+        raise EvaluationError(f"listed more than once: {', '.join(duplicates)}", field="models")
+    if limit is not None and limit < 1:
+        raise EvaluationError(f"must be at least 1, got {limit}", field="limit")
+    if k < 1:
+        raise EvaluationError(f"must be at least 1, got {k}", field="k")
+    prompts = prompts_select(prompt_set=prompt_set, limit=limit, seed=seed)
+    if not prompts:
+        raise EvaluationError(f"prompt set {prompt_set.name!r} has no prompts", field="prompts")
+    name = name or _default_name(model_versions, prompt_set, seed)
+    if EvaluationRound.objects.filter(name=name).exists():
+        raise EvaluationError(f"an evaluation named {name!r} already exists", field="name")
+    evaluation = EvaluationRound.objects.create(
+        name=name, prompt_set=prompt_set, limit=limit, seed=seed, k=k, created_by=created_by,
+    )
+    EvaluationModel.objects.bulk_create(
+        [EvaluationModel(evaluation_round=evaluation, model_version=m, position=i) for i, m in enumerate(model_versions)]
+    )
+    GenerationJob.objects.bulk_create(
+        [
+            GenerationJob(
+                evaluation_round=evaluation, model_version=model, prompt=prompt,
+                seed=prompt_seed(seed=seed, external_id=prompt.external_id),
+            )
+            for prompt in prompts
+            for model in model_versions
+        ],
+        batch_size=2000,
+    )
+    return evaluation
+
+
+def _default_name(model_versions: Sequence[ModelVersion], prompt_set: PromptSet, seed: int) -> str:
+    base = f"{' vs '.join(m.name for m in model_versions)} on {prompt_set.name} (seed {seed})"[:180]
+    name, n = base, 2
+    while EvaluationRound.objects.filter(name=name).exists():
+        name, n = f"{base} #{n}", n + 1
+    return name
+
+
+@transaction.atomic
+def generation_jobs_fill_from_existing(*, evaluation: EvaluationRound) -> int:
+    """Satisfy the round's unfinished jobs with existing images of the same (model, prompt, seed).
+
+    Returns how many jobs were filled. Where several images match, the oldest is used.
+    """
+    jobs = list(
+        GenerationJob.objects.select_for_update()
+        .filter(evaluation_round=evaluation)
+        .exclude(status=GenerationJob.Status.DONE)
+    )
+    if not jobs:
+        return 0
+    candidates = (
+        Image.objects.filter(
+            prompt_id__in={j.prompt_id for j in jobs}, model_version_id__in={j.model_version_id for j in jobs},
+            seed__in={j.seed for j in jobs},
+        )
+        .order_by("id")
+        .values_list("id", "model_version_id", "prompt_id", "seed")
+    )
+    found: dict[tuple[int, int, int], int] = {}
+    for image_id, model_id, prompt_id, seed in candidates:
+        found.setdefault((model_id, prompt_id, seed), image_id)
+    now = timezone.now()
+    filled = []
+    for job in jobs:
+        image_id = found.get((job.model_version_id, job.prompt_id, job.seed))
+        if image_id is not None:
+            job.image_id, job.status, job.error, job.finished_at = image_id, GenerationJob.Status.DONE, "", now
+            filled.append(job)
+    # Small batches: bulk_update builds one CASE per field and row, quadratic in the batch.
+    GenerationJob.objects.bulk_update(filled, ["image", "status", "error", "finished_at"], batch_size=100)
+    return len(filled)
+
+
+def generation_job_complete(*, job: GenerationJob, image: Image) -> GenerationJob:
+    """Record a generated image on its job; a second call with the same image is harmless."""
+    if (image.model_version_id, image.prompt_id, image.seed) != (job.model_version_id, job.prompt_id, job.seed):
+        raise EvaluationError(
+            f"image {image.public_id} is not (model {job.model_version_id}, prompt {job.prompt_id}, seed {job.seed})",
+            field="image",
+        )
+    job.image, job.status, job.error, job.finished_at = image, GenerationJob.Status.DONE, "", timezone.now()
+    job.save(update_fields=["image", "status", "error", "finished_at"])
+    return job
+
+
+@dataclass(frozen=True)
+class AnnotationBuild:
+    """What ``evaluation_annotation_create`` made, and which prompts it had to leave out."""
+
+    rounds: list[Round]
+    prompts_used: int
+    items: dict[str, int]
+    missing: list[dict] = field(default_factory=list)
+    prompts_without_questions: int = 0
+
+
+@transaction.atomic
+def evaluation_annotation_create(*, evaluation: EvaluationRound, created_by=None) -> AnnotationBuild:
+    """Create the annotation rounds of an evaluation from its finished generation jobs.
+
+    - ``visual_flaws`` and ``visual_appeal``: one pairwise item per prompt per pair of models,
+      its images stored in the evaluation's model order (the annotation app shuffles the screen
+      order per annotator);
+    - ``alignment``: one item per prompt per model, for prompts with alignment questions.
+
+    Only prompts with an image from every model are used; the others are returned (and kept on
+    the evaluation) as ``missing``. Round names carry no model names: annotators see them.
+    """
+    evaluation = EvaluationRound.objects.select_for_update().get(pk=evaluation.pk)
+    if evaluation.annotation_rounds.exists():
+        raise EvaluationError(f"evaluation {evaluation.pk} already has its annotation rounds", field="evaluation")
+    models = evaluation.ordered_models()
+    images: dict[int, dict[int, int]] = {}
+    prompts: dict[int, Prompt] = {}
+    for job in GenerationJob.objects.filter(evaluation_round=evaluation).select_related("prompt").order_by("prompt_id"):
+        prompts[job.prompt_id] = job.prompt
+        if job.status == GenerationJob.Status.DONE:
+            images.setdefault(job.prompt_id, {})[job.model_version_id] = job.image_id
+    complete, missing = [], []
+    for prompt_id, prompt in prompts.items():
+        lacking = [m.name for m in models if m.pk not in images.get(prompt_id, {})]
+        if lacking:
+            missing.append({"prompt": prompt.external_id, "text": prompt.text[:200], "models": lacking})
+        else:
+            complete.append(prompt_id)
+    if not complete:
+        raise EvaluationError(
+            f"no prompt has an image from every model yet ({len(missing)} prompts are missing images)",
+            field="images",
+        )
+    pairs = list(itertools.combinations(models, 2))
+    rounds, items = [], {}
+    try:
+        for criterion in CRITERIA:
+            specs = [
+                ItemSpec(prompt_id=p, image_ids=(images[p][a.pk], images[p][b.pk])) for p in complete for a, b in pairs
+            ]
+            rounds.append(round_create(
+                name=f"Evaluation {evaluation.pk}: {Round.Criterion(criterion).label.lower()}",
+                kind=Round.Kind.PAIRWISE, criterion=criterion, k=evaluation.k, items=specs, created_by=created_by,
+            ))
+            items[criterion] = len(specs)
+        with_questions = set(
+            AlignmentQuestion.objects.filter(prompt_id__in=complete).values_list("prompt_id", flat=True)
+        )
+        if with_questions:
+            specs = [
+                ItemSpec(prompt_id=p, image_ids=(images[p][m.pk],)) for p in complete if p in with_questions for m in models
+            ]
+            rounds.append(round_create(
+                name=f"Evaluation {evaluation.pk}: text alignment", kind=Round.Kind.ALIGNMENT, k=evaluation.k,
+                items=specs, created_by=created_by,
+            ))
+            items["alignment"] = len(specs)
+    except AnnotationError as exc:
+        raise EvaluationError(exc.detail, field="annotation rounds") from exc
+    evaluation.annotation_rounds.set(rounds)
+    evaluation.missing_prompts = missing
+    evaluation.status = EvaluationRound.Status.ANNOTATING
+    evaluation.save(update_fields=["missing_prompts", "status"])
+    return AnnotationBuild(
+        rounds=rounds, prompts_used=len(complete), items=items, missing=missing,
+        prompts_without_questions=len(complete) - len(with_questions),
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationStart:
+    evaluation: EvaluationRound
+    jobs: int
+    filled: int
+    build: AnnotationBuild | None
+
+
+@transaction.atomic
+def evaluation_start(
+    *, model_versions: Sequence[ModelVersion], prompt_set: PromptSet, limit: int | None = None, seed: int = 0,
+    k: int = 5, name: str = "", from_existing: bool = False, created_by=None,
+) -> EvaluationStart:
+    """Create an evaluation and its jobs; with ``from_existing``, fill them and create the rounds now.
+
+    All or nothing: with ``from_existing`` and not one prompt with every image, nothing is kept.
+    """
+    evaluation = evaluation_create(
+        model_versions=model_versions, prompt_set=prompt_set, limit=limit, seed=seed, k=k, name=name,
+        created_by=created_by,
+    )
+    jobs = evaluation.jobs.count()
+    filled, build = 0, None
+    if from_existing:
+        filled = generation_jobs_fill_from_existing(evaluation=evaluation)
+        if filled == 0:
+            raise EvaluationError(
+                f"no existing image matches any of the {jobs} (model, prompt, seed) jobs", field="from_existing"
+            )
+        build = evaluation_annotation_create(evaluation=evaluation, created_by=created_by)
+        evaluation.refresh_from_db()
+    return EvaluationStart(evaluation=evaluation, jobs=jobs, filled=filled, build=build)

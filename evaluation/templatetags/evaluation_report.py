@@ -1,0 +1,38 @@
+"""Template filters that print report numbers the way the exported table does."""
+
+from django import template
+
+from evaluation.report_format import MISSING, format_p, format_percent
+
+register = template.Library()
+
+
+@register.filter
+def percent(rate):
+    return format_percent(rate)
+
+
+@register.filter
+def pvalue(p):
+    return format_p(p)
+
+
+@register.filter
+def interval(cell):
+    """``[low, high]`` in percent from a cell or interval dict, or nothing when it is undefined."""
+    if not cell:
+        return ""
+    low, high = cell.get("ci_low", cell.get("low")), cell.get("ci_high", cell.get("high"))
+    if low is None or high is None:
+        return ""
+    return f"[{format_percent(low)}, {format_percent(high)}]"
+
+
+@register.filter
+def number(value, digits=3):
+    return MISSING if value is None else f"{value:.{int(digits)}f}"
+
+
+@register.filter
+def get(mapping, key):
+    return (mapping or {}).get(key)

@@ -1,0 +1,72 @@
+"""The annotator pages: who may open them, and what they hand to the page's script."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.annotation.builders import alignment_round, pairwise_round
+from tests.factories import AnnotatorFactory, ResearcherFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def task_config(response):
+    match = re.search(r'<script id="task-config" type="application/json">(.*?)</script>', response.content.decode())
+    return json.loads(match.group(1))
+
+
+def test_annotator_gets_the_page_of_the_round_kind(client):
+    round_ = pairwise_round(n_items=1)
+    client.force_login(AnnotatorFactory())
+    response = client.get(f"/annotate/pairwise/{round_.pk}/")
+    assert response.status_code == 200
+    assert "annotation/pairwise.html" in [t.name for t in response.templates]
+    config = task_config(response)
+    assert config == {
+        "round": round_.pk,
+        "kind": "pairwise",
+        "urls": {
+            "next": f"/api/annotate/rounds/{round_.pk}/next/",
+            "submit": "/api/annotate/submit/",
+            "undo": "/api/annotate/undo/",
+            "progress": "/api/annotate/progress/",
+        },
+    }
+    # The round's name is the researchers' and may name the models: the page never carries it.
+    assert round_.name not in response.content.decode()
+
+
+def test_a_page_of_the_wrong_kind_redirects_to_the_right_one(client):
+    round_ = alignment_round(n_items=1)
+    client.force_login(AnnotatorFactory())
+    response = client.get(f"/annotate/pairwise/{round_.pk}/")
+    assert response.status_code == 302 and response["Location"] == f"/annotate/alignment/{round_.pk}/"
+
+
+def test_closed_or_unknown_rounds_are_not_found(client):
+    round_ = pairwise_round(n_items=1, status="closed")
+    client.force_login(AnnotatorFactory())
+    assert client.get(f"/annotate/pairwise/{round_.pk}/").status_code == 404
+    assert client.get("/annotate/pairwise/999999/").status_code == 404
+
+
+def test_only_annotators_open_task_pages(client):
+    round_ = pairwise_round(n_items=1)
+    assert client.get(f"/annotate/pairwise/{round_.pk}/")["Location"].startswith("/accounts/login/")
+    client.force_login(ResearcherFactory())
+    assert client.get(f"/annotate/pairwise/{round_.pk}/").status_code == 403
+
+
+def test_dashboard_and_guidelines(client, settings):
+    settings.ANNOTATION_UNDO_SECONDS = 45
+    client.force_login(AnnotatorFactory())
+    home = client.get("/")
+    assert home.status_code == 200 and b'id="dashboard-config"' in home.content
+    assert b"Admin" not in home.content  # the researcher links are for researchers
+    guidelines = client.get("/guidelines/").content.decode()
+    for topic in ("Visual flaws", "Visual appeal", "Photorealistic vs stylized", "Fewest visual flaws decides first", "literally"):
+        assert topic in guidelines
+    assert "within 45 seconds" in guidelines

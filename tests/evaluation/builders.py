@@ -1,0 +1,113 @@
+"""Builders for evaluation tests: models, prompts with questions, images at the evaluation's seeds."""
+
+from __future__ import annotations
+
+import uuid
+
+from annotation import services as annotation_services
+from annotation.models import Round
+from evaluation.services import prompt_seed
+from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory, PromptSetFactory
+
+
+def prompt_set_with_images(
+    *, models: list[str], n_prompts: int = 6, seed: int = 0, with_questions: int | None = None,
+    categories=("Animals", "Vehicles"), skip: set[tuple[int, str]] = frozenset(), set_name: str = "parti-test",
+):
+    """A prompt set, model versions, and one image per prompt per model at ``prompt_seed(seed, ...)``.
+
+    The first ``with_questions`` prompts (default: all) get two alignment questions, the second
+    depending on the first. ``skip`` holds (prompt index, model name) pairs left without an image.
+    """
+    prompt_set = PromptSetFactory(name=set_name)
+    versions = [ModelVersionFactory(name=name) for name in models]
+    with_questions = n_prompts if with_questions is None else with_questions
+    prompts = []
+    for n in range(n_prompts):
+        prompt = PromptFactory(prompt_set=prompt_set, external_id=f"{set_name}-{n}", category=categories[n % len(categories)])
+        if n < with_questions:
+            first = AlignmentQuestionFactory(prompt=prompt, order=1, text="Is there a bird?")
+            second = AlignmentQuestionFactory(prompt=prompt, order=2, text="Is the bird blue?")
+            second.parents.add(first)
+        image_seed = prompt_seed(seed=seed, external_id=prompt.external_id)
+        for m, version in enumerate(versions):
+            if (n, version.name) not in skip:
+                ImageFactory(prompt=prompt, model_version=version, seed=image_seed, color=(n * 20 % 255, m * 60, 90))
+        prompts.append(prompt)
+    return prompt_set, versions, prompts
+
+
+def annotate_round(round_: Round, people, choose) -> int:
+    """Every person judges every item they are given; ``choose(lease, person)`` returns the answer.
+
+    Goes through the annotation services (assignment, then submission), like the API does.
+    Returns the number of judgments stored.
+    """
+    stored = 0
+    for person in people:
+        while True:
+            lease = annotation_services.item_next_for_annotator(round_=round_, annotator=person)
+            if lease is None:
+                break
+            annotation_services.judgment_submit(
+                annotator=person, lease_id=lease.pk, client_uuid=uuid.uuid4(), answer=choose(lease, person),
+                elapsed_ms=1200,
+            )
+            stored += 1
+    return stored
+
+
+def annotators(n: int, **kwargs):
+    return [AnnotatorFactory(**kwargs) for _ in range(n)]
+
+
+def set_pairwise_outcomes(evaluation, criterion: str, labels: list[str], *, no_majority: int = 0) -> None:
+    """Store complete majority results on a two-model evaluation's items, in prompt order.
+
+    ``labels`` holds "A", "tie", "B" or "reject" (every vote was "cannot compare") per prompt;
+    the first ``no_majority`` prompts are flagged as having had no majority.
+    """
+    from annotation.models import Aggregate
+
+    from annotation.models import ItemImage
+
+    round_ = evaluation.annotation_rounds.get(criterion=criterion)
+    aggregates = list(Aggregate.objects.filter(round=round_).select_related("item").order_by("item__prompt_id"))
+    assert len(aggregates) == len(labels), (len(aggregates), len(labels))
+    images: dict[int, list[int]] = {}
+    for item_id, image_id in ItemImage.objects.filter(item__round=round_).order_by("item_id", "order").values_list(
+        "item_id", "image_id"
+    ):
+        images.setdefault(item_id, []).append(image_id)
+    for index, (aggregate, label) in enumerate(zip(aggregates, labels)):
+        a, b = images[aggregate.item_id]
+        aggregate.complete, aggregate.n_judgments, aggregate.n_used = True, evaluation.k, evaluation.k
+        aggregate.no_majority = index < no_majority
+        if label in ("A", "B"):
+            aggregate.outcome = Aggregate.Outcome.WINNER
+            aggregate.winner_id, aggregate.loser_id = (a, b) if label == "A" else (b, a)
+        else:
+            aggregate.outcome = Aggregate.Outcome.TIE if label == "tie" else Aggregate.Outcome.PENDING
+            aggregate.winner_id = aggregate.loser_id = None
+    Aggregate.objects.bulk_update(
+        aggregates, ["complete", "n_judgments", "n_used", "no_majority", "outcome", "winner", "loser"], batch_size=100
+    )
+
+
+def bulk_prompt_set(*, models: list[str], n_prompts: int, seed: int = 0, set_name: str = "bulk"):
+    """Many prompts and image rows at once (no files): for reports at the paper's scale."""
+    from annotation.models import Image, Prompt
+
+    prompt_set = PromptSetFactory(name=set_name)
+    versions = [ModelVersionFactory(name=name) for name in models]
+    Prompt.objects.bulk_create([
+        Prompt(prompt_set=prompt_set, external_id=f"{set_name}-{n}", text=f"prompt {n}", category=("Animals", "People")[n % 2])
+        for n in range(n_prompts)
+    ])
+    prompts = list(Prompt.objects.filter(prompt_set=prompt_set).order_by("id"))
+    Image.objects.bulk_create([
+        Image(prompt=p, model_version=v, seed=prompt_seed(seed=seed, external_id=p.external_id),
+              file=f"images/x/{p.pk}-{v.pk}.png", sha256="0" * 64, width=16, height=16)
+        for p in prompts for v in versions
+    ], batch_size=2000)
+    return prompt_set, versions, prompts
