@@ -243,6 +243,9 @@ def evaluation_start(
 ) -> EvaluationStart:
     """Create an evaluation and its jobs; with ``from_existing``, fill them and create the rounds now.
 
+    Otherwise the jobs go to `gpu` workers once this transaction commits, and the annotation
+    rounds are created when the last image is done.
+
     All or nothing: with ``from_existing`` and not one prompt with every image, nothing is kept.
     """
     evaluation = evaluation_create(
@@ -259,4 +262,8 @@ def evaluation_start(
             )
         build = evaluation_annotation_create(evaluation=evaluation, created_by=created_by)
         evaluation.refresh_from_db()
+    else:
+        from evaluation.generation import generation_dispatch
+
+        generation_dispatch(evaluation=evaluation)
     return EvaluationStart(evaluation=evaluation, jobs=jobs, filled=filled, build=build)

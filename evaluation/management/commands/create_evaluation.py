@@ -15,7 +15,7 @@ def describe_start(result) -> list[str]:
     ]
     build = result.build
     if build is None:
-        lines.append("annotation rounds: not yet; they are created once the images exist")
+        lines.append("images: sent to the gpu queue; the annotation rounds are created when the last one is done")
         return lines
     for round_ in build.rounds:
         label = round_.criterion or round_.kind

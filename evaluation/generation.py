@@ -1,0 +1,110 @@
+"""Image generation for evaluations: GenerationJobs become Images on a `gpu` worker.
+
+The web process dispatches one `gpu` task per (evaluation, model); the task samples every
+queued job of that model in batches with the paper's evaluation setting (DDIM, 50 steps,
+classifier-free guidance) and the same per-prompt seed for every model. When the last job of
+an evaluation has finished, its annotation rounds are created on the `default` queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from PIL import Image as PILImage
+
+from annotation.models import Image
+from evaluation.models import EvaluationRound, GenerationJob
+from evaluation.services import generation_job_complete
+from training.models import ModelVersion
+
+DEFAULT_SAMPLER = {"steps": 50, "guidance_scale": 7.5, "scheduler": "ddim", "batch_size": 4, "dtype": "fp32"}
+
+
+def sampler_settings() -> dict:
+    """The evaluation sampler: the paper's setting, overridable with EVALUATION_SAMPLER in settings."""
+    return {**DEFAULT_SAMPLER, **getattr(settings, "EVALUATION_SAMPLER", {})}
+
+
+def generation_dispatch(*, evaluation: EvaluationRound) -> list[int]:
+    """Send one `gpu` task per model that still has queued jobs, after the transaction commits."""
+    from evaluation import tasks
+
+    model_ids = sorted(
+        set(evaluation.jobs.filter(status=GenerationJob.Status.QUEUED).values_list("model_version_id", flat=True))
+    )
+    for model_id in model_ids:
+        transaction.on_commit(lambda model_id=model_id: tasks.gpu_generate_images.delay(evaluation.pk, model_id))
+    return model_ids
+
+
+def _jobs_claim(*, evaluation_id: int, model_version_id: int) -> list[GenerationJob]:
+    """Queued jobs, and jobs left running by a worker that died, become this worker's."""
+    with transaction.atomic():
+        jobs = list(
+            GenerationJob.objects.select_for_update(skip_locked=True)
+            .filter(
+                evaluation_round_id=evaluation_id,
+                model_version_id=model_version_id,
+                status__in=[GenerationJob.Status.QUEUED, GenerationJob.Status.RUNNING],
+            )
+            .select_related("prompt")
+            .order_by("id")
+        )
+        GenerationJob.objects.filter(pk__in=[job.pk for job in jobs]).update(status=GenerationJob.Status.RUNNING)
+    return jobs
+
+
+def image_store(*, job: GenerationJob, data: bytes, sampler: dict) -> Image:
+    with PILImage.open(io.BytesIO(data)) as decoded:
+        width, height = decoded.size
+    image = Image(prompt=job.prompt, model_version_id=job.model_version_id, seed=job.seed, sampler=sampler,
+                  sha256=hashlib.sha256(data).hexdigest())
+    image.file.save("generated.png", ContentFile(data), save=False)
+    image.width, image.height = width, height
+    image.save()
+    return image
+
+
+def generation_run(*, evaluation_id: int, model_version_id: int) -> int:
+    """Sample every claimed job of one model; returns how many images were made. Imports torch."""
+    from training.engine.sampling import sample
+
+    jobs = _jobs_claim(evaluation_id=evaluation_id, model_version_id=model_version_id)
+    if not jobs:
+        return 0
+    model = ModelVersion.objects.get(pk=model_version_id)
+    sampler = sampler_settings()
+    try:
+        with tempfile.TemporaryDirectory(prefix="generate-") as tmp:
+            record = sample(
+                model.local_path, [job.prompt.text for job in jobs], [job.seed for job in jobs], tmp, **sampler
+            )
+            stored_sampler = {key: record[key] for key in ("scheduler", "steps", "guidance_scale", "height", "width", "dtype")}
+            for job, entry in zip(jobs, record["images"], strict=True):
+                with transaction.atomic():
+                    image = image_store(job=job, data=(Path(tmp) / entry["file"]).read_bytes(), sampler=stored_sampler)
+                    generation_job_complete(job=job, image=image)
+    except Exception as exc:
+        GenerationJob.objects.filter(pk__in=[j.pk for j in jobs], status=GenerationJob.Status.RUNNING).update(
+            status=GenerationJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:10_000]
+        )
+        raise
+    finally:
+        _annotation_rounds_when_done(evaluation_id)
+    return len(jobs)
+
+
+def _annotation_rounds_when_done(evaluation_id: int) -> None:
+    from evaluation import tasks
+
+    pending = GenerationJob.objects.filter(
+        evaluation_round_id=evaluation_id, status__in=[GenerationJob.Status.QUEUED, GenerationJob.Status.RUNNING]
+    )
+    if not pending.exists():
+        transaction.on_commit(lambda: tasks.evaluation_rounds_create.delay(evaluation_id))
