@@ -60,6 +60,14 @@ class TrainingRun(models.Model):
     error = models.TextField(blank=True)
     worker = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Deliveries to a GPU worker so far.")
+    source_round = models.ForeignKey(
+        "annotation.Round", null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs",
+        help_text="The annotation round whose winner/loser pairs this run trained on.",
+    )
+    follow_up = models.JSONField(
+        default=dict, blank=True,
+        help_text='What to do with the checkpoint, e.g. {"evaluate": {"prompt_set": "PartiPrompts", "limit": 300}}.',
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

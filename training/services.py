@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from training.engine.pipeline_index import PipelineIndexError, read_pipeline_index
 from training.models import ModelVersion, TrainingRun, WorkerHeartbeat
+from training.signals import training_run_succeeded
 
 
 class RegistrationError(ValueError):
@@ -91,7 +92,8 @@ def training_config_validate(*, base_model: ModelVersion, dataset_path: str, con
 
 @transaction.atomic
 def training_run_create(
-    *, name: str, base_model: ModelVersion, dataset_path: str, config: dict, created_by=None
+    *, name: str, base_model: ModelVersion, dataset_path: str, config: dict, created_by=None,
+    source_round=None, follow_up: dict | None = None,
 ) -> TrainingRun:
     """Create a queued run and send it to a GPU worker once this transaction commits."""
     from training import tasks
@@ -100,7 +102,8 @@ def training_run_create(
     if ModelVersion.objects.filter(name=name).exists():
         raise RegistrationError(f"a model named '{name}' exists; the run's checkpoint would take that name")
     run = TrainingRun.objects.create(
-        name=name, base_model=base_model, dataset_path=dataset_path, config=config, created_by=created_by
+        name=name, base_model=base_model, dataset_path=dataset_path, config=config, created_by=created_by,
+        source_round=source_round, follow_up=follow_up or {},
     )
     run.output_dir = str(training_run_output_dir(run))
     run.save(update_fields=["output_dir"])
@@ -178,4 +181,5 @@ def training_run_finish(*, run: TrainingRun, model_dir: str | Path, metrics: dic
     run.finished_at = timezone.now()
     run.error = ""
     run.save(update_fields=["status", "metrics", "finished_at", "error"])
+    transaction.on_commit(lambda: training_run_succeeded.send(sender=TrainingRun, run=run, model=model))
     return model

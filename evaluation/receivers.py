@@ -1,0 +1,26 @@
+"""Reactions of the evaluation app to other apps' signals."""
+
+from __future__ import annotations
+
+import logging
+
+from annotation.models import PromptSet
+from evaluation.services import evaluation_start
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_new_checkpoint(sender, *, run, model, **kwargs) -> None:
+    """A run asked to be evaluated: new model against its base, images generated on the gpu queue."""
+    spec = (run.follow_up or {}).get("evaluate")
+    if not spec:
+        return
+    prompt_set = PromptSet.objects.filter(pk=spec["prompt_set"]).first()
+    if prompt_set is None:
+        logger.error("run %s: prompt set %s for its evaluation no longer exists", run.pk, spec["prompt_set"])
+        return
+    result = evaluation_start(
+        model_versions=[model, run.base_model], prompt_set=prompt_set, limit=spec.get("limit"),
+        seed=spec.get("seed") or 0, name=f"{run.name} vs {run.base_model.name}", created_by=run.created_by,
+    )
+    logger.info("run %s: evaluation %s created with %s generation jobs", run.pk, result.evaluation.pk, result.jobs)

@@ -1,0 +1,103 @@
+"""One command takes a finished annotation round to a trained, registered, evaluated model."""
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from annotation.models import Round
+from config.celery import app
+from evaluation.models import EvaluationRound, GenerationJob
+from tests.factories import ImageFactory, PromptFactory, PromptSetFactory
+from training.models import ModelVersion, TrainingRun
+from training.services import model_register
+
+pytestmark = pytest.mark.django_db
+
+CONFIG = """
+pretrained_model = "ignored/by/the/round"
+latent_objective = "simpo"
+pixel_objective = "simpo"
+latent_beta = 100.0
+pixel_beta = 100.0
+pixel_weight = 2.0
+resolution = 32
+train_batch_size = 2
+max_train_steps = 2
+checkpointing_steps = 2
+learning_rate = 1e-3
+mixed_precision = "no"
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_unet(tmp_path_factory):
+    from training.engine.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline("unet", tmp_path_factory.mktemp("tiny") / "unet")
+
+
+@pytest.fixture
+def eager(settings, tmp_path):
+    previous = {key: app.conf[key] for key in ("task_always_eager", "task_eager_propagates")}
+    app.conf.update(task_always_eager=True, task_eager_propagates=True)
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
+    settings.EVALUATION_SAMPLER = {"steps": 2, "batch_size": 2, "height": 32, "width": 32}
+    yield
+    app.conf.update(previous)
+
+
+@pytest.fixture
+def judged_round(tiny_unet):
+    base = model_register(path=tiny_unet, name="base")
+    other = model_register(path=tiny_unet, name="other")
+    prompt_set = PromptSetFactory(name="train-prompts")
+    for n in range(4):
+        prompt = PromptFactory(prompt_set=prompt_set)
+        ImageFactory(prompt=prompt, model_version=base, seed=n, color=(200, 10 * n, 10))
+        ImageFactory(prompt=prompt, model_version=other, seed=n, color=(10, 10 * n, 200))
+    call_command("create_round", "--kind", "pairwise", "--name", "prefs", "--models", "other", "base",
+                 "--criterion", "visual_flaws", verbosity=0)
+    call_command("simulate_annotators", "prefs", "--annotators", "5", "--policy", "prefer_model:other", verbosity=0)
+    return base, Round.objects.get(name="prefs")
+
+
+def test_launch_trains_registers_and_evaluates_against_the_base(
+    tiny_unet, eager, judged_round, tmp_path, django_capture_on_commit_callbacks, capsys
+):
+    base, round_ = judged_round
+    config = tmp_path / "simpo.toml"
+    config.write_text(CONFIG)
+    eval_set = PromptSetFactory(name="eval-prompts")
+    for _ in range(3):
+        PromptFactory(prompt_set=eval_set)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command(
+            "launch_training_round", "prefs", "--base-model", "base", "--config", str(config),
+            "--set", "seed=5", "--name", "base-simpo-pixel", "--evaluate-on", "eval-prompts",
+        )
+    out, err = capsys.readouterr()
+    assert "4 pairs" in out and "ignoring pretrained_model" in err
+
+    run = TrainingRun.objects.get(name="base-simpo-pixel")
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.source_round == round_ and run.config["seed"] == 5
+    assert run.dataset_path.endswith("manifest.jsonl")
+    model = ModelVersion.objects.get(name="base-simpo-pixel")
+    assert model.parent == base and model.produced_by == run
+
+    evaluation = EvaluationRound.objects.get()
+    assert evaluation.ordered_models() == [model, base]
+    assert evaluation.jobs.filter(status=GenerationJob.Status.DONE).count() == 6
+    assert evaluation.annotation_rounds.filter(kind="pairwise").count() == 2
+
+
+def test_launch_refuses_a_config_without_a_preference_objective(eager, judged_round, tmp_path):
+    config = tmp_path / "sft.toml"
+    config.write_text('latent_objective = "sft"\n')
+    with pytest.raises(CommandError, match="dpo or simpo.*nothing was launched"):
+        call_command("launch_training_round", "prefs", "--base-model", "base", "--config", str(config), "--name", "x")
+    with pytest.raises(CommandError, match="config: pixel_crop"):
+        call_command("launch_training_round", "prefs", "--base-model", "base", "--config", str(config),
+                     "--set", "latent_objective=simpo", "--set", "pixel_crop=2.0", "--name", "x")
+    assert not TrainingRun.objects.exists()
