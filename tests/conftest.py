@@ -93,3 +93,28 @@ def redis_url():
     except redis.ConnectionError as exc:
         pytest.fail(f"REDIS_URL={url} is set but Redis does not answer: {exc}")
     return url
+
+
+@pytest.fixture(scope="session")
+def tiny_unet(tmp_path_factory):
+    """A tiny random-init Stable Diffusion pipeline directory, built once per session."""
+    from training.engine.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline("unet", tmp_path_factory.mktemp("tiny") / "unet")
+
+
+@pytest.fixture
+def eager_tasks(settings, tmp_path):
+    """Celery tasks run inline, as a worker would run them, when their on_commit callbacks fire.
+
+    Files land in this test's folder; the evaluation sampler is cut to two steps at 32 px.
+    """
+    from config.celery import app
+
+    previous = {key: app.conf[key] for key in ("task_always_eager", "task_eager_propagates")}
+    app.conf.update(task_always_eager=True, task_eager_propagates=True)
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
+    settings.EVALUATION_SAMPLER = {"steps": 2, "batch_size": 2, "height": 32, "width": 32}
+    yield
+    app.conf.update(previous)

@@ -3,7 +3,6 @@
 import pytest
 
 from annotation.models import Image, Round
-from config.celery import app
 from evaluation.models import GenerationJob
 from evaluation.services import evaluation_start
 from tests.factories import AlignmentQuestionFactory, PromptFactory, PromptSetFactory
@@ -12,26 +11,8 @@ from training.services import model_register
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(scope="module")
-def tiny_unet(tmp_path_factory):
-    from training.engine.tiny import build_tiny_pipeline
-
-    return build_tiny_pipeline("unet", tmp_path_factory.mktemp("tiny") / "unet")
-
-
-@pytest.fixture
-def eager(settings, tmp_path):
-    """Tasks run inline, as a worker would run them, when their on_commit callbacks fire."""
-    previous = {key: app.conf[key] for key in ("task_always_eager", "task_eager_propagates")}
-    app.conf.update(task_always_eager=True, task_eager_propagates=True)
-    settings.MEDIA_ROOT = tmp_path / "media"
-    settings.EVALUATION_SAMPLER = {"steps": 2, "batch_size": 2, "height": 32, "width": 32}
-    yield
-    app.conf.update(previous)
-
-
 def test_generation_fills_every_job_with_same_seed_images_then_creates_the_rounds(
-    tiny_unet, eager, django_capture_on_commit_callbacks
+    tiny_unet, eager_tasks, django_capture_on_commit_callbacks
 ):
     base = model_register(path=tiny_unet, name="base")
     tuned = model_register(path=tiny_unet, name="tuned", parent=base)
@@ -63,7 +44,7 @@ def test_generation_fills_every_job_with_same_seed_images_then_creates_the_round
     assert Round.objects.get(evaluations=evaluation, criterion="visual_flaws").items.count() == 3
 
 
-def test_a_redelivered_generation_task_changes_nothing(tiny_unet, eager, django_capture_on_commit_callbacks):
+def test_a_redelivered_generation_task_changes_nothing(tiny_unet, eager_tasks, django_capture_on_commit_callbacks):
     from evaluation.generation import generation_run
 
     base = model_register(path=tiny_unet, name="base")
@@ -77,7 +58,7 @@ def test_a_redelivered_generation_task_changes_nothing(tiny_unet, eager, django_
     assert evaluation.annotation_rounds.count() == 2
 
 
-def test_a_failed_generation_marks_its_jobs_failed(tiny_unet, eager, django_capture_on_commit_callbacks, settings):
+def test_a_failed_generation_marks_its_jobs_failed(tiny_unet, eager_tasks, django_capture_on_commit_callbacks, settings):
     base = model_register(path=tiny_unet, name="base")
     other = model_register(path=tiny_unet, name="other")
     prompt_set = PromptSetFactory(name="eval-set")

@@ -4,7 +4,6 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotation.models import Round
-from config.celery import app
 from evaluation.models import EvaluationRound, GenerationJob
 from tests.factories import ImageFactory, PromptFactory, PromptSetFactory
 from training.models import ModelVersion, TrainingRun
@@ -28,24 +27,6 @@ mixed_precision = "no"
 """
 
 
-@pytest.fixture(scope="module")
-def tiny_unet(tmp_path_factory):
-    from training.engine.tiny import build_tiny_pipeline
-
-    return build_tiny_pipeline("unet", tmp_path_factory.mktemp("tiny") / "unet")
-
-
-@pytest.fixture
-def eager(settings, tmp_path):
-    previous = {key: app.conf[key] for key in ("task_always_eager", "task_eager_propagates")}
-    app.conf.update(task_always_eager=True, task_eager_propagates=True)
-    settings.MEDIA_ROOT = tmp_path / "media"
-    settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
-    settings.EVALUATION_SAMPLER = {"steps": 2, "batch_size": 2, "height": 32, "width": 32}
-    yield
-    app.conf.update(previous)
-
-
 @pytest.fixture
 def judged_round(tiny_unet):
     base = model_register(path=tiny_unet, name="base")
@@ -62,7 +43,7 @@ def judged_round(tiny_unet):
 
 
 def test_launch_trains_registers_and_evaluates_against_the_base(
-    tiny_unet, eager, judged_round, tmp_path, django_capture_on_commit_callbacks, capsys
+    tiny_unet, eager_tasks, judged_round, tmp_path, django_capture_on_commit_callbacks, capsys
 ):
     base, round_ = judged_round
     config = tmp_path / "simpo.toml"
@@ -92,7 +73,7 @@ def test_launch_trains_registers_and_evaluates_against_the_base(
     assert evaluation.annotation_rounds.filter(kind="pairwise").count() == 2
 
 
-def test_launch_refuses_a_config_without_a_preference_objective(eager, judged_round, tmp_path):
+def test_launch_refuses_a_config_without_a_preference_objective(eager_tasks, judged_round, tmp_path):
     config = tmp_path / "sft.toml"
     config.write_text('latent_objective = "sft"\n')
     with pytest.raises(CommandError, match="dpo or simpo.*nothing was launched"):

@@ -19,13 +19,6 @@ TINY_SFT = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_unet(tmp_path_factory):
-    from training.engine.tiny import build_tiny_pipeline
-
-    return build_tiny_pipeline("unet", tmp_path_factory.mktemp("tiny") / "unet")
-
-
 @pytest.fixture
 def base_model(tiny_unet):
     return services.model_register(path=tiny_unet, name="tiny-base")
