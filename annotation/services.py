@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -394,10 +395,10 @@ def _gold_score(*, parsed: ParsedAnswer, gold: ParsedAnswer) -> float:
 
 def _profile_lock(annotator) -> AnnotatorProfile:
     """Lock the annotator's profile row: one assignment or submission per annotator at a time."""
-    profile = AnnotatorProfile.objects.select_for_update().filter(user=annotator).first()
+    profile = AnnotatorProfile.objects.select_for_update(no_key=True).filter(user=annotator).first()
     if profile is None:
         AnnotatorProfile.objects.get_or_create(user=annotator)
-        profile = AnnotatorProfile.objects.select_for_update().get(user=annotator)
+        profile = AnnotatorProfile.objects.select_for_update(no_key=True).get(user=annotator)
     return profile
 
 
@@ -414,13 +415,13 @@ def leases_reclaim(*, round_: Round, now: datetime | None = None, limit: int = 5
 def _leases_reclaim(*, round_: Round, now: datetime, limit: int) -> int:
     expired = list(
         Lease.objects.filter(round=round_, state=Lease.State.HELD, expires_at__lte=now)
-        .select_for_update(skip_locked=True).values_list("id", "item_id")[:limit]
+        .select_for_update(no_key=True, skip_locked=True).values_list("id", "item_id")[:limit]
     )
     if not expired:
         return 0
     locked_items = set(
         Item.objects.filter(pk__in={item_id for _, item_id in expired})
-        .select_for_update(skip_locked=True).values_list("pk", flat=True)
+        .select_for_update(no_key=True, skip_locked=True).values_list("pk", flat=True)
     )
     reclaimable = [(lease_id, item_id) for lease_id, item_id in expired if item_id in locked_items]
     Lease.objects.filter(pk__in=[lease_id for lease_id, _ in reclaimable], state=Lease.State.HELD).update(
@@ -429,6 +430,22 @@ def _leases_reclaim(*, round_: Round, now: datetime, limit: int) -> int:
     for item_id, n in Counter(item_id for _, item_id in reclaimable).items():
         Item.objects.filter(pk=item_id).update(slots_taken=F("slots_taken") - n)
     return len(reclaimable)
+
+
+_reclaimed_at: dict[int, float] = {}
+
+
+def _reclaim_due(round_id: int) -> bool:
+    """Reclaim a round's expired leases at most every ANNOTATION_RECLAIM_INTERVAL seconds per process.
+
+    Until reclaimed, an expired lease still counts against K, so a later reclaim only delays
+    reuse of a slot; it never lets an item exceed K.
+    """
+    now = time.monotonic()
+    if now - _reclaimed_at.get(round_id, float("-inf")) < setting("ANNOTATION_RECLAIM_INTERVAL"):
+        return False
+    _reclaimed_at[round_id] = now
+    return True
 
 
 def _lease_release(lease: Lease) -> None:
@@ -450,7 +467,7 @@ def _item_pick(*, round_: Round, annotator, gold: bool, skip_items: set[int]) ->
         candidates = candidates.order_by("id")
     else:
         candidates = candidates.filter(slots_taken__lt=round_.k).order_by("-slots_taken", "id")
-    return candidates.select_for_update(skip_locked=True, of=("self",)).only("id", "round_id", "prompt_id", "is_gold").first()
+    return candidates.select_for_update(no_key=True, skip_locked=True, of=("self",)).only("id", "round_id", "prompt_id", "is_gold").first()
 
 
 def item_next_for_annotator(
@@ -471,7 +488,8 @@ def item_next_for_annotator(
     exclude = {str(lease_id) for lease_id in exclude}
     with transaction.atomic():
         _profile_lock(annotator)
-        _leases_reclaim(round_=round_, now=now, limit=100)
+        if _reclaim_due(round_.pk):
+            _leases_reclaim(round_=round_, now=now, limit=100)
         held = list(
             Lease.objects.filter(round=round_, annotator=annotator, state=Lease.State.HELD, expires_at__gt=now)
             .order_by("leased_at", "id")
@@ -503,7 +521,7 @@ def item_next_for_annotator(
         if item is None:
             return None
         item.round = round_
-        lease = Lease.objects.select_for_update().filter(item=item, annotator=annotator).first()
+        lease = Lease.objects.select_for_update(no_key=True).filter(item=item, annotator=annotator).first()
         expires_at = now + timedelta(seconds=round_.lease_ttl_seconds)
         if lease is None:
             layout = [image.public_id for image in _item_images(item)]
@@ -567,15 +585,20 @@ def judgment_submit(
     try:
         with transaction.atomic():
             profile = _profile_lock(annotator)
-            replay = _replay(annotator=annotator, client_uuid=client_uuid)
-            if replay:
-                return replay
             lease = (
-                Lease.objects.select_for_update(of=("self",)).select_related("item", "round")
+                Lease.objects.select_for_update(no_key=True, of=("self",)).select_related("item", "round")
                 .filter(pk=lease_id, annotator=annotator).first()
             )
             if lease is None:
+                replay = _replay(annotator=annotator, client_uuid=client_uuid)
+                if replay:
+                    return replay
                 raise NotFound("no such lease for this annotator")
+            if lease.state == Lease.State.SUBMITTED:
+                # Most likely a retry. (A retry after an undo finds the UUID taken: see IntegrityError below.)
+                replay = _replay(annotator=annotator, client_uuid=client_uuid)
+                if replay:
+                    return replay
             if enforce_rate_limit:
                 _rate_limit_take(profile, now)
             item, round_ = lease.item, lease.round
@@ -620,7 +643,7 @@ def judgment_undo(*, annotator, client_uuid, now: datetime | None = None) -> Lea
     with transaction.atomic():
         _profile_lock(annotator)
         judgment = (
-            Judgment.objects.select_for_update(of=("self",)).select_related("round", "item")
+            Judgment.objects.select_for_update(no_key=True, of=("self",)).select_related("round", "item")
             .filter(client_uuid=client_uuid, annotator=annotator).first()
         )
         if judgment is None:
@@ -635,7 +658,7 @@ def judgment_undo(*, annotator, client_uuid, now: datetime | None = None) -> Lea
         judgment.undone_at = now
         judgment.save(update_fields=["undone_at"])
         # The judgment's slot becomes the lease's slot again: slots_taken does not change.
-        lease = Lease.objects.select_for_update().get(item=judgment.item, annotator=annotator)
+        lease = Lease.objects.select_for_update(no_key=True).get(item=judgment.item, annotator=annotator)
         lease.state, lease.leased_at = Lease.State.HELD, now
         lease.expires_at = now + timedelta(seconds=judgment.round.lease_ttl_seconds)
         lease.save(update_fields=["state", "leased_at", "expires_at"])
@@ -671,7 +694,9 @@ def annotators_excluded(*, round_: Round, annotator_ids=None) -> set[int]:
 def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate:
     """Recompute one item's majority result from its current judgments."""
     round_ = item.round
-    aggregate, _ = Aggregate.objects.select_for_update().get_or_create(item=item, defaults={"round": round_})
+    aggregate = Aggregate.objects.select_for_update(no_key=True).filter(item=item).first()
+    if aggregate is None:
+        aggregate, _ = Aggregate.objects.select_for_update(no_key=True).get_or_create(item=item, defaults={"round": round_})
     judgments = Judgment.objects.filter(item=item, undone_at__isnull=True).only(
         "id", "annotator_id", "outcome", "winner_id", "loser_id", "synthetic"
     )

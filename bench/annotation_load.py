@@ -49,6 +49,8 @@ def parse_args():
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--reuse-db", action="store_true",
+                        help="keep the database of an earlier run (its round and annotators) instead of rebuilding")
     return parser.parse_args()
 
 
@@ -66,6 +68,8 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     import django
 
     django.setup()
+    if args.reuse_db:
+        return sessions_reuse(args)
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
     from django.contrib.auth.models import Group
@@ -122,6 +126,46 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     connections.close_all()
     print(f"setup: {args.items} items, {args.annotators} annotators in {time.perf_counter() - t0:.1f} s", flush=True)
     return round_.pk, credentials
+
+
+def sessions_reuse(args) -> tuple[int, list[tuple[str, str]]]:
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.db import connections
+    from django.middleware.csrf import _get_new_csrf_string
+
+    from annotation.models import Round
+
+    round_ = Round.objects.get(name="bench")
+    users = list(get_user_model().objects.filter(username__startswith="bench").order_by("username")[: args.annotators])
+    if len(users) < args.annotators:
+        raise SystemExit(f"--reuse-db: the database has {len(users)} bench annotators, not {args.annotators}")
+    credentials = []
+    for user in users:
+        session = SessionStore()
+        session["_auth_user_id"] = str(user.pk)
+        session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+        session["_auth_user_hash"] = user.get_session_auth_hash()
+        session.create()
+        credentials.append((session.session_key, _get_new_csrf_string()))
+    connections.close_all()
+    return round_.pk, credentials
+
+
+def service_time(port: int, round_id: int, credentials: tuple[str, str], cycles: int = 20) -> tuple[float, float]:
+    """Median next and submit latency of one annotator alone, before the load: the per-request cost."""
+    client = Annotator(port=port, round_id=round_id, session_key=credentials[0], csrf=credentials[1], think_ms=0,
+                       stop_at=0, measure_from=0, seed=0)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(cycles):
+        _, data = client.request(conn, "next", f"/api/annotate/rounds/{round_id}/next/", {})
+        task = json.loads(data)["task"]
+        client.request(conn, "submit", "/api/annotate/submit/", {
+            "client_uuid": str(uuid.uuid4()), "lease": task["lease"], "elapsed_ms": 1,
+            "answer": {"outcome": "tie"},
+        })
+    conn.close()
+    return statistics.median(client.latencies["next"]), statistics.median(client.latencies["submit"])
 
 
 class Annotator(threading.Thread):
@@ -225,7 +269,8 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="annotation-bench-"))
     os.environ.update({
         "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DATABASE_URL": database_recreate(args.server_url, args.db_name),
+        "DATABASE_URL": (args.server_url.rsplit("/", 1)[0] + "/" + args.db_name) if args.reuse_db
+        else database_recreate(args.server_url, args.db_name),
         "DJANGO_DEBUG": "0",
         "VAR_DIR": str(work / "var"),
         "MEDIA_ROOT": str(work / "media"),
@@ -241,6 +286,7 @@ def main():
     )
     try:
         wait_for_server(args.port, time.time() + 60)
+        alone_next, alone_submit = service_time(args.port, round_id, credentials[0])
         now = time.perf_counter()
         measure_from = now + args.warmup
         stop_at = measure_from + args.duration
@@ -268,6 +314,8 @@ def main():
     ms = 1000
     print(f"items {args.items}, K {args.k}, annotators {args.annotators}, think {args.think_ms:.0f} ms, "
           f"gunicorn {args.workers}x{args.threads} gthread, {os.cpu_count()} CPUs")
+    print(f"one annotator alone: next {alone_next * ms:.1f} ms, submit {alone_submit * ms:.1f} ms (median of 20)")
+    print(f"load average     {os.getloadavg()}")
     print(f"judgments/s      {judgments / args.duration:.1f}  ({judgments} in {args.duration:.0f} s)")
     print(f"latency all      p50 {percentile(every, .5) * ms:.1f} ms  p99 {percentile(every, .99) * ms:.1f} ms"
           f"  mean {statistics.fmean(every) * ms if every else float('nan'):.1f} ms  ({len(every)} requests)")
