@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Avg, Count, Exists, F, OuterRef, Sum
 from django.utils import timezone
 
@@ -282,6 +282,11 @@ def round_create(
         for item, spec in zip(created, specs):
             if spec.is_gold:
                 item_gold_set(item=item, is_gold=True, gold_answer=spec.gold_answer)
+    if connection.vendor == "postgresql" and len(items) >= 1000:
+        # A bulk load can double these tables; without fresh statistics the planner may pick
+        # sequential scans for every assignment until autovacuum gets round to them.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE annotation_item, annotation_itemimage, annotation_aggregate")
     return round_
 
 
