@@ -347,6 +347,7 @@ def main():
         cpu_before = process_cpu_seconds(web_pids), process_cpu_seconds(db_pids)
         time.sleep(max(0.0, stop_at - time.perf_counter()))
         cpu_after = process_cpu_seconds(web_pids), process_cpu_seconds(db_pids)
+        db_pids_stable = set(server_pids(server.pid, args.server_url, args.db_name)[1]) == set(db_pids)
         for client in clients:
             client.join(timeout=60)
     finally:
@@ -375,9 +376,10 @@ def main():
     print(f"over-assignment  {checks['items_over_k']} items over K, {checks['items_over_k_with_leases']} over K "
           f"counting held leases, {checks['annotator_twice']} annotator-twice; {checks['stored']} judgments stored")
     requests_done = max(1, len(every))
+    db_cpu = (f"{(cpu_after[1] - cpu_before[1]) / requests_done * ms:.1f} ms" if db_pids_stable
+              else "n/a (connections were recycled during the window)")
     print(f"CPU per request  gunicorn {(cpu_after[0] - cpu_before[0]) / requests_done * ms:.1f} ms, "
-          f"PostgreSQL backends {(cpu_after[1] - cpu_before[1]) / requests_done * ms:.1f} ms "
-          f"(over the measured window)")
+          f"PostgreSQL backends {db_cpu} (over the measured window)")
     print(f"errors           {errors or 'none'}")
     shutil.rmtree(work, ignore_errors=True)
 
