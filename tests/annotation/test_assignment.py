@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import timedelta
 
 import pytest
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
-from hypothesis import HealthCheck, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from hypothesis import given
 
 from annotation import services
 from annotation.models import Item, Judgment, Lease
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.django_db
 
 def submit(lease, annotator, *, now=None, choice="first"):
     return services.judgment_submit(
-        annotator=annotator, lease_id=lease.pk, client_uuid=__import__("uuid").uuid4(),
+        annotator=annotator, lease_id=lease.pk, client_uuid=uuid.uuid4(),
         answer=answer_for(lease, choice), elapsed_ms=1200, now=now,
     )
 
@@ -145,7 +146,7 @@ def test_gold_items_are_mixed_in_at_the_round_rate():
     first = services.item_next_for_annotator(round_=round_, annotator=person)
     assert first.item_id == gold.pk  # rate 1.0: the gold item comes first
     result = services.judgment_submit(
-        annotator=person, lease_id=first.pk, client_uuid=__import__("uuid").uuid4(),
+        annotator=person, lease_id=first.pk, client_uuid=uuid.uuid4(),
         answer={"outcome": "win", "winner": b}, elapsed_ms=10,
     )
     assert result.judgment.gold_score == 0.0

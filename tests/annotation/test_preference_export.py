@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation import exports
+from annotation import exports, services
 from annotation.models import Aggregate, Item
 from annotation.simulation import Policy, round_simulate, synthetic_annotators
 from tests.annotation.builders import alignment_round, annotators, best_worst_round, pairwise_round
@@ -118,11 +119,9 @@ def test_best_worst_pairs_export_and_alignment_rounds_are_refused(tmp_path):
 
 def test_export_command_and_human_votes_are_not_counted_as_synthetic(tmp_path, capsys):
     round_ = pairwise_round(n_items=1, k=1)
-    from annotation import services
-
     (person,) = annotators(1)
     lease = services.item_next_for_annotator(round_=round_, annotator=person)
-    services.judgment_submit(annotator=person, lease_id=lease.pk, client_uuid=__import__("uuid").uuid4(),
+    services.judgment_submit(annotator=person, lease_id=lease.pk, client_uuid=uuid.uuid4(),
                              answer={"outcome": "win", "winner": lease.layout[0]}, elapsed_ms=5)
     call_command("export_preferences", str(round_.pk), "--out", str(tmp_path / "out"))
     out = capsys.readouterr().out
