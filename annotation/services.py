@@ -269,7 +269,7 @@ def round_create(
     for start in range(0, len(items), batch_size):
         specs = items[start:start + batch_size]
         created = Item.objects.bulk_create(
-            [Item(round=round_, prompt_id=s.prompt_id, is_gold=s.is_gold) for s in specs]
+            [Item(round=round_, prompt_id=s.prompt_id, is_gold=s.is_gold, k=round_.k) for s in specs]
         )
         ItemImage.objects.bulk_create(
             [
@@ -301,6 +301,11 @@ def item_gold_set(*, item: Item, is_gold: bool, gold_answer: dict | None = None)
         if gold_answer is None:
             raise InvalidAnswer("a gold item needs a gold_answer", field="gold_answer")
         answer_parse(item=item, answer=gold_answer, field="gold_answer")
+    elif item.is_gold and item.slots_taken > item.k:
+        raise InvalidAnswer(
+            f"item {item.pk} has {item.slots_taken} judgments and leases, more than K={item.k}: it stays gold",
+            field="is_gold",
+        )
     item.is_gold = is_gold
     item.gold_answer = gold_answer if is_gold else None
     item.save(update_fields=["is_gold", "gold_answer"])

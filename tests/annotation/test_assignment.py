@@ -215,3 +215,27 @@ def test_slot_bookkeeping_holds_under_any_sequence(ops):
         doubles = Judgment.objects.filter(undone_at__isnull=True).values("item", "annotator").annotate(n=Count("id")).filter(n__gt=1)
         assert not doubles.exists()
         transaction.set_rollback(True)
+
+
+def test_database_refuses_more_slots_than_k():
+    from django.db import IntegrityError, transaction
+
+    round_ = pairwise_round(n_items=1, k=2)
+    item = Item.objects.get(round=round_)
+    assert item.k == 2
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Item.objects.filter(pk=item.pk).update(slots_taken=3)
+
+
+def test_gold_items_are_outside_k_and_stay_gold_once_over_it():
+    round_ = pairwise_round(n_items=1, k=1, gold_rate=1.0)
+    item = Item.objects.get(round=round_)
+    services.item_gold_set(item=item, is_gold=True, gold_answer={"outcome": "tie"})
+    for person in annotators(3):
+        lease = services.item_next_for_annotator(round_=round_, annotator=person)
+        assert lease.item_id == item.pk
+        submit(lease, person)
+    item.refresh_from_db()
+    assert item.slots_taken == 3
+    with pytest.raises(services.InvalidAnswer, match="stays gold"):
+        services.item_gold_set(item=item, is_gold=False)
