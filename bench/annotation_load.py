@@ -72,6 +72,9 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
 
     django.setup()
     if args.reuse_db:
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
         return sessions_reuse(args)
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
