@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -323,10 +324,25 @@ class ParsedAnswer:
     answers: dict[int, bool] | None = None  # alignment: question id -> yes
 
 
-def _item_images(item: Item) -> list[Image]:
+class ItemImageRef(NamedTuple):
+    """What assignment, validation and aggregation need of an item's image (no file, model or seed)."""
+
+    pk: int
+    public_id: str
+    width: int
+    height: int
+
+
+def _item_images(item: Item) -> list[ItemImageRef]:
+    """The item's images in canonical order, read once per item object."""
     cached = getattr(item, "_ordered_images", None)
     if cached is None:
-        cached = [ii.image for ii in item.item_images.select_related("image").order_by("order")]
+        cached = [
+            ItemImageRef(*row)
+            for row in ItemImage.objects.filter(item=item).order_by("order").values_list(
+                "image_id", "image__public_id", "image__width", "image__height"
+            )
+        ]
         item._ordered_images = cached
     return cached
 
@@ -347,7 +363,7 @@ def answer_parse(*, item: Item, answer, field: str = "answer") -> ParsedAnswer:
     if kind in (Round.Kind.PAIRWISE, Round.Kind.BEST_WORST):
         by_public_id = {image.public_id: image for image in _item_images(item)}
 
-        def image_of(key: str) -> Image:
+        def image_of(key: str) -> ItemImageRef:
             value = answer.get(key)
             if value not in by_public_id:
                 raise InvalidAnswer(f"'{key}' must be one of this item's images", field=field)
@@ -701,18 +717,26 @@ def annotators_excluded(*, round_: Round, annotator_ids=None) -> set[int]:
     }
 
 
+class _Vote(NamedTuple):
+    id: int
+    annotator_id: int
+    outcome: str
+    winner_id: int | None
+    loser_id: int | None
+    synthetic: bool
+
+
 def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate:
     """Recompute one item's majority result from its current judgments."""
     round_ = item.round
     aggregate = Aggregate.objects.select_for_update(no_key=True).filter(item=item).first()
     if aggregate is None:
         aggregate, _ = Aggregate.objects.select_for_update(no_key=True).get_or_create(item=item, defaults={"round": round_})
-    judgments = Judgment.objects.filter(item=item, undone_at__isnull=True).only(
-        "id", "annotator_id", "outcome", "winner_id", "loser_id", "synthetic"
-    )
-    if round_.kind == Round.Kind.ALIGNMENT:
-        judgments = judgments.prefetch_related("answers")
-    judgments = list(judgments)
+    judgments = [
+        _Vote(*row) for row in Judgment.objects.filter(item=item, undone_at__isnull=True).values_list(
+            "id", "annotator_id", "outcome", "winner_id", "loser_id", "synthetic"
+        )
+    ]
     if excluded is None:
         excluded = annotators_excluded(round_=round_, annotator_ids=[j.annotator_id for j in judgments])
     counted = [j for j in judgments if j.annotator_id not in excluded]
@@ -766,7 +790,12 @@ def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate
     else:
         questions = _item_questions(item)
         parents = {q.pk: [p.pk for p in q.parents.all()] for q in questions}
-        answer_sets = [{a.question_id: a.answer for a in j.answers.all()} for j in counted]
+        answers: dict[int, dict[int, bool]] = {j.id: {} for j in counted}
+        for judgment_id, question_id, value in AlignmentAnswer.objects.filter(judgment_id__in=answers).values_list(
+            "judgment_id", "question_id", "answer"
+        ):
+            answers[judgment_id][question_id] = value
+        answer_sets = [answers[j.id] for j in counted]
         result = majority.alignment_majority(answer_sets, questions=[q.pk for q in questions], parents=parents)
         aggregate.counts = {"yes": {str(q): n for q, n in result.yes_counts.items()}, "votes": result.n_votes}
         aggregate.question_results = {str(q): yes for q, yes in result.answers.items()}
