@@ -122,6 +122,10 @@ class RoundAdmin(admin.ModelAdmin):
     readonly_fields = ("created_at", "created_by")
     actions = [export_preferences_action, recompute_aggregates_action]
 
+    def get_readonly_fields(self, request, obj=None):
+        # Items carry a copy of K (the database checks against it), so K is set once.
+        return self.readonly_fields + (("k", "kind") if obj is not None else ())
+
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
             _items=Count("items", distinct=True),
@@ -159,7 +163,7 @@ class ItemAdmin(admin.ModelAdmin):
     list_filter = ("round", "is_gold", "round__kind", "aggregate__outcome", "aggregate__no_majority")
     search_fields = ("=id", "prompt__text", "item_images__image__public_id")
     raw_id_fields = ("prompt",)
-    readonly_fields = ("slots_taken", "created_at")
+    readonly_fields = ("slots_taken", "k", "created_at")
     list_select_related = ("round", "prompt", "aggregate")
     inlines = [ItemImageInline, AggregateInline]
 

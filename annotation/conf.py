@@ -4,6 +4,7 @@
     ANNOTATION_SUBMIT_RATE           sustained submissions per second per annotator (2.0)
     ANNOTATION_SUBMIT_BURST          submissions allowed in a burst (10)
     ANNOTATION_MAX_LEASES            leases one annotator holds per round: current + preloaded (2)
+    ANNOTATION_RECLAIM_INTERVAL      seconds between reclaims of expired leases, per process (5.0)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ _DEFAULTS = {
     "ANNOTATION_SUBMIT_RATE": 2.0,
     "ANNOTATION_SUBMIT_BURST": 10.0,
     "ANNOTATION_MAX_LEASES": 2,
+    "ANNOTATION_RECLAIM_INTERVAL": 5.0,
 }
 
 

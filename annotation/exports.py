@@ -30,7 +30,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from annotation.models import Aggregate, Item, Round
+from annotation.models import Aggregate, Round
 from annotation.services import InvalidAnswer, round_aggregate
 
 FORMAT_VERSION = 1

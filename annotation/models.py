@@ -176,7 +176,10 @@ class Item(models.Model):
     is_gold = models.BooleanField(default=False)
     gold_answer = models.JSONField(null=True, blank=True, help_text="The known answer, in the submit format.")
     slots_taken = models.PositiveSmallIntegerField(
-        default=0, help_text="Judgments plus held leases; never above the round's K (checked under a row lock)."
+        default=0, help_text="Judgments plus held leases; never above K (gold items excepted)."
+    )
+    k = models.PositiveSmallIntegerField(
+        default=5, help_text="The round's K, copied here so that the database itself checks slots_taken <= K."
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -189,6 +192,9 @@ class Item(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(is_gold=False) | models.Q(gold_answer__isnull=False), name="item_gold_has_answer"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(is_gold=True) | models.Q(slots_taken__lte=models.F("k")), name="item_slots_within_k"
             ),
         ]
 

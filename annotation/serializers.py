@@ -117,8 +117,8 @@ class RoundSerializer(serializers.ModelSerializer):
     def get_fields(self):
         fields = super().get_fields()
         if self.instance is not None and not isinstance(self.instance, list):
-            # The kind and the items of an existing round are fixed.
-            for name in ("kind", "items"):
+            # The kind, K and the items of an existing round are fixed (items hold a copy of K).
+            for name in ("kind", "items", "k"):
                 fields[name].read_only = True
         return fields
 

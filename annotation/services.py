@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Avg, Count, Exists, F, OuterRef, Sum
 from django.utils import timezone
 
@@ -268,7 +270,7 @@ def round_create(
     for start in range(0, len(items), batch_size):
         specs = items[start:start + batch_size]
         created = Item.objects.bulk_create(
-            [Item(round=round_, prompt_id=s.prompt_id, is_gold=s.is_gold) for s in specs]
+            [Item(round=round_, prompt_id=s.prompt_id, is_gold=s.is_gold, k=round_.k) for s in specs]
         )
         ItemImage.objects.bulk_create(
             [
@@ -281,6 +283,11 @@ def round_create(
         for item, spec in zip(created, specs):
             if spec.is_gold:
                 item_gold_set(item=item, is_gold=True, gold_answer=spec.gold_answer)
+    if connection.vendor == "postgresql" and len(items) >= 1000:
+        # A bulk load can double these tables; without fresh statistics the planner may pick
+        # sequential scans for every assignment until autovacuum gets round to them.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE annotation_item, annotation_itemimage, annotation_aggregate")
     return round_
 
 
@@ -295,6 +302,11 @@ def item_gold_set(*, item: Item, is_gold: bool, gold_answer: dict | None = None)
         if gold_answer is None:
             raise InvalidAnswer("a gold item needs a gold_answer", field="gold_answer")
         answer_parse(item=item, answer=gold_answer, field="gold_answer")
+    elif item.is_gold and item.slots_taken > item.k:
+        raise InvalidAnswer(
+            f"item {item.pk} has {item.slots_taken} judgments and leases, more than K={item.k}: it stays gold",
+            field="is_gold",
+        )
     item.is_gold = is_gold
     item.gold_answer = gold_answer if is_gold else None
     item.save(update_fields=["is_gold", "gold_answer"])
@@ -312,10 +324,25 @@ class ParsedAnswer:
     answers: dict[int, bool] | None = None  # alignment: question id -> yes
 
 
-def _item_images(item: Item) -> list[Image]:
+class ItemImageRef(NamedTuple):
+    """What assignment, validation and aggregation need of an item's image (no file, model or seed)."""
+
+    pk: int
+    public_id: str
+    width: int
+    height: int
+
+
+def _item_images(item: Item) -> list[ItemImageRef]:
+    """The item's images in canonical order, read once per item object."""
     cached = getattr(item, "_ordered_images", None)
     if cached is None:
-        cached = [ii.image for ii in item.item_images.select_related("image").order_by("order")]
+        cached = [
+            ItemImageRef(*row)
+            for row in ItemImage.objects.filter(item=item).order_by("order").values_list(
+                "image_id", "image__public_id", "image__width", "image__height"
+            )
+        ]
         item._ordered_images = cached
     return cached
 
@@ -336,7 +363,7 @@ def answer_parse(*, item: Item, answer, field: str = "answer") -> ParsedAnswer:
     if kind in (Round.Kind.PAIRWISE, Round.Kind.BEST_WORST):
         by_public_id = {image.public_id: image for image in _item_images(item)}
 
-        def image_of(key: str) -> Image:
+        def image_of(key: str) -> ItemImageRef:
             value = answer.get(key)
             if value not in by_public_id:
                 raise InvalidAnswer(f"'{key}' must be one of this item's images", field=field)
@@ -394,10 +421,10 @@ def _gold_score(*, parsed: ParsedAnswer, gold: ParsedAnswer) -> float:
 
 def _profile_lock(annotator) -> AnnotatorProfile:
     """Lock the annotator's profile row: one assignment or submission per annotator at a time."""
-    profile = AnnotatorProfile.objects.select_for_update().filter(user=annotator).first()
+    profile = AnnotatorProfile.objects.select_for_update(no_key=True).filter(user=annotator).first()
     if profile is None:
         AnnotatorProfile.objects.get_or_create(user=annotator)
-        profile = AnnotatorProfile.objects.select_for_update().get(user=annotator)
+        profile = AnnotatorProfile.objects.select_for_update(no_key=True).get(user=annotator)
     return profile
 
 
@@ -414,13 +441,13 @@ def leases_reclaim(*, round_: Round, now: datetime | None = None, limit: int = 5
 def _leases_reclaim(*, round_: Round, now: datetime, limit: int) -> int:
     expired = list(
         Lease.objects.filter(round=round_, state=Lease.State.HELD, expires_at__lte=now)
-        .select_for_update(skip_locked=True).values_list("id", "item_id")[:limit]
+        .select_for_update(no_key=True, skip_locked=True).values_list("id", "item_id")[:limit]
     )
     if not expired:
         return 0
     locked_items = set(
         Item.objects.filter(pk__in={item_id for _, item_id in expired})
-        .select_for_update(skip_locked=True).values_list("pk", flat=True)
+        .select_for_update(no_key=True, skip_locked=True).values_list("pk", flat=True)
     )
     reclaimable = [(lease_id, item_id) for lease_id, item_id in expired if item_id in locked_items]
     Lease.objects.filter(pk__in=[lease_id for lease_id, _ in reclaimable], state=Lease.State.HELD).update(
@@ -429,6 +456,22 @@ def _leases_reclaim(*, round_: Round, now: datetime, limit: int) -> int:
     for item_id, n in Counter(item_id for _, item_id in reclaimable).items():
         Item.objects.filter(pk=item_id).update(slots_taken=F("slots_taken") - n)
     return len(reclaimable)
+
+
+_reclaimed_at: dict[int, float] = {}
+
+
+def _reclaim_due(round_id: int) -> bool:
+    """Reclaim a round's expired leases at most every ANNOTATION_RECLAIM_INTERVAL seconds per process.
+
+    Until reclaimed, an expired lease still counts against K, so a later reclaim only delays
+    reuse of a slot; it never lets an item exceed K.
+    """
+    now = time.monotonic()
+    if now - _reclaimed_at.get(round_id, float("-inf")) < setting("ANNOTATION_RECLAIM_INTERVAL"):
+        return False
+    _reclaimed_at[round_id] = now
+    return True
 
 
 def _lease_release(lease: Lease) -> None:
@@ -450,7 +493,7 @@ def _item_pick(*, round_: Round, annotator, gold: bool, skip_items: set[int]) ->
         candidates = candidates.order_by("id")
     else:
         candidates = candidates.filter(slots_taken__lt=round_.k).order_by("-slots_taken", "id")
-    return candidates.select_for_update(skip_locked=True, of=("self",)).only("id", "round_id", "prompt_id", "is_gold").first()
+    return candidates.select_for_update(no_key=True, skip_locked=True, of=("self",)).only("id", "round_id", "prompt_id", "is_gold").first()
 
 
 def item_next_for_annotator(
@@ -471,7 +514,8 @@ def item_next_for_annotator(
     exclude = {str(lease_id) for lease_id in exclude}
     with transaction.atomic():
         _profile_lock(annotator)
-        _leases_reclaim(round_=round_, now=now, limit=100)
+        if _reclaim_due(round_.pk):
+            _leases_reclaim(round_=round_, now=now, limit=100)
         held = list(
             Lease.objects.filter(round=round_, annotator=annotator, state=Lease.State.HELD, expires_at__gt=now)
             .order_by("leased_at", "id")
@@ -503,7 +547,7 @@ def item_next_for_annotator(
         if item is None:
             return None
         item.round = round_
-        lease = Lease.objects.select_for_update().filter(item=item, annotator=annotator).first()
+        lease = Lease.objects.select_for_update(no_key=True).filter(item=item, annotator=annotator).first()
         expires_at = now + timedelta(seconds=round_.lease_ttl_seconds)
         if lease is None:
             layout = [image.public_id for image in _item_images(item)]
@@ -567,15 +611,20 @@ def judgment_submit(
     try:
         with transaction.atomic():
             profile = _profile_lock(annotator)
-            replay = _replay(annotator=annotator, client_uuid=client_uuid)
-            if replay:
-                return replay
             lease = (
-                Lease.objects.select_for_update(of=("self",)).select_related("item", "round")
+                Lease.objects.select_for_update(no_key=True, of=("self",)).select_related("item", "round")
                 .filter(pk=lease_id, annotator=annotator).first()
             )
             if lease is None:
+                replay = _replay(annotator=annotator, client_uuid=client_uuid)
+                if replay:
+                    return replay
                 raise NotFound("no such lease for this annotator")
+            if lease.state == Lease.State.SUBMITTED:
+                # Most likely a retry. (A retry after an undo finds the UUID taken: see IntegrityError below.)
+                replay = _replay(annotator=annotator, client_uuid=client_uuid)
+                if replay:
+                    return replay
             if enforce_rate_limit:
                 _rate_limit_take(profile, now)
             item, round_ = lease.item, lease.round
@@ -620,7 +669,7 @@ def judgment_undo(*, annotator, client_uuid, now: datetime | None = None) -> Lea
     with transaction.atomic():
         _profile_lock(annotator)
         judgment = (
-            Judgment.objects.select_for_update(of=("self",)).select_related("round", "item")
+            Judgment.objects.select_for_update(no_key=True, of=("self",)).select_related("round", "item")
             .filter(client_uuid=client_uuid, annotator=annotator).first()
         )
         if judgment is None:
@@ -635,7 +684,7 @@ def judgment_undo(*, annotator, client_uuid, now: datetime | None = None) -> Lea
         judgment.undone_at = now
         judgment.save(update_fields=["undone_at"])
         # The judgment's slot becomes the lease's slot again: slots_taken does not change.
-        lease = Lease.objects.select_for_update().get(item=judgment.item, annotator=annotator)
+        lease = Lease.objects.select_for_update(no_key=True).get(item=judgment.item, annotator=annotator)
         lease.state, lease.leased_at = Lease.State.HELD, now
         lease.expires_at = now + timedelta(seconds=judgment.round.lease_ttl_seconds)
         lease.save(update_fields=["state", "leased_at", "expires_at"])
@@ -668,16 +717,26 @@ def annotators_excluded(*, round_: Round, annotator_ids=None) -> set[int]:
     }
 
 
+class _Vote(NamedTuple):
+    id: int
+    annotator_id: int
+    outcome: str
+    winner_id: int | None
+    loser_id: int | None
+    synthetic: bool
+
+
 def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate:
     """Recompute one item's majority result from its current judgments."""
     round_ = item.round
-    aggregate, _ = Aggregate.objects.select_for_update().get_or_create(item=item, defaults={"round": round_})
-    judgments = Judgment.objects.filter(item=item, undone_at__isnull=True).only(
-        "id", "annotator_id", "outcome", "winner_id", "loser_id", "synthetic"
-    )
-    if round_.kind == Round.Kind.ALIGNMENT:
-        judgments = judgments.prefetch_related("answers")
-    judgments = list(judgments)
+    aggregate = Aggregate.objects.select_for_update(no_key=True).filter(item=item).first()
+    if aggregate is None:
+        aggregate, _ = Aggregate.objects.select_for_update(no_key=True).get_or_create(item=item, defaults={"round": round_})
+    judgments = [
+        _Vote(*row) for row in Judgment.objects.filter(item=item, undone_at__isnull=True).values_list(
+            "id", "annotator_id", "outcome", "winner_id", "loser_id", "synthetic"
+        )
+    ]
     if excluded is None:
         excluded = annotators_excluded(round_=round_, annotator_ids=[j.annotator_id for j in judgments])
     counted = [j for j in judgments if j.annotator_id not in excluded]
@@ -731,7 +790,12 @@ def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate
     else:
         questions = _item_questions(item)
         parents = {q.pk: [p.pk for p in q.parents.all()] for q in questions}
-        answer_sets = [{a.question_id: a.answer for a in j.answers.all()} for j in counted]
+        answers: dict[int, dict[int, bool]] = {j.id: {} for j in counted}
+        for judgment_id, question_id, value in AlignmentAnswer.objects.filter(judgment_id__in=answers).values_list(
+            "judgment_id", "question_id", "answer"
+        ):
+            answers[judgment_id][question_id] = value
+        answer_sets = [answers[j.id] for j in counted]
         result = majority.alignment_majority(answer_sets, questions=[q.pk for q in questions], parents=parents)
         aggregate.counts = {"yes": {str(q): n for q, n in result.yes_counts.items()}, "votes": result.n_votes}
         aggregate.question_results = {str(q): yes for q, yes in result.answers.items()}

@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,10 @@ def parse_args():
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--server-side-binding", action="store_true",
+                        help="psycopg server-side parameter binding (prepared statements) for the web processes")
+    parser.add_argument("--reuse-db", action="store_true",
+                        help="keep the database of an earlier run (its round and annotators) instead of rebuilding")
     return parser.parse_args()
 
 
@@ -66,6 +71,11 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     import django
 
     django.setup()
+    if args.reuse_db:
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        return sessions_reuse(args)
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
     from django.contrib.auth.models import Group
@@ -117,11 +127,57 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
         session["_auth_user_hash"] = user.get_session_auth_hash()
         session.create()
         credentials.append((session.session_key, _get_new_csrf_string()))
-    from django.db import connections
+    from django.db import connection, connections
 
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")  # planner statistics for the bulk-loaded tables
     connections.close_all()
     print(f"setup: {args.items} items, {args.annotators} annotators in {time.perf_counter() - t0:.1f} s", flush=True)
     return round_.pk, credentials
+
+
+def sessions_reuse(args) -> tuple[int, list[tuple[str, str]]]:
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.db import connections
+    from django.middleware.csrf import _get_new_csrf_string
+
+    from annotation.models import Round
+
+    round_ = Round.objects.get(name="bench")
+    users = list(get_user_model().objects.filter(username__startswith="bench").order_by("username")[: args.annotators])
+    if len(users) < args.annotators:
+        raise SystemExit(f"--reuse-db: the database has {len(users)} bench annotators, not {args.annotators}")
+    credentials = []
+    for user in users:
+        session = SessionStore()
+        session["_auth_user_id"] = str(user.pk)
+        session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+        session["_auth_user_hash"] = user.get_session_auth_hash()
+        session.create()
+        credentials.append((session.session_key, _get_new_csrf_string()))
+    connections.close_all()
+    return round_.pk, credentials
+
+
+def service_time(port: int, round_id: int, credentials: tuple[str, str], cycles: int = 10) -> tuple[float, float]:
+    """Median next and submit latency of one annotator alone, before the load: the per-request cost.
+
+    Paced at 2 cycles/s so that the submission rate limit (2/s sustained by default) never answers instead.
+    """
+    client = Annotator(port=port, round_id=round_id, session_key=credentials[0], csrf=credentials[1], think_ms=0,
+                       stop_at=0, measure_from=0, seed=0)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(cycles):
+        _, data = client.request(conn, "next", f"/api/annotate/rounds/{round_id}/next/", {})
+        task = json.loads(data)["task"]
+        client.request(conn, "submit", "/api/annotate/submit/", {
+            "client_uuid": str(uuid.uuid4()), "lease": task["lease"], "elapsed_ms": 1,
+            "answer": {"outcome": "tie"},
+        })
+        time.sleep(0.5)
+    conn.close()
+    return statistics.median(client.latencies["next"]), statistics.median(client.latencies["submit"])
 
 
 class Annotator(threading.Thread):
@@ -213,6 +269,35 @@ def over_assignment(round_id: int, k: int) -> dict:
     return {"items_over_k": over_k, "items_over_k_with_leases": over_slots, "annotator_twice": twice, "stored": stored}
 
 
+def process_cpu_seconds(pids) -> float:
+    """utime + stime of the given processes, from /proc (Linux)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def server_pids(server_pid: int, server_url: str, db_name: str) -> tuple[list[int], list[int]]:
+    """The gunicorn master and workers, and the PostgreSQL backends connected to the bench database."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == server_pid:
+            children.append(int(stat.parent.name))
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        backends = [row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [db_name])]
+    return [server_pid, *children], backends
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -225,7 +310,8 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="annotation-bench-"))
     os.environ.update({
         "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DATABASE_URL": database_recreate(args.server_url, args.db_name),
+        "DATABASE_URL": (args.server_url.rsplit("/", 1)[0] + "/" + args.db_name) if args.reuse_db
+        else database_recreate(args.server_url, args.db_name),
         "DJANGO_DEBUG": "0",
         "VAR_DIR": str(work / "var"),
         "MEDIA_ROOT": str(work / "media"),
@@ -233,6 +319,13 @@ def main():
     })
     sys.path.insert(0, str(ROOT))
     round_id, credentials = setup_data(args, work / "media")
+    if args.server_side_binding:
+        os.environ["DATABASE_URL"] += "?server_side_binding=true"
+    try:
+        socket.create_connection(("127.0.0.1", args.port), timeout=1).close()
+        raise SystemExit(f"port {args.port} is taken (another benchmark still running?); pass --port")
+    except OSError:
+        pass
     gunicorn = Path(sys.executable).parent / "gunicorn"
     server = subprocess.Popen(
         [str(gunicorn), "config.wsgi:application", "--bind", f"127.0.0.1:{args.port}", "--workers", str(args.workers),
@@ -241,6 +334,7 @@ def main():
     )
     try:
         wait_for_server(args.port, time.time() + 60)
+        alone_next, alone_submit = service_time(args.port, round_id, credentials[0])
         now = time.perf_counter()
         measure_from = now + args.warmup
         stop_at = measure_from + args.duration
@@ -251,8 +345,14 @@ def main():
         ]
         for client in clients:
             client.start()
+        time.sleep(max(0.0, measure_from - time.perf_counter()))
+        web_pids, db_pids = server_pids(server.pid, args.server_url, args.db_name)
+        cpu_before = process_cpu_seconds(web_pids), process_cpu_seconds(db_pids)
+        time.sleep(max(0.0, stop_at - time.perf_counter()))
+        cpu_after = process_cpu_seconds(web_pids), process_cpu_seconds(db_pids)
+        db_pids_stable = set(server_pids(server.pid, args.server_url, args.db_name)[1]) == set(db_pids)
         for client in clients:
-            client.join(timeout=args.warmup + args.duration + 60)
+            client.join(timeout=60)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -267,7 +367,10 @@ def main():
     checks = over_assignment(round_id, args.k)
     ms = 1000
     print(f"items {args.items}, K {args.k}, annotators {args.annotators}, think {args.think_ms:.0f} ms, "
-          f"gunicorn {args.workers}x{args.threads} gthread, {os.cpu_count()} CPUs")
+          f"gunicorn {args.workers}x{args.threads} gthread, {os.cpu_count()} CPUs, "
+          f"server-side binding {'on' if args.server_side_binding else 'off'}")
+    print(f"one annotator alone: next {alone_next * ms:.1f} ms, submit {alone_submit * ms:.1f} ms (median of 10)")
+    print(f"load average     {os.getloadavg()}")
     print(f"judgments/s      {judgments / args.duration:.1f}  ({judgments} in {args.duration:.0f} s)")
     print(f"latency all      p50 {percentile(every, .5) * ms:.1f} ms  p99 {percentile(every, .99) * ms:.1f} ms"
           f"  mean {statistics.fmean(every) * ms if every else float('nan'):.1f} ms  ({len(every)} requests)")
@@ -275,6 +378,11 @@ def main():
     print(f"latency submit   p50 {percentile(submit_lat, .5) * ms:.1f} ms  p99 {percentile(submit_lat, .99) * ms:.1f} ms")
     print(f"over-assignment  {checks['items_over_k']} items over K, {checks['items_over_k_with_leases']} over K "
           f"counting held leases, {checks['annotator_twice']} annotator-twice; {checks['stored']} judgments stored")
+    requests_done = max(1, len(every))
+    db_cpu = (f"{(cpu_after[1] - cpu_before[1]) / requests_done * ms:.1f} ms" if db_pids_stable
+              else "n/a (connections were recycled during the window)")
+    print(f"CPU per request  gunicorn {(cpu_after[0] - cpu_before[0]) / requests_done * ms:.1f} ms, "
+          f"PostgreSQL backends {db_cpu} (over the measured window)")
     print(f"errors           {errors or 'none'}")
     shutil.rmtree(work, ignore_errors=True)
 

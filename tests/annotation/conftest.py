@@ -19,5 +19,11 @@ def generous_rate_limit(settings):
 
 
 @pytest.fixture(autouse=True)
+def reclaim_on_every_assignment(settings):
+    # Tests move the clock by hand; reclaim whenever asked instead of at most every few seconds.
+    settings.ANNOTATION_RECLAIM_INTERVAL = 0.0
+
+
+@pytest.fixture(autouse=True)
 def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import timedelta
 
 import pytest
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
-from hypothesis import HealthCheck, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from hypothesis import given
 
 from annotation import services
 from annotation.models import Item, Judgment, Lease
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.django_db
 
 def submit(lease, annotator, *, now=None, choice="first"):
     return services.judgment_submit(
-        annotator=annotator, lease_id=lease.pk, client_uuid=__import__("uuid").uuid4(),
+        annotator=annotator, lease_id=lease.pk, client_uuid=uuid.uuid4(),
         answer=answer_for(lease, choice), elapsed_ms=1200, now=now,
     )
 
@@ -145,7 +146,7 @@ def test_gold_items_are_mixed_in_at_the_round_rate():
     first = services.item_next_for_annotator(round_=round_, annotator=person)
     assert first.item_id == gold.pk  # rate 1.0: the gold item comes first
     result = services.judgment_submit(
-        annotator=person, lease_id=first.pk, client_uuid=__import__("uuid").uuid4(),
+        annotator=person, lease_id=first.pk, client_uuid=uuid.uuid4(),
         answer={"outcome": "win", "winner": b}, elapsed_ms=10,
     )
     assert result.judgment.gold_score == 0.0
@@ -214,3 +215,27 @@ def test_slot_bookkeeping_holds_under_any_sequence(ops):
         doubles = Judgment.objects.filter(undone_at__isnull=True).values("item", "annotator").annotate(n=Count("id")).filter(n__gt=1)
         assert not doubles.exists()
         transaction.set_rollback(True)
+
+
+def test_database_refuses_more_slots_than_k():
+    from django.db import IntegrityError, transaction
+
+    round_ = pairwise_round(n_items=1, k=2)
+    item = Item.objects.get(round=round_)
+    assert item.k == 2
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Item.objects.filter(pk=item.pk).update(slots_taken=3)
+
+
+def test_gold_items_are_outside_k_and_stay_gold_once_over_it():
+    round_ = pairwise_round(n_items=1, k=1, gold_rate=1.0)
+    item = Item.objects.get(round=round_)
+    services.item_gold_set(item=item, is_gold=True, gold_answer={"outcome": "tie"})
+    for person in annotators(3):
+        lease = services.item_next_for_annotator(round_=round_, annotator=person)
+        assert lease.item_id == item.pk
+        submit(lease, person)
+    item.refresh_from_db()
+    assert item.slots_taken == 3
+    with pytest.raises(services.InvalidAnswer, match="stays gold"):
+        services.item_gold_set(item=item, is_gold=False)

@@ -11,6 +11,7 @@ import io
 import os
 import random
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,25 @@ def open_page(browser, live_server):
     yield open_
     for context in contexts:
         context.close()
+    server_requests_finished()
+
+
+def server_requests_finished(tries=200):
+    """Wait until the live server's requests (a fetch-ahead of a closed page) have left the
+    database: the flush after the test would otherwise deadlock with their row locks."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        for _ in range(tries):
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state NOT IN ('idle')"
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.05)
 
 
 def login(page, username="ann"):
@@ -346,6 +366,18 @@ def test_undo_puts_the_last_item_back(work, open_page):
     page.keyboard.press("1")
     redo = eventually(page, lambda: Judgment.objects.filter(annotator=work["annotator"], undone_at__isnull=True).first())
     assert redo.winner.public_id == first[0]
+
+
+def test_leaving_an_item_and_coming_back_from_the_dashboard_resumes_it(work, open_page):
+    page = open_page(DESKTOP)
+    login(page)
+    page.goto(f"/annotate/pairwise/{work['appeal'].pk}/")  # one item: it is leased to this page
+    wait_for_task(page, 2)
+    shown = screen_ids(page)
+    page.goto("/")
+    page.click(f"a[href='/annotate/pairwise/{work['appeal'].pk}/']")
+    wait_for_task(page, 2)
+    assert screen_ids(page) == shown  # same item, same left/right
 
 
 def test_a_submission_whose_answer_was_lost_is_retried_and_stored_once(work, open_page):

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from django.core.management import CommandError, call_command
 
-from annotation import exports
+from annotation import exports, services
 from annotation.models import Aggregate, Item
 from annotation.simulation import Policy, round_simulate, synthetic_annotators
 from tests.annotation.builders import alignment_round, annotators, best_worst_round, pairwise_round
@@ -118,11 +123,9 @@ def test_best_worst_pairs_export_and_alignment_rounds_are_refused(tmp_path):
 
 def test_export_command_and_human_votes_are_not_counted_as_synthetic(tmp_path, capsys):
     round_ = pairwise_round(n_items=1, k=1)
-    from annotation import services
-
     (person,) = annotators(1)
     lease = services.item_next_for_annotator(round_=round_, annotator=person)
-    services.judgment_submit(annotator=person, lease_id=lease.pk, client_uuid=__import__("uuid").uuid4(),
+    services.judgment_submit(annotator=person, lease_id=lease.pk, client_uuid=uuid.uuid4(),
                              answer={"outcome": "win", "winner": lease.layout[0]}, elapsed_ms=5)
     call_command("export_preferences", str(round_.pk), "--out", str(tmp_path / "out"))
     out = capsys.readouterr().out
@@ -139,3 +142,35 @@ def test_export_task_takes_a_primary_key_and_is_repeatable(tmp_path):
     first = export_preferences.apply(args=[round_.pk, str(tmp_path / "out")]).get()
     second = export_preferences.apply(args=[round_.pk, str(tmp_path / "out")]).get()
     assert first["path"] == second["path"] and (first["created"], second["created"]) == (True, False)
+
+
+@hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(votes=st.lists(st.lists(st.sampled_from(["a", "b", "tie"]), min_size=3, max_size=3), min_size=1, max_size=4))
+def test_export_is_deterministic_for_any_votes(tmp_path_factory, votes):
+    """Whatever the votes, two exports are byte-identical and hold exactly the items with a majority winner."""
+    from django.db import transaction
+
+    out = tmp_path_factory.mktemp("export")
+    with transaction.atomic():
+        round_ = pairwise_round(n_items=len(votes), k=3, name="property")
+        people = annotators(3)
+        items = list(Item.objects.filter(round=round_).order_by("id"))
+        expected = []
+        for item, item_votes in zip(items, votes):
+            a, b = [ii.image.public_id for ii in item.item_images.order_by("order")]
+            for person, vote in zip(people, item_votes):
+                lease = services.item_next_for_annotator(round_=round_, annotator=person, rng=random.Random(0))
+                assert lease.item_id == item.pk  # breadth-first: the round's items are finished in order
+                answer = {"outcome": "tie"} if vote == "tie" else {"outcome": "win", "winner": a if vote == "a" else b}
+                services.judgment_submit(annotator=person, lease_id=lease.pk, client_uuid=uuid.uuid4(),
+                                         answer=answer, elapsed_ms=1)
+            winner = next((v for v in ("a", "b") if item_votes.count(v) >= 2), None)
+            if winner:
+                expected.append((item.pk, a if winner == "a" else b))
+        first = exports.preferences_export(round_=round_, out_dir=out / "1")
+        second = exports.preferences_export(round_=round_, out_dir=out / "2")
+        assert files_of(first.path) == files_of(second.path)
+        rows = [json.loads(line) for line in (first.path / "manifest.jsonl").read_text().splitlines()]
+        winners = {img.sha256: img.public_id for item in items for img in item.images.all()}
+        assert [(r["item_id"], winners[r["winner_sha256"]]) for r in rows] == expected
+        transaction.set_rollback(True)

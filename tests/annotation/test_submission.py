@@ -282,3 +282,28 @@ class TestAggregates:
         assert aggregate.counts["b"] == 0
         summary = services.round_aggregate(round_=round_)
         assert summary.excluded_annotators == [people[0].pk]
+
+
+def test_a_retry_after_undo_returns_the_undone_judgment():
+    round_ = pairwise_round(n_items=1)
+    (person,) = annotators(1)
+    lease = lease_for(round_, person)
+    key = uuid.uuid4()
+    submit(lease, person, client_uuid=key)
+    services.judgment_undo(annotator=person, client_uuid=key)
+    late = submit(lease, person, client_uuid=key)
+    assert late.replayed and late.judgment.undone_at is not None
+    assert Judgment.objects.filter(undone_at__isnull=True).count() == 0
+
+
+def test_reclaim_interval_delays_reuse_but_never_exceeds_k(settings):
+    settings.ANNOTATION_RECLAIM_INTERVAL = 3600.0
+    round_ = pairwise_round(n_items=1, k=1)
+    first, second = annotators(2)
+    t0 = timezone.now()
+    services._reclaimed_at.pop(round_.pk, None)
+    lease_for(round_, first, now=t0)  # this call used up the reclaim for the interval
+    later = t0 + timedelta(hours=1)
+    assert services.item_next_for_annotator(round_=round_, annotator=second, now=later) is None
+    assert services.leases_reclaim(round_=round_, now=later) == 1  # an explicit reclaim still works
+    assert services.item_next_for_annotator(round_=round_, annotator=second, now=later) is not None

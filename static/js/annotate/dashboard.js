@@ -29,16 +29,22 @@ function card(round) {
     <div class="actions"></div>`;
   article.querySelector("h2").textContent = titleOf(round);
   const actions = article.querySelector(".actions");
+  const link = document.createElement("a");
+  link.href = `/annotate/${KINDS[round.kind].path}/${round.id}/`;
   if (available) {
-    const link = document.createElement("a");
     link.className = "button primary";
-    link.href = `/annotate/${KINDS[round.kind].path}/${round.id}/`;
     link.textContent = round.judged_by_me ? "Continue" : "Start";
-    link.setAttribute("aria-label", `${link.textContent}: ${titleOf(round)}, round ${round.id}`);
-    actions.append(link);
   } else {
-    actions.textContent = "Nothing left for you here.";
+    // An item this annotator holds right now is not counted as available: keep the way back open.
+    link.className = "button";
+    link.textContent = "Open";
+    const note = document.createElement("span");
+    note.className = "muted";
+    note.textContent = " Nothing new for you here.";
+    actions.append(link, note);
   }
+  link.setAttribute("aria-label", `${link.textContent}: ${titleOf(round)}, round ${round.id}`);
+  if (available) actions.append(link);
   return article;
 }
 
