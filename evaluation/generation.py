@@ -18,7 +18,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from PIL import Image as PILImage
 
-from annotation.models import Image
+from annotation.models import Image, Prompt
 from evaluation.models import EvaluationRound, GenerationJob
 from evaluation.services import generation_job_complete
 from training.models import ModelVersion
@@ -31,16 +31,60 @@ def sampler_settings() -> dict:
     return {**DEFAULT_SAMPLER, **getattr(settings, "EVALUATION_SAMPLER", {})}
 
 
-def generation_dispatch(*, evaluation: EvaluationRound) -> list[int]:
-    """Send one `gpu` task per model that still has queued jobs, after the transaction commits."""
+def generation_dispatch(*, evaluation: EvaluationRound | None) -> list[int]:
+    """Send one `gpu` task per model that still has queued jobs, after the transaction commits.
+
+    ``evaluation=None`` dispatches the pool jobs (images not tied to an evaluation).
+    """
     from evaluation import tasks
 
-    model_ids = sorted(
-        set(evaluation.jobs.filter(status=GenerationJob.Status.QUEUED).values_list("model_version_id", flat=True))
-    )
+    evaluation_id = evaluation.pk if evaluation is not None else None
+    queued = GenerationJob.objects.filter(evaluation_round_id=evaluation_id, status=GenerationJob.Status.QUEUED)
+    model_ids = sorted(set(queued.values_list("model_version_id", flat=True)))
     for model_id in model_ids:
-        transaction.on_commit(lambda model_id=model_id: tasks.gpu_generate_images.delay(evaluation.pk, model_id))
+        transaction.on_commit(lambda model_id=model_id: tasks.gpu_generate_images.delay(evaluation_id, model_id))
     return model_ids
+
+
+@transaction.atomic
+def pool_generation_create(
+    *, model_version: ModelVersion, prompts: list[Prompt], images_per_prompt: int, seed: int = 0
+) -> tuple[int, int]:
+    """Queue ``images_per_prompt`` images per prompt for collecting preferences; returns (new, existing).
+
+    Seeds derive from (seed, prompt, index), so running the same request again queues nothing
+    new, and an image that already exists for a (model, prompt, seed) is reused.
+    """
+    from evaluation.services import prompt_seed
+
+    if images_per_prompt < 1:
+        raise ValueError("images_per_prompt: must be at least 1")
+    wanted = [
+        (prompt, prompt_seed(seed=f"{seed}.{index}", external_id=prompt.external_id))
+        for prompt in prompts
+        for index in range(images_per_prompt)
+    ]
+    existing_jobs = set(
+        GenerationJob.objects.filter(evaluation_round=None, model_version=model_version, prompt__in=prompts)
+        .values_list("prompt_id", "seed")
+    )
+    existing_images = {
+        (prompt_id, image_seed): image_id
+        for image_id, prompt_id, image_seed in Image.objects.filter(model_version=model_version, prompt__in=prompts)
+        .order_by("-id").values_list("id", "prompt_id", "seed")
+    }
+    new = []
+    for prompt, image_seed in wanted:
+        if (prompt.pk, image_seed) in existing_jobs:
+            continue
+        image_id = existing_images.get((prompt.pk, image_seed))
+        new.append(GenerationJob(
+            evaluation_round=None, model_version=model_version, prompt=prompt, seed=image_seed, image_id=image_id,
+            status=GenerationJob.Status.DONE if image_id else GenerationJob.Status.QUEUED,
+        ))
+    GenerationJob.objects.bulk_create(new, batch_size=1000)
+    generation_dispatch(evaluation=None)
+    return len(new), len(wanted) - len(new)
 
 
 def _jobs_claim(*, evaluation_id: int, model_version_id: int) -> list[GenerationJob]:
@@ -71,7 +115,7 @@ def image_store(*, job: GenerationJob, data: bytes, sampler: dict) -> Image:
     return image
 
 
-def generation_run(*, evaluation_id: int, model_version_id: int) -> int:
+def generation_run(*, evaluation_id: int | None, model_version_id: int) -> int:
     """Sample every claimed job of one model; returns how many images were made. Imports torch."""
     from training.engine.sampling import sample
 
@@ -96,7 +140,8 @@ def generation_run(*, evaluation_id: int, model_version_id: int) -> int:
         )
         raise
     finally:
-        _annotation_rounds_when_done(evaluation_id)
+        if evaluation_id is not None:
+            _annotation_rounds_when_done(evaluation_id)
     return len(jobs)
 
 

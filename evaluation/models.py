@@ -65,7 +65,11 @@ class EvaluationModel(models.Model):
 
 
 class GenerationJob(models.Model):
-    """One image to generate: a model, a prompt and a seed (the same seed for every model)."""
+    """One image to generate: a model, a prompt and a seed (the same seed for every model).
+
+    Jobs of an evaluation round make its comparison images; jobs without one make a pool of
+    images to collect preferences on (e.g. five seeds per prompt for best/worst rounds).
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -73,7 +77,9 @@ class GenerationJob(models.Model):
         DONE = "done"
         FAILED = "failed"
 
-    evaluation_round = models.ForeignKey(EvaluationRound, on_delete=models.CASCADE, related_name="jobs")
+    evaluation_round = models.ForeignKey(
+        EvaluationRound, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
     model_version = models.ForeignKey("training.ModelVersion", on_delete=models.PROTECT, related_name="generation_jobs")
     prompt = models.ForeignKey("annotation.Prompt", on_delete=models.PROTECT, related_name="generation_jobs")
     seed = models.BigIntegerField()
@@ -90,6 +96,10 @@ class GenerationJob(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["evaluation_round", "model_version", "prompt"], name="unique_generation_job"
+            ),
+            models.UniqueConstraint(
+                fields=["model_version", "prompt", "seed"], condition=models.Q(evaluation_round__isnull=True),
+                name="unique_pool_generation_job",
             ),
             models.CheckConstraint(
                 condition=(models.Q(status="done") & models.Q(image__isnull=False))

@@ -28,7 +28,7 @@ class EvaluationError(Exception):
         self.field = field
 
 
-def prompt_seed(*, seed: int, external_id: str) -> int:
+def prompt_seed(*, seed: int | str, external_id: str) -> int:
     """The image seed of one prompt: the same for every model, derived from the evaluation seed.
 
     A hash of (seed, the prompt's stable external id), so it does not depend on database ids

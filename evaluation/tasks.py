@@ -8,8 +8,10 @@ from config.celery import GPU_TASK_OPTIONS
 
 
 @shared_task(name="evaluation.tasks.gpu_generate_images", **GPU_TASK_OPTIONS)
-def gpu_generate_images(evaluation_id: int, model_version_id: int) -> int:
-    """Generate the images of one model for one evaluation. Jobs already done are left alone."""
+def gpu_generate_images(evaluation_id: int | None, model_version_id: int) -> int:
+    """Generate the queued images of one model for one evaluation (or the pool, for None).
+
+    Jobs already done are left alone, so a re-delivered task is harmless."""
     from evaluation.generation import generation_run
 
     return generation_run(evaluation_id=evaluation_id, model_version_id=model_version_id)
