@@ -16,6 +16,7 @@ from annotation.models import (
     PromptSet,
     Round,
 )
+from annotation.selectors import image_url
 
 
 @admin.register(PromptSet)
@@ -66,7 +67,7 @@ class ImageAdmin(admin.ModelAdmin):
     def thumbnail(self, obj):
         if not obj.file:
             return "-"
-        return format_html('<img src="{}" alt="" style="height:48px">', obj.file.url)
+        return format_html('<img src="{}" alt="" style="height:48px">', image_url(obj.public_id))
 
 
 # --- annotation rounds ----------------------------------------------------------------
