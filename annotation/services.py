@@ -13,7 +13,7 @@ from typing import NamedTuple
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Avg, Count, Exists, F, OuterRef, Sum
+from django.db.models import Avg, Count, Exists, F, OuterRef, Subquery, Sum
 from django.utils import timezone
 
 from annotation import majority
@@ -493,7 +493,12 @@ def _item_pick(*, round_: Round, annotator, gold: bool, skip_items: set[int]) ->
         candidates = candidates.order_by("id")
     else:
         candidates = candidates.filter(slots_taken__lt=round_.k).order_by("-slots_taken", "id")
-    return candidates.select_for_update(no_key=True, skip_locked=True, of=("self",)).only("id", "round_id", "prompt_id", "is_gold").first()
+    # The annotator's expired lease of the item, if any, comes along: no second look-up for the usual new lease.
+    expired = Lease.objects.filter(item=OuterRef("pk"), annotator=annotator).order_by().values("pk")[:1]
+    return (
+        candidates.select_for_update(no_key=True, skip_locked=True, of=("self",))
+        .only("id", "round_id", "prompt_id", "is_gold").annotate(expired_lease_id=Subquery(expired)).first()
+    )
 
 
 def item_next_for_annotator(
@@ -551,7 +556,9 @@ def _item_next(*, round_: Round, annotator, exclude, now: datetime, rng: random.
     if item is None:
         return None
     item.round = round_
-    lease = Lease.objects.select_for_update(no_key=True).filter(item=item, annotator=annotator).first()
+    lease = None
+    if item.expired_lease_id is not None:
+        lease = Lease.objects.select_for_update(no_key=True).filter(pk=item.expired_lease_id).first()
     expires_at = now + timedelta(seconds=round_.lease_ttl_seconds)
     if lease is None:
         layout = [image.public_id for image in _item_images(item)]
