@@ -98,15 +98,29 @@ class SubmitView(AnnotatorAPIView):
             result = services.judgment_submit(
                 annotator=request.user, lease_id=data["lease"], client_uuid=data["client_uuid"],
                 answer=data["answer"], elapsed_ms=data["elapsed_ms"],
+                next_exclude=data["exclude"] if data["next"] else None,
             )
         except services.AnnotationError as exc:
             return error_response(exc)
+        # Built by hand, not by SubmitResponseSerializer: this is the hot path (the shape is the same).
         body = {
             "judgment": str(result.judgment.client_uuid),
             "replayed": result.replayed,
             "undo_until": selectors.undo_deadline(result.judgment),
         }
-        return Response(SubmitResponseSerializer(body).data, status=200 if result.replayed else 201)
+        if data["next"]:
+            next_lease = result.next_lease
+            if result.replayed:
+                next_lease = self._next_after_replay(request, result.judgment, data["exclude"])
+            body["next"] = selectors.task_for_lease(next_lease) if next_lease else None
+        return Response(body, status=200 if result.replayed else 201)
+
+    @staticmethod
+    def _next_after_replay(request, judgment, exclude):
+        round_ = Round.objects.filter(pk=judgment.round_id, status=Round.Status.OPEN).first()
+        if round_ is None:
+            return None
+        return services.item_next_for_annotator(round_=round_, annotator=request.user, exclude=exclude)
 
 
 class UndoView(AnnotatorAPIView):

@@ -135,30 +135,32 @@ def dsg_apply(answers: Mapping[Hashable, bool], parents: Mapping[Hashable, Itera
 
 @dataclass(frozen=True)
 class AlignmentResult:
-    answers: dict  # question -> majority "yes" (after the DSG rule)
-    yes_counts: dict  # question -> "yes" votes after the DSG rule
+    answers: dict  # question -> "yes" after the majority vote and then the DSG rule
+    yes_counts: dict  # question -> "yes" votes as given (before the DSG rule)
     n_votes: int
-    score: float | None  # share of questions with a majority "yes"
+    score: float | None  # share of questions whose final answer is "yes"
 
 
 def alignment_majority(
     judgments: Sequence[Mapping[Hashable, bool]], *, questions: Sequence[Hashable],
     parents: Mapping[Hashable, Iterable[Hashable]],
 ) -> AlignmentResult:
-    """Majority yes/no per question, after applying the DSG rule to each judgment.
+    """Majority yes/no per question first, then the DSG rule on the majority answers.
 
-    A question is "yes" when more than half of the judgments say yes; an even split is "no".
-    Because a child is "yes" in a judgment only where its parents are, a child's majority
-    "yes" implies its parents' majority "yes".
+    A question's majority is "yes" when more than half of the judgments say yes; an even split
+    is "no". Then a child whose parent's majority is "no" counts as "no". (Applying the DSG
+    rule to each judgment before voting gives a different result: yes/no, no/yes, yes/yes on
+    parent/child makes the child "yes" here and "no" there.) The evaluation report uses the
+    same order.
     """
     yes = {q: 0 for q in questions}
     for answers in judgments:
         missing = [q for q in questions if q not in answers]
         if missing:
             raise ValueError(f"judgment lacks answers for questions {missing}")
-        for q, value in dsg_apply({q: answers[q] for q in questions}, parents).items():
-            yes[q] += int(value)
+        for q in questions:
+            yes[q] += int(bool(answers[q]))
     n = len(judgments)
-    result = {q: yes[q] * 2 > n for q in questions} if n else {}
+    result = dsg_apply({q: yes[q] * 2 > n for q in questions}, parents) if n else {}
     score = (sum(result.values()) / len(result)) if result else None
     return AlignmentResult(answers=result, yes_counts=yes, n_votes=n, score=score)

@@ -58,7 +58,10 @@ def rounds_open() -> list[Round]:
 
 
 def annotator_progress(*, annotator) -> dict:
-    """An annotator's own counts, over every open round; nothing about other annotators' votes."""
+    """An annotator's own counts, over every open round; nothing about other annotators' votes.
+
+    No round names: researchers write them and may name the models compared.
+    """
     now = timezone.now()
     mine = Judgment.objects.filter(annotator=annotator, undone_at__isnull=True)
     start_of_day = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -70,7 +73,6 @@ def annotator_progress(*, annotator) -> dict:
         )
         rounds.append({
             "id": round_.pk,
-            "name": round_.name,
             "kind": round_.kind,
             "criterion": round_.criterion or None,
             "items_total": items.count(),

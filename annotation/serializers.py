@@ -50,12 +50,23 @@ class SubmitRequestSerializer(serializers.Serializer):
     answer = serializers.JSONField(
         help_text="pairwise {outcome, winner}; best_worst {best, worst}; alignment {answers: [{question, answer}]}"
     )
+    next = serializers.BooleanField(
+        required=False, default=False, help_text="also lease and return the annotator's next task of the round"
+    )
+    exclude = serializers.ListField(
+        child=serializers.UUIDField(), required=False, default=list, max_length=20,
+        help_text="with next: leases the client still holds (as in next)",
+    )
 
 
 class SubmitResponseSerializer(serializers.Serializer):
     judgment = serializers.UUIDField()
     replayed = serializers.BooleanField()
     undo_until = serializers.DateTimeField()
+    next = TaskSerializer(
+        allow_null=True, required=False,
+        help_text="only when the request had next: true; null when nothing is left for this annotator",
+    )
 
 
 class UndoRequestSerializer(serializers.Serializer):
@@ -69,7 +80,6 @@ class UndoResponseSerializer(serializers.Serializer):
 
 class RoundProgressSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    name = serializers.CharField()
     kind = serializers.CharField()
     criterion = serializers.CharField(allow_null=True)
     items_total = serializers.IntegerField()

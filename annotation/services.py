@@ -13,7 +13,7 @@ from typing import NamedTuple
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Avg, Count, Exists, F, OuterRef, Sum
+from django.db.models import Avg, Count, Exists, F, OuterRef, Subquery, Sum
 from django.utils import timezone
 
 from annotation import majority
@@ -493,7 +493,12 @@ def _item_pick(*, round_: Round, annotator, gold: bool, skip_items: set[int]) ->
         candidates = candidates.order_by("id")
     else:
         candidates = candidates.filter(slots_taken__lt=round_.k).order_by("-slots_taken", "id")
-    return candidates.select_for_update(no_key=True, skip_locked=True, of=("self",)).only("id", "round_id", "prompt_id", "is_gold").first()
+    # The annotator's expired lease of the item, if any, comes along: no second look-up for the usual new lease.
+    expired = Lease.objects.filter(item=OuterRef("pk"), annotator=annotator).order_by().values("pk")[:1]
+    return (
+        candidates.select_for_update(no_key=True, skip_locked=True, of=("self",))
+        .only("id", "round_id", "prompt_id", "is_gold").annotate(expired_lease_id=Subquery(expired)).first()
+    )
 
 
 def item_next_for_annotator(
@@ -508,57 +513,63 @@ def item_next_for_annotator(
     leased beyond K, whatever the interleaving.
     """
     now = now or timezone.now()
-    rng = rng or _system_random
     if round_.status != Round.Status.OPEN:
         raise NotFound(f"round {round_.pk} is not open")
-    exclude = {str(lease_id) for lease_id in exclude}
     with transaction.atomic():
         _profile_lock(annotator)
-        if _reclaim_due(round_.pk):
-            _leases_reclaim(round_=round_, now=now, limit=100)
-        held = list(
-            Lease.objects.filter(round=round_, annotator=annotator, state=Lease.State.HELD, expires_at__gt=now)
-            .order_by("leased_at", "id")
-        )
-        for lease in held:
-            if str(lease.pk) not in exclude:
-                return lease
-        max_leases = setting("ANNOTATION_MAX_LEASES")
-        released = held[: max(0, len(held) - max_leases + 1)]
-        for lease in released:
-            _lease_release(lease)
-        skip_items = {lease.item_id for lease in released}
+        return _item_next(round_=round_, annotator=annotator, exclude=exclude, now=now, rng=rng or _system_random)
 
-        want_gold = round_.gold_rate > 0 and rng.random() < round_.gold_rate
-        item = None
-        for gold in ([True, False] if want_gold else [False]):
-            for _attempt in range(5):
-                item = _item_pick(round_=round_, annotator=annotator, gold=gold, skip_items=skip_items)
-                if item is None:
-                    break
-                slots = Item.objects.filter(pk=item.pk)
-                if not gold:
-                    slots = slots.filter(slots_taken__lt=round_.k)
-                if slots.update(slots_taken=F("slots_taken") + 1):
-                    break
-                item = None  # filled up between the scan and the update: look again
-            if item is not None:
+
+def _item_next(*, round_: Round, annotator, exclude, now: datetime, rng: random.Random) -> Lease | None:
+    """The body of ``item_next_for_annotator``; the caller holds the annotator's profile lock."""
+    exclude = {str(lease_id) for lease_id in exclude}
+    if _reclaim_due(round_.pk):
+        _leases_reclaim(round_=round_, now=now, limit=100)
+    held = list(
+        Lease.objects.filter(round=round_, annotator=annotator, state=Lease.State.HELD, expires_at__gt=now)
+        .order_by("leased_at", "id")
+    )
+    for lease in held:
+        if str(lease.pk) not in exclude:
+            return lease
+    max_leases = setting("ANNOTATION_MAX_LEASES")
+    released = held[: max(0, len(held) - max_leases + 1)]
+    for lease in released:
+        _lease_release(lease)
+    skip_items = {lease.item_id for lease in released}
+
+    want_gold = round_.gold_rate > 0 and rng.random() < round_.gold_rate
+    item = None
+    for gold in ([True, False] if want_gold else [False]):
+        for _attempt in range(5):
+            item = _item_pick(round_=round_, annotator=annotator, gold=gold, skip_items=skip_items)
+            if item is None:
                 break
-        if item is None:
-            return None
-        item.round = round_
-        lease = Lease.objects.select_for_update(no_key=True).filter(item=item, annotator=annotator).first()
-        expires_at = now + timedelta(seconds=round_.lease_ttl_seconds)
-        if lease is None:
-            layout = [image.public_id for image in _item_images(item)]
-            rng.shuffle(layout)
-            lease = Lease.objects.create(
-                round=round_, item=item, annotator=annotator, layout=layout, leased_at=now, expires_at=expires_at
-            )
-        else:  # an expired lease of this annotator: same layout again
-            lease.state, lease.leased_at, lease.expires_at = Lease.State.HELD, now, expires_at
-            lease.save(update_fields=["state", "leased_at", "expires_at"])
-        return lease
+            slots = Item.objects.filter(pk=item.pk)
+            if not gold:
+                slots = slots.filter(slots_taken__lt=round_.k)
+            if slots.update(slots_taken=F("slots_taken") + 1):
+                break
+            item = None  # filled up between the scan and the update: look again
+        if item is not None:
+            break
+    if item is None:
+        return None
+    item.round = round_
+    lease = None
+    if item.expired_lease_id is not None:
+        lease = Lease.objects.select_for_update(no_key=True).filter(pk=item.expired_lease_id).first()
+    expires_at = now + timedelta(seconds=round_.lease_ttl_seconds)
+    if lease is None:
+        layout = [image.public_id for image in _item_images(item)]
+        rng.shuffle(layout)
+        lease = Lease.objects.create(
+            round=round_, item=item, annotator=annotator, layout=layout, leased_at=now, expires_at=expires_at
+        )
+    else:  # an expired lease of this annotator: same layout again
+        lease.state, lease.leased_at, lease.expires_at = Lease.State.HELD, now, expires_at
+        lease.save(update_fields=["state", "leased_at", "expires_at"])
+    return lease
 
 
 _system_random = random.SystemRandom()
@@ -571,6 +582,7 @@ _system_random = random.SystemRandom()
 class SubmitResult:
     judgment: Judgment
     replayed: bool
+    next_lease: Lease | None = None  # asked for with ``next_exclude``: the annotator's next task, if any
 
 
 def _rate_limit_take(profile: AnnotatorProfile, now: datetime) -> None:
@@ -598,12 +610,15 @@ def _replay(*, annotator, client_uuid) -> SubmitResult | None:
 
 def judgment_submit(
     *, annotator, lease_id, client_uuid, answer: dict, elapsed_ms: int, now: datetime | None = None,
-    enforce_rate_limit: bool = True,
+    enforce_rate_limit: bool = True, next_exclude: list | tuple | None = None,
 ) -> SubmitResult:
     """Store one judgment against the annotator's lease; a retry with the same client UUID is a no-op.
 
     The answer is stored in image ids; the layout the annotator saw comes from the lease.
-    The item's aggregate is recomputed in the same transaction.
+    The item's aggregate is recomputed in the same transaction. With ``next_exclude`` (the
+    leases the client still holds) the annotator's next task of the round is leased in that
+    transaction too, as ``item_next_for_annotator`` would: one round trip per judgment.
+    A replayed submission leases nothing; the caller asks ``item_next_for_annotator`` then.
     """
     now = now or timezone.now()
     if elapsed_ms is None or elapsed_ms < 0:
@@ -625,9 +640,11 @@ def judgment_submit(
                 replay = _replay(annotator=annotator, client_uuid=client_uuid)
                 if replay:
                     return replay
+            item, round_ = lease.item, lease.round
+            if round_.status != Round.Status.OPEN:
+                raise Conflict(f"round {round_.pk} is {round_.status}: it takes no submissions", code="round_closed")
             if enforce_rate_limit:
                 _rate_limit_take(profile, now)
-            item, round_ = lease.item, lease.round
             item.round = round_
             if lease.state == Lease.State.SUBMITTED:
                 raise Conflict("this item is already judged by this annotator", code="already_judged")
@@ -654,13 +671,18 @@ def judgment_submit(
             lease.state = Lease.State.SUBMITTED
             lease.save(update_fields=["state"])
             item_aggregate(item=item)
+            next_lease = None
+            if next_exclude is not None:
+                next_lease = _item_next(
+                    round_=round_, annotator=annotator, exclude=next_exclude, now=now, rng=_system_random
+                )
     except IntegrityError:
         # A concurrent retry with the same UUID won the race, or a second judgment of the item.
         replay = _replay(annotator=annotator, client_uuid=client_uuid)
         if replay:
             return replay
         raise Conflict("this item is already judged by this annotator", code="already_judged") from None
-    return SubmitResult(judgment=judgment, replayed=False)
+    return SubmitResult(judgment=judgment, replayed=False, next_lease=next_lease)
 
 
 def judgment_undo(*, annotator, client_uuid, now: datetime | None = None) -> Lease:

@@ -1,12 +1,15 @@
 """Load benchmark of the annotation API on the real stack: gunicorn + PostgreSQL on loopback.
 
 Creates its own database (dropped and re-created on each run), builds a pairwise round of
---items items with bulk inserts, starts gunicorn, and runs --annotators simulated annotators,
-each in its own thread with a keep-alive connection, doing next + submit cycles over HTTP for
---duration seconds, with a think time between cycles as a person would have. Prints
-judgments/s, p50/p99 latency per request, and the over-assignment count read from the
-database afterwards (items with more than K judgments, or more judgments plus held leases
-than K, or an annotator twice on one item).
+--items items with bulk inserts, starts gunicorn, and runs --annotators simulated annotators
+as asyncio tasks in this one process (one keep-alive HTTP/1.1 connection each, reopened when
+the server closes it), for --duration seconds. Each annotator asks `next` once, then loops:
+think (uniform in 0.5-1.5 x --think-ms, the time a person looks at the item), submit with
+`"next": true` (the UI's one round trip per judgment), show the task that came back.
+--protocol two_requests sends `next` and `submit` separately instead. Prints judgments/s,
+p50/p99 latency per request, the over-assignment count read from the database afterwards
+(items with more than K judgments, or more judgments plus held leases than K, or an
+annotator twice on one item), and the CPU of gunicorn, PostgreSQL and this load generator.
 
     .venv/bin/python bench/annotation_load.py --items 100000 --annotators 200 --duration 60
 
@@ -16,6 +19,7 @@ This is a benchmark, not a test: it asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -27,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -47,8 +50,13 @@ def parse_args():
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--think-ms", type=float, default=1100.0,
                         help="mean pause between an annotator's cycles (uniform in [0.5, 1.5] x this)")
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (gthread only)")
+    parser.add_argument("--worker-class", default="sync", choices=["sync", "gthread"],
+                        help="sync (one request per process at a time; measured faster here: no GIL contention)")
+    parser.add_argument("--protocol", default="submit_next", choices=["submit_next", "two_requests"],
+                        help="submit_next: one request per judgment (submit with next: true, as the UI); "
+                             "two_requests: next then submit (the API before that option)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--server-side-binding", action="store_true",
                         help="psycopg server-side parameter binding (prepared statements) for the web processes")
@@ -160,78 +168,137 @@ def sessions_reuse(args) -> tuple[int, list[tuple[str, str]]]:
     return round_.pk, credentials
 
 
-def service_time(port: int, round_id: int, credentials: tuple[str, str], cycles: int = 10) -> tuple[float, float]:
-    """Median next and submit latency of one annotator alone, before the load: the per-request cost.
+class Connection:
+    """One keep-alive HTTP/1.1 connection over asyncio streams: a few microseconds of client CPU per request."""
 
-    Paced at 2 cycles/s so that the submission rate limit (2/s sustained by default) never answers instead.
+    def __init__(self, port: int, headers: dict[str, str]):
+        self.port = port
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: dict) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        data = json.dumps(body).encode()
+        self.writer.write(f"POST {path} HTTP/1.1\r\n{self.head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            if "content-length" not in fields:
+                raise ConnectionError(f"no Content-Length in the answer to {path}")
+            payload = await self.reader.readexactly(int(fields["content-length"]))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            self.close()
+            raise
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status, payload
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class Annotator:
+    """One simulated annotator: its own connection and session; next once, then submit (+ next) cycles.
+
+    ``protocol`` ``submit_next`` sends one request per judgment (``"next": true`` on submit, as the
+    UI does); ``two_requests`` sends ``next`` and ``submit`` separately (the API before that option).
     """
-    client = Annotator(port=port, round_id=round_id, session_key=credentials[0], csrf=credentials[1], think_ms=0,
-                       stop_at=0, measure_from=0, seed=0)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    for _ in range(cycles):
-        _, data = client.request(conn, "next", f"/api/annotate/rounds/{round_id}/next/", {})
-        task = json.loads(data)["task"]
-        client.request(conn, "submit", "/api/annotate/submit/", {
-            "client_uuid": str(uuid.uuid4()), "lease": task["lease"], "elapsed_ms": 1,
-            "answer": {"outcome": "tie"},
-        })
-        time.sleep(0.5)
-    conn.close()
-    return statistics.median(client.latencies["next"]), statistics.median(client.latencies["submit"])
 
-
-class Annotator(threading.Thread):
-    def __init__(self, *, port, round_id, session_key, csrf, think_ms, stop_at, measure_from, seed):
-        super().__init__(daemon=True)
-        self.port, self.round_id = port, round_id
-        self.headers = {
-            "Content-Type": "application/json", "X-CSRFToken": csrf, "Host": "127.0.0.1",
+    def __init__(self, *, port, round_id, session_key, csrf, think_ms, stop_at, measure_from, seed, protocol):
+        self.round_id = round_id
+        self.connection = Connection(port, {
+            "Host": "127.0.0.1", "Content-Type": "application/json", "X-CSRFToken": csrf,
             "Cookie": f"sessionid={session_key}; csrftoken={csrf}",
-        }
+        })
         self.think_ms, self.stop_at, self.measure_from = think_ms, stop_at, measure_from
+        self.protocol = protocol
         self.rng = random.Random(seed)
-        self.latencies = {"next": [], "submit": []}
+        self.latencies: dict[str, list[float]] = {"next": [], "submit": []}
         self.judgments = 0
         self.errors: dict[str, int] = {}
 
-    def request(self, conn, name, path, body):
-        started = time.perf_counter()
-        conn.request("POST", path, body=json.dumps(body), headers=self.headers)
-        response = conn.getresponse()
-        data = response.read()
-        elapsed = time.perf_counter() - started
-        if started >= self.measure_from:
-            self.latencies[name].append(elapsed)
-        return response.status, data
+    def error(self, key: str):
+        self.errors[key] = self.errors.get(key, 0) + 1
 
-    def run(self):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        time.sleep(self.rng.random() * self.think_ms / 1000)  # do not start in lockstep
+    async def request(self, name, path, body):
+        started = time.perf_counter()
+        status, data = await self.connection.post(path, body)
+        if started >= self.measure_from:
+            self.latencies[name].append(time.perf_counter() - started)
+        return status, data
+
+    async def next_task(self):
+        status, data = await self.request("next", f"/api/annotate/rounds/{self.round_id}/next/", {})
+        if status != 200:
+            self.error(f"next {status}")
+            return None
+        return json.loads(data)["task"]
+
+    async def run(self):
+        await asyncio.sleep(self.rng.random() * self.think_ms / 1000)  # do not start in lockstep
+        task = None
         while time.perf_counter() < self.stop_at:
             try:
-                status, data = self.request(conn, "next", f"/api/annotate/rounds/{self.round_id}/next/", {})
-                if status != 200:
-                    self.errors[f"next {status}"] = self.errors.get(f"next {status}", 0) + 1
-                    continue
-                task = json.loads(data)["task"]
                 if task is None:
-                    return
-                answer = {"outcome": "win", "winner": self.rng.choice(task["images"])["id"]}
+                    task = await self.next_task()
+                    if task is None:
+                        return
+                await asyncio.sleep(self.think_ms / 1000 * self.rng.uniform(0.5, 1.5))  # looking at the item
+                body = {
+                    "client_uuid": str(uuid.uuid4()), "lease": task["lease"], "elapsed_ms": 1000,
+                    "answer": {"outcome": "win", "winner": self.rng.choice(task["images"])["id"]},
+                }
+                if self.protocol == "submit_next":
+                    body["next"] = True
                 started = time.perf_counter()
-                status, data = self.request(conn, "submit", "/api/annotate/submit/", {
-                    "client_uuid": str(uuid.uuid4()), "lease": task["lease"], "elapsed_ms": 1000, "answer": answer,
-                })
+                status, data = await self.request("submit", "/api/annotate/submit/", body)
+                task = None
                 if status == 201:
                     if started >= self.measure_from:
                         self.judgments += 1
+                    if self.protocol == "submit_next":
+                        task = json.loads(data)["next"]
+                        if task is None:
+                            return
                 else:
-                    self.errors[f"submit {status}"] = self.errors.get(f"submit {status}", 0) + 1
-            except (OSError, http.client.HTTPException) as exc:
-                self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            time.sleep(self.think_ms / 1000 * self.rng.uniform(0.5, 1.5))
-        conn.close()
+                    self.error(f"submit {status}")
+            except (OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
+                self.error(type(exc).__name__)
+                task = None
+        self.connection.close()
+
+
+async def service_time(port: int, round_id: int, credentials: tuple[str, str], protocol: str,
+                       cycles: int = 10) -> float:
+    """Median latency of one annotator's submit request alone, before the load: the per-request cost."""
+    client = Annotator(port=port, round_id=round_id, session_key=credentials[0], csrf=credentials[1], think_ms=500,
+                       stop_at=float("inf"), measure_from=0, seed=0, protocol=protocol)
+    task = None
+    for _ in range(cycles):
+        task = task or await client.next_task()
+        body = {"client_uuid": str(uuid.uuid4()), "lease": task["lease"], "elapsed_ms": 1, "answer": {"outcome": "tie"}}
+        if protocol == "submit_next":
+            body["next"] = True
+        _, data = await client.request("submit", "/api/annotate/submit/", body)
+        task = json.loads(data).get("next")
+        await asyncio.sleep(0.5)  # within the submission rate limit (2/s sustained by default)
+    client.connection.close()
+    return statistics.median(client.latencies["submit"])
+
+
+async def load_run(clients: list[Annotator], measure_from: float, stop_at: float, on_window) -> None:
+    """Run every annotator; ``on_window("start"|"stop")`` is called at the measured window's edges."""
+    runners = [asyncio.create_task(client.run()) for client in clients]
+    await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+    on_window("start")
+    await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+    on_window("stop")
+    await asyncio.wait(runners, timeout=60)
 
 
 def wait_for_server(port: int, deadline: float):
@@ -329,30 +396,31 @@ def main():
     gunicorn = Path(sys.executable).parent / "gunicorn"
     server = subprocess.Popen(
         [str(gunicorn), "config.wsgi:application", "--bind", f"127.0.0.1:{args.port}", "--workers", str(args.workers),
-         "--worker-class", "gthread", "--threads", str(args.threads), "--keep-alive", "30", "--log-level", "warning"],
+         "--worker-class", args.worker_class, "--threads", str(args.threads), "--keep-alive", "30", "--log-level", "warning"],
         cwd=ROOT, env=os.environ.copy(), start_new_session=True,
     )
     try:
         wait_for_server(args.port, time.time() + 60)
-        alone_next, alone_submit = service_time(args.port, round_id, credentials[0])
+        alone_submit = asyncio.run(service_time(args.port, round_id, credentials[0], args.protocol))
         now = time.perf_counter()
         measure_from = now + args.warmup
         stop_at = measure_from + args.duration
         clients = [
             Annotator(port=args.port, round_id=round_id, session_key=key, csrf=csrf, think_ms=args.think_ms,
-                      stop_at=stop_at, measure_from=measure_from, seed=n)
+                      stop_at=stop_at, measure_from=measure_from, seed=n, protocol=args.protocol)
             for n, (key, csrf) in enumerate(credentials)
         ]
-        for client in clients:
-            client.start()
-        time.sleep(max(0.0, measure_from - time.perf_counter()))
-        web_pids, db_pids = server_pids(server.pid, args.server_url, args.db_name)
-        cpu_before = process_cpu_seconds(web_pids), process_cpu_seconds(db_pids)
-        time.sleep(max(0.0, stop_at - time.perf_counter()))
-        cpu_after = process_cpu_seconds(web_pids), process_cpu_seconds(db_pids)
-        db_pids_stable = set(server_pids(server.pid, args.server_url, args.db_name)[1]) == set(db_pids)
-        for client in clients:
-            client.join(timeout=60)
+        cpu = {}
+
+        def on_window(edge):
+            if edge == "start":
+                cpu["pids"] = server_pids(server.pid, args.server_url, args.db_name)
+            web_pids, db_pids = cpu["pids"]
+            cpu[edge] = (process_cpu_seconds(web_pids), process_cpu_seconds(db_pids), sum(os.times()[:2]))
+
+        asyncio.run(load_run(clients, measure_from, stop_at, on_window))
+        cpu_before, cpu_after = cpu["start"], cpu["stop"]
+        db_pids_stable = set(server_pids(server.pid, args.server_url, args.db_name)[1]) == set(cpu["pids"][1])
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -367,9 +435,10 @@ def main():
     checks = over_assignment(round_id, args.k)
     ms = 1000
     print(f"items {args.items}, K {args.k}, annotators {args.annotators}, think {args.think_ms:.0f} ms, "
-          f"gunicorn {args.workers}x{args.threads} gthread, {os.cpu_count()} CPUs, "
+          f"gunicorn {args.workers}x{args.threads} {args.worker_class}, protocol {args.protocol}, {os.cpu_count()} CPUs, "
           f"server-side binding {'on' if args.server_side_binding else 'off'}")
-    print(f"one annotator alone: next {alone_next * ms:.1f} ms, submit {alone_submit * ms:.1f} ms (median of 10)")
+    print(f"one annotator alone: submit {'+ next ' if args.protocol == 'submit_next' else ''}{alone_submit * ms:.1f} ms"
+          " (median of 10)")
     print(f"load average     {os.getloadavg()}")
     print(f"judgments/s      {judgments / args.duration:.1f}  ({judgments} in {args.duration:.0f} s)")
     print(f"latency all      p50 {percentile(every, .5) * ms:.1f} ms  p99 {percentile(every, .99) * ms:.1f} ms"
@@ -379,10 +448,13 @@ def main():
     print(f"over-assignment  {checks['items_over_k']} items over K, {checks['items_over_k_with_leases']} over K "
           f"counting held leases, {checks['annotator_twice']} annotator-twice; {checks['stored']} judgments stored")
     requests_done = max(1, len(every))
-    db_cpu = (f"{(cpu_after[1] - cpu_before[1]) / requests_done * ms:.1f} ms" if db_pids_stable
+    web_s, db_s, client_s = (after - before for after, before in zip(cpu_after, cpu_before))
+    db_cpu = (f"{db_s / requests_done * ms:.1f} ms" if db_pids_stable
               else "n/a (connections were recycled during the window)")
-    print(f"CPU per request  gunicorn {(cpu_after[0] - cpu_before[0]) / requests_done * ms:.1f} ms, "
-          f"PostgreSQL backends {db_cpu} (over the measured window)")
+    print(f"CPU per request  gunicorn {web_s / requests_done * ms:.1f} ms, PostgreSQL backends {db_cpu}, "
+          f"load generator {client_s / requests_done * ms:.2f} ms (over the measured window)")
+    print(f"CPU share        gunicorn {web_s / args.duration:.2f} cores, PostgreSQL {db_s / args.duration:.2f} cores, "
+          f"load generator {client_s / args.duration:.2f} cores, of {os.cpu_count()}")
     print(f"errors           {errors or 'none'}")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -97,7 +97,48 @@ def test_next_submit_undo_progress_for_each_kind(make_round):
     progress = session.get("/api/annotate/progress/").json()
     assert progress["judged_total"] == 0
     assert progress["rounds"][0]["id"] == round_.pk and progress["rounds"][0]["items_total"] == 2
+    assert "name" not in progress["rounds"][0]  # researchers' free text, which may name models
     assert_blind(progress)
+
+
+@pytest.mark.parametrize("make_round", [pairwise_round, best_worst_round, alignment_round])
+def test_submit_with_next_returns_the_next_task(make_round):
+    round_ = make_round(n_items=3, k=1)
+    (person,) = annotators(1)
+    session = Session(person)
+    first = session.next(round_).json()["task"]
+    preloaded = session.next(round_, exclude=[first["lease"]]).json()["task"]
+    body = {"client_uuid": str(uuid.uuid4()), "lease": first["lease"], "elapsed_ms": 10, "answer": answer_of(first),
+            "next": True, "exclude": [preloaded["lease"]]}
+    response = session.post("/api/annotate/submit/", body)
+    assert response.status_code == 201, response.content
+    nxt = response.json()["next"]
+    assert nxt["lease"] not in (first["lease"], preloaded["lease"])
+    assert set(nxt) == {"lease", "round", "kind", "criterion", "expires_at", "prompt", "images", "choices", "questions"}
+    assert_blind(response.json())
+    leased = Lease.objects.filter(annotator=person, state="held").values_list("item_id", flat=True)
+    assert sorted(leased) == sorted(Item.objects.filter(round=round_).exclude(judgments__isnull=False).values_list("id", flat=True))
+    # A retry is replayed and hands back the held lease that is not excluded.
+    retried = session.post("/api/annotate/submit/", body)
+    assert (retried.status_code, retried.json()["replayed"], retried.json()["next"]["lease"]) == (200, True, nxt["lease"])
+    # Without "next" the answer has no "next" key; with nothing left, "next" is null.
+    plain = session.submit(preloaded, answer_of(preloaded))
+    assert plain.status_code == 201 and "next" not in plain.json()
+    last = session.post("/api/annotate/submit/", {"client_uuid": str(uuid.uuid4()), "lease": nxt["lease"],
+                                                  "elapsed_ms": 10, "answer": answer_of(nxt), "next": True})
+    assert last.status_code == 201 and last.json()["next"] is None
+    assert Judgment.objects.filter(annotator=person).count() == 3
+
+
+def test_submission_to_a_closed_round_is_refused():
+    round_ = pairwise_round(n_items=1)
+    session = Session(annotators(1)[0])
+    task = session.next(round_).json()["task"]
+    round_.status = "closed"
+    round_.save(update_fields=["status"])
+    refused = session.submit(task, answer_of(task))
+    assert refused.status_code == 409 and refused.json()["code"] == "round_closed"
+    assert Judgment.objects.count() == 0
 
 
 def test_appeal_items_offer_cannot_compare():

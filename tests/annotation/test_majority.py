@@ -163,19 +163,35 @@ class TestAlignment:
     def test_cycle_in_bad_data_terminates(self):
         assert dsg_apply({1: True, 2: True}, {1: [2], 2: [1]}) == {1: True, 2: True}
 
-    def test_majority_per_question_after_the_rule(self):
+    def test_majority_per_question_then_the_rule(self):
         judgments = [
             {1: True, 2: True, 3: True, 4: False},
             {1: True, 2: True, 3: True, 4: False},
-            {1: False, 2: True, 3: True, 4: True},  # parent "no": its "yes" to 2, 3, 4 count as "no"
+            {1: False, 2: True, 3: True, 4: True},
             {1: True, 2: False, 3: True, 4: True},
             {1: True, 2: True, 3: False, 4: True},
         ]
         result = alignment_majority(judgments, questions=QUESTIONS, parents=PARENTS)
-        # raw "yes" to 3 is 4 of 5, but after the rule only 2 of 5.
-        assert result.yes_counts == {1: 4, 2: 3, 3: 2, 4: 2}
-        assert result.answers == {1: True, 2: True, 3: False, 4: False}
-        assert result.score == pytest.approx(0.5)
+        assert result.yes_counts == {1: 4, 2: 4, 3: 4, 4: 3}  # the votes as given
+        assert result.answers == {1: True, 2: True, 3: True, 4: True}
+        assert result.score == pytest.approx(1.0)
+
+    def test_the_order_matters_and_majority_comes_first(self):
+        # Parent 1 / child 2: yes/no, no/yes, yes/yes. Majorities: 1 yes (2 of 3), 2 yes (2 of 3),
+        # so 2 stays "yes". Applying the rule to each judgment first would drop the second
+        # judgment's "yes" to 2 and make 2 "no" (1 of 3).
+        judgments = [{1: True, 2: False}, {1: False, 2: True}, {1: True, 2: True}]
+        result = alignment_majority(judgments, questions=[1, 2], parents={2: [1]})
+        assert result.answers == {1: True, 2: True}
+        per_judgment_first = [dsg_apply(j, {2: [1]}) for j in judgments]
+        assert sum(j[2] for j in per_judgment_first) * 2 < len(judgments)
+
+    def test_child_is_no_when_the_parents_majority_is_no(self):
+        judgments = [{1: False, 2: True}, {1: False, 2: True}, {1: True, 2: True}]
+        result = alignment_majority(judgments, questions=[1, 2], parents={2: [1]})
+        assert result.yes_counts == {1: 1, 2: 3}
+        assert result.answers == {1: False, 2: False}
+        assert result.score == 0.0
 
     def test_missing_answer_is_refused(self):
         with pytest.raises(ValueError, match="lacks answers"):

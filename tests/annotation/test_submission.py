@@ -253,6 +253,20 @@ class TestAggregates:
         assert aggregate.question_results == {str(birds.pk): False, str(blue.pk): False}
         assert AlignmentAnswer.objects.filter(question=blue, answer=True).count() == 3  # raw answers are kept
 
+    def test_alignment_aggregate_takes_the_majority_before_the_dsg_rule(self):
+        round_ = alignment_round(n_items=1, k=3)
+        item = Item.objects.get(round=round_)
+        birds, blue = item.prompt.questions.order_by("order")
+        # Majority first: birds yes (2/3), blue yes (2/3). The rule per judgment first would
+        # have dropped the second "blue: yes" (its "birds" is no) and made blue "no".
+        votes = [("yes", "no"), ("no", "yes"), ("yes", "yes")]
+        for person, (q1, q2) in zip(annotators(3), votes):
+            lease = lease_for(round_, person)
+            submit(lease, person, {"answers": [{"question": birds.pk, "answer": q1}, {"question": blue.pk, "answer": q2}]})
+        aggregate = Aggregate.objects.get(item=item)
+        assert aggregate.question_results == {str(birds.pk): True, str(blue.pk): True}
+        assert aggregate.alignment_score == 1.0
+
     def test_best_worst_aggregate(self):
         round_ = best_worst_round(n_items=1, k=3)
         item = Item.objects.get(round=round_)

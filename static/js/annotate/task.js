@@ -1,6 +1,8 @@
 // The work loop shared by every task page: fetch an item, show it, take the answer from the
 // keyboard or the buttons, submit it in the background (with retries under the same UUID)
-// while the next item, fetched and decoded ahead of time, is already on screen.
+// while the next item, fetched and decoded ahead of time, is already on screen. Each
+// submission asks for the following item in the same request ("next": true), so the
+// fetch-ahead needs a request of its own only for the first items and after a failure.
 
 import { AnnotateApi } from "./api.js";
 import { SyncViewer } from "./viewer.js";
@@ -61,12 +63,21 @@ export class TaskPage {
     if (this.fetching || this.queue.length || this.finished) return this.fetching;
     this.fetching = (async () => {
       await Promise.allSettled([...this.pending.values()].map((p) => p.done));
+      if (this.queue.length) return this.queue[0]; // a submission brought the next task along
       const task = await this.#fetchTask();
       if (task && !this.#heldLeases().includes(task.lease)) this.queue.push(task);
       return task;
     })().finally(() => { this.fetching = null; });
     this.fetching.catch(() => {});
     return this.fetching;
+  }
+
+  // A task that came with a submission's answer: decode its images, then keep it ready.
+  async #queueTask(task) {
+    if (!task || task.kind !== this.config.kind || this.finished) return;
+    if (this.queue.length || this.#heldLeases().includes(task.lease)) return;
+    await preloadImages(task.images);
+    if (!this.queue.length && !this.#heldLeases().includes(task.lease)) this.queue.push(task);
   }
 
   #showNext() {
@@ -156,14 +167,19 @@ export class TaskPage {
     if (!this.current || this.busy) return;
     const { task } = this.current;
     const uuid = crypto.randomUUID();
-    const payload = { client_uuid: uuid, lease: task.lease, elapsed_ms: this.#elapsedMs(), answer };
+    const payload = { client_uuid: uuid, lease: task.lease, elapsed_ms: this.#elapsedMs(), answer, next: true };
     const record = { task, uuid, undoUntil: null };
     // Submissions go out one after another, so the server stores them in the order given
     // (undo takes back the latest) while the next item is already on screen.
     record.done = this.submitted
-      .then(() => this.api.submit(payload, { onRetry: () => this.toast("Connection trouble: retrying your last answer…") }))
-      .then((response) => {
+      .then(() => {
+        // The leases this page holds when the request leaves (the same body goes out on a retry).
+        payload.exclude = this.#heldLeases().filter((lease) => lease !== task.lease);
+        return this.api.submit(payload, { onRetry: () => this.toast("Connection trouble: retrying your last answer…") });
+      })
+      .then(async (response) => {
         record.undoUntil = response && response.undo_until ? Date.parse(response.undo_until) : null;
+        await this.#queueTask(response && response.next);
         this.refreshProgress();
         return response;
       })
