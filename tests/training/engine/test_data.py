@@ -400,3 +400,13 @@ def test_datasets_survive_pickling_for_dataloader_workers(tmp_path, manifest):
 
     assert parquet_copy[0]["pixel_values_w"][2].mean() > 0.9  # blue won (label_0 == 0)
     assert torch.equal(cached_copy[1]["latents_l"], cached[1]["latents_l"])
+
+
+def test_captions_may_hold_unicode_line_separators(tmp_path):
+    save(solid(RED), tmp_path / "a.png")
+    caption = "first\u2028second"
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "a.png", "text": caption}, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+
+    assert load_sft_dataset(tmp_path, resolution=8)[0]["caption"] == caption
