@@ -385,3 +385,28 @@ def test_latent_cache_refuses_random_flip_and_random_crop(manifest, tmp_path):
     cropped = load_preference_dataset(manifest, resolution=8, center_crop=False)
     with pytest.raises(DatasetError, match="center_crop"):
         cache_latents(cropped, CountingEncoder(), tmp_path, 2, encoder_id="vae")
+
+
+def test_datasets_survive_pickling_for_dataloader_workers(tmp_path, manifest):
+    import pickle
+
+    red, blue = image_bytes(solid(RED)), image_bytes(solid(BLUE))
+    parquet = load_preference_dataset(write_parquet(tmp_path / "p.parquet", [(red, blue, 0.0, "c")]), resolution=8)
+    cached = cache_latents(load_preference_dataset(manifest, resolution=8), CountingEncoder(), tmp_path / "c", 2,
+                           encoder_id="vae")
+    cached[0]  # opens the cache file, which must not travel to the copy
+
+    parquet_copy, cached_copy = pickle.loads(pickle.dumps(parquet)), pickle.loads(pickle.dumps(cached))
+
+    assert parquet_copy[0]["pixel_values_w"][2].mean() > 0.9  # blue won (label_0 == 0)
+    assert torch.equal(cached_copy[1]["latents_l"], cached[1]["latents_l"])
+
+
+def test_captions_may_hold_unicode_line_separators(tmp_path):
+    save(solid(RED), tmp_path / "a.png")
+    caption = "first\u2028second"
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "a.png", "text": caption}, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+
+    assert load_sft_dataset(tmp_path, resolution=8)[0]["caption"] == caption
