@@ -3,7 +3,7 @@
 # encoder and a TAESD-size AutoencoderTiny, built in code (no download), at 512 px in bf16.
 # Prints the same tables as the CPU run; takes about 1-2 minutes and is capped at 5.
 #
-#   bench/gpu_train_step.sh                 # results also go to $OUT (or .) as gpu_train_step.json
+#   bench/gpu_train_step.sh                 # results also go to $RESULTS_DIR (or .) as gpu_train_step.json
 #   PYTHON=/path/to/python bench/gpu_train_step.sh --batch 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +20,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 export HF_HUB_OFFLINE=1
 exec timeout 300 "$PYTHON" bench/train_step.py \
   --device cuda --preset sd15 --resolution 512 --dtype bf16 --batch 2 \
-  --steps 5 --warmup 2 --json "${OUT:-.}/gpu_train_step.json" "$@"
+  --steps 5 --warmup 2 --json "${RESULTS_DIR:-.}/gpu_train_step.json" "$@"
