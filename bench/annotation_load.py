@@ -383,6 +383,8 @@ def main():
         "VAR_DIR": str(work / "var"),
         "MEDIA_ROOT": str(work / "media"),
         "LOG_LEVEL": "WARNING",
+        # Workers keep their PostgreSQL backends through the run, so that the backends' CPU can be read.
+        "DATABASE_CONN_MAX_AGE": "3600",
     })
     sys.path.insert(0, str(ROOT))
     round_id, credentials = setup_data(args, work / "media")
