@@ -87,6 +87,7 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
     from django.contrib.auth.models import Group
+    from django.conf import settings
     from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
     from django.middleware.csrf import _get_new_csrf_string
@@ -131,7 +132,7 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     for user in users:
         session = SessionStore()
         session["_auth_user_id"] = str(user.pk)
-        session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+        session["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[0]
         session["_auth_user_hash"] = user.get_session_auth_hash()
         session.create()
         credentials.append((session.session_key, _get_new_csrf_string()))
@@ -146,6 +147,7 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
 
 def sessions_reuse(args) -> tuple[int, list[tuple[str, str]]]:
     from django.contrib.auth import get_user_model
+    from django.conf import settings
     from django.contrib.sessions.backends.db import SessionStore
     from django.db import connections
     from django.middleware.csrf import _get_new_csrf_string
@@ -160,7 +162,7 @@ def sessions_reuse(args) -> tuple[int, list[tuple[str, str]]]:
     for user in users:
         session = SessionStore()
         session["_auth_user_id"] = str(user.pk)
-        session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+        session["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[0]
         session["_auth_user_hash"] = user.get_session_auth_hash()
         session.create()
         credentials.append((session.session_key, _get_new_csrf_string()))

@@ -154,6 +154,8 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 # is shared storage that web, CPU workers and GPU workers all mount at the same path.
 ARTIFACTS_ROOT = Path(os.environ.get("ARTIFACTS_ROOT", VAR_DIR / "artifacts"))
 
+# The model backend, loading the user with their role memberships (one query per request).
+AUTHENTICATION_BACKENDS = ["annotation.roles.RolesBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
