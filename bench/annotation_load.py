@@ -60,6 +60,8 @@ def parse_args():
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--server-side-binding", action="store_true",
                         help="psycopg server-side parameter binding (prepared statements) for the web processes")
+    parser.add_argument("--prepare-threshold", type=int, default=None,
+                        help="DATABASE_PREPARE_THRESHOLD for gunicorn: prepared statements after N runs")
     parser.add_argument("--reuse-db", action="store_true",
                         help="keep the database of an earlier run (its round and annotators) instead of rebuilding")
     return parser.parse_args()
@@ -392,6 +394,8 @@ def main():
     round_id, credentials = setup_data(args, work / "media")
     if args.server_side_binding:
         os.environ["DATABASE_URL"] += "?server_side_binding=true"
+    if args.prepare_threshold is not None:
+        os.environ["DATABASE_PREPARE_THRESHOLD"] = str(args.prepare_threshold)
     try:
         socket.create_connection(("127.0.0.1", args.port), timeout=1).close()
         raise SystemExit(f"port {args.port} is taken (another benchmark still running?); pass --port")
@@ -440,7 +444,7 @@ def main():
     ms = 1000
     print(f"items {args.items}, K {args.k}, annotators {args.annotators}, think {args.think_ms:.0f} ms, "
           f"gunicorn {args.workers}x{args.threads} {args.worker_class}, protocol {args.protocol}, {os.cpu_count()} CPUs, "
-          f"server-side binding {'on' if args.server_side_binding else 'off'}")
+          f"server-side binding {'on' if args.server_side_binding else 'off'}, prepare threshold {args.prepare_threshold}")
     print(f"one annotator alone: submit {'+ next ' if args.protocol == 'submit_next' else ''}{alone_submit * ms:.1f} ms"
           " (median of 10)")
     print(f"load average     {os.getloadavg()}")

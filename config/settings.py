@@ -119,6 +119,11 @@ if DATABASE_URL:
     # Seconds a worker keeps its database connection (0: a new one per request).
     conn_max_age = int(os.environ.get("DATABASE_CONN_MAX_AGE", "60"))
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=conn_max_age, conn_health_checks=True)}
+    # Prepare a statement after it ran this many times on a connection (psycopg 3; unset: never).
+    # Saves PostgreSQL's parse and plan on the annotation hot path; leave it unset behind a
+    # transaction-pooling PgBouncer, which cannot keep prepared statements per client.
+    if os.environ.get("DATABASE_PREPARE_THRESHOLD"):
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = int(os.environ["DATABASE_PREPARE_THRESHOLD"])
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
