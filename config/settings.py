@@ -161,6 +161,9 @@ ARTIFACTS_ROOT = Path(os.environ.get("ARTIFACTS_ROOT", VAR_DIR / "artifacts"))
 
 # The model backend, loading the user with their role memberships (one query per request).
 AUTHENTICATION_BACKENDS = ["annotation.roles.RolesBackend"]
+# Sessions stay in the database on purpose. signed_cookies would save a query per request but
+# cannot be revoked server-side (logout, stolen cookie); cached_db needs a cache shared by all
+# workers (a per-process cache would keep a logged-out session alive in the other workers).
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
