@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import Group, Permission
 
 from annotation.models import ANNOTATORS_GROUP, RESEARCHERS_GROUP
@@ -9,12 +11,47 @@ from annotation.models import ANNOTATORS_GROUP, RESEARCHERS_GROUP
 RESEARCHER_APPS = ("annotation", "training", "evaluation")
 
 
+def _in_group(user, name: str, loaded: str) -> bool:
+    # ``loaded``: the membership read with the user by RolesBackend (fresh on every request).
+    membership = getattr(user, loaded, None)
+    if membership is None:
+        membership = user.groups.filter(name=name).exists()
+    return membership
+
+
 def is_researcher(user) -> bool:
-    return bool(user and user.is_authenticated and (user.is_superuser or user.groups.filter(name=RESEARCHERS_GROUP).exists()))
+    return bool(
+        user and user.is_authenticated
+        and (user.is_superuser or _in_group(user, RESEARCHERS_GROUP, "in_researchers_group"))
+    )
 
 
 def is_annotator(user) -> bool:
-    return bool(user and user.is_authenticated and user.groups.filter(name=ANNOTATORS_GROUP).exists())
+    return bool(user and user.is_authenticated and _in_group(user, ANNOTATORS_GROUP, "in_annotators_group"))
+
+
+class RolesBackend(ModelBackend):
+    """The model backend, loading a session's user together with their role memberships.
+
+    One query per request instead of three (user, then each group check). Read on every
+    request, not cached, so removing someone from a group takes effect on their next request.
+    """
+
+    def get_user(self, user_id):
+        User = get_user_model()
+        user_table, pk = User._meta.db_table, User._meta.pk.column
+        membership = User.groups.through._meta
+        member_of = (
+            f"EXISTS (SELECT 1 FROM {membership.db_table} m JOIN {Group._meta.db_table} g ON g.id = m.group_id"
+            f" WHERE m.{membership.get_field('user').column} = u.{pk} AND g.name = %s)"
+        )
+        rows = User._default_manager.raw(
+            f"SELECT u.*, {member_of} AS in_annotators_group, {member_of} AS in_researchers_group"
+            f" FROM {user_table} u WHERE u.{pk} = %s",
+            [ANNOTATORS_GROUP, RESEARCHERS_GROUP, User._meta.pk.to_python(user_id)],
+        )
+        user = next(iter(rows), None)
+        return user if user is not None and self.user_can_authenticate(user) else None
 
 
 def roles_ensure(**kwargs) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,7 +15,7 @@ from typing import NamedTuple
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Avg, Count, Exists, F, OuterRef, Subquery, Sum
+from django.db.models import Avg, Count, F, Sum
 from django.utils import timezone
 
 from annotation import majority
@@ -337,12 +339,13 @@ def _item_images(item: Item) -> list[ItemImageRef]:
     """The item's images in canonical order, read once per item object."""
     cached = getattr(item, "_ordered_images", None)
     if cached is None:
-        cached = [
-            ItemImageRef(*row)
-            for row in ItemImage.objects.filter(item=item).order_by("order").values_list(
-                "image_id", "image__public_id", "image__width", "image__height"
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT ii.image_id, im.public_id, im.width, im.height FROM annotation_itemimage ii"
+                " JOIN annotation_image im ON im.id = ii.image_id WHERE ii.item_id = %s ORDER BY ii.\"order\"",
+                [item.pk],
             )
-        ]
+            cached = [ItemImageRef(*row) for row in cursor.fetchall()]
         item._ordered_images = cached
     return cached
 
@@ -416,16 +419,87 @@ def _gold_score(*, parsed: ParsedAnswer, gold: ParsedAnswer) -> float:
     return float(parsed.outcome == gold.outcome and parsed.winner_id == gold.winner_id)
 
 
+# --- the hot path in SQL ----------------------------------------------------------------
+# Assignment and submission run on every judgment. They are written as a few hand-written
+# statements (portable between PostgreSQL and SQLite) rather than ORM queries: building the
+# ORM queries cost about as much CPU as the rest of the request together.
+
+
+def _lock(*, skip_locked: bool = False, of: str = "") -> str:
+    """Row-lock clause on PostgreSQL; empty on SQLite, which serializes writers anyway."""
+    if not connection.features.has_select_for_update:
+        return ""
+    return " FOR NO KEY UPDATE" + (f" OF {of}" if of else "") + (" SKIP LOCKED" if skip_locked else "")
+
+
+def _uuid_param(value) -> uuid.UUID | str:
+    value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    return value if connection.features.has_native_uuid_field else value.hex
+
+
+def _uuid_from_db(value) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+
+
+def _datetime_param(value: datetime | None):
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _datetime_from_db(value) -> datetime | None:
+    if value is None or (isinstance(value, datetime) and timezone.is_aware(value)):
+        return value
+    return connection.ops.convert_datetimefield_value(value, None, connection)  # SQLite: naive UTC
+
+
+def _json_param(value):
+    return connection.ops.adapt_json_value(value, None)
+
+
+def _round_from_row(row) -> Round:
+    """A Round from the columns selected as ``_ROUND_COLUMNS``."""
+    round_ = Round(
+        id=row[0], kind=row[1], criterion=row[2], k=row[3], status=row[4], lease_ttl_seconds=row[5],
+        gold_rate=row[6], no_majority_rule=row[7], gold_min_accuracy=row[8],
+    )
+    round_._state.adding, round_._state.db = False, connection.alias
+    return round_
+
+
+_ROUND_COLUMNS = (
+    "r.id, r.kind, r.criterion, r.k, r.status, r.lease_ttl_seconds, r.gold_rate, r.no_majority_rule, r.gold_min_accuracy"
+)
+
+
+def _saved(instance):
+    """Mark an instance built from a row as loaded from the database."""
+    instance._state.adding, instance._state.db = False, connection.alias
+    return instance
+
+
 # --- assignment -----------------------------------------------------------------------
+
+
+def _profile_from_row(annotator, row) -> AnnotatorProfile:
+    profile_id, synthetic, tokens, tokens_at = row
+    return _saved(AnnotatorProfile(
+        id=profile_id, user=annotator, synthetic=bool(synthetic), submit_tokens=tokens,
+        submit_tokens_at=_datetime_from_db(tokens_at),
+    ))
 
 
 def _profile_lock(annotator) -> AnnotatorProfile:
     """Lock the annotator's profile row: one assignment or submission per annotator at a time."""
-    profile = AnnotatorProfile.objects.select_for_update(no_key=True).filter(user=annotator).first()
-    if profile is None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, synthetic, submit_tokens, submit_tokens_at FROM annotation_annotatorprofile"
+            " WHERE user_id = %s" + _lock(),
+            [annotator.pk],
+        )
+        row = cursor.fetchone()
+    if row is None:
         AnnotatorProfile.objects.get_or_create(user=annotator)
-        profile = AnnotatorProfile.objects.select_for_update(no_key=True).get(user=annotator)
-    return profile
+        return _profile_lock(annotator)
+    return _profile_from_row(annotator, row)
 
 
 def leases_reclaim(*, round_: Round, now: datetime | None = None, limit: int = 500) -> int:
@@ -474,31 +548,46 @@ def _reclaim_due(round_id: int) -> bool:
     return True
 
 
-def _lease_release(lease: Lease) -> None:
+def _lease_release(cursor, lease: Lease) -> None:
     """Give a held lease's slot back (the caller holds the annotator's profile lock)."""
-    released = Lease.objects.filter(pk=lease.pk, state=Lease.State.HELD).update(state=Lease.State.EXPIRED)
-    if released:
-        Item.objects.filter(pk=lease.item_id).update(slots_taken=F("slots_taken") - 1)
-
-
-def _item_pick(*, round_: Round, annotator, gold: bool, skip_items: set[int]) -> Item | None:
-    """Lock the fullest item that still has a free slot and that this annotator does not hold or judged."""
-    mine = Lease.objects.filter(
-        item=OuterRef("pk"), annotator=annotator, state__in=[Lease.State.HELD, Lease.State.SUBMITTED]
+    cursor.execute(
+        "UPDATE annotation_lease SET state = %s WHERE id = %s AND state = %s",
+        [Lease.State.EXPIRED, _uuid_param(lease.pk), Lease.State.HELD],
     )
-    candidates = Item.objects.filter(round=round_, is_gold=gold).exclude(Exists(mine))
+    if cursor.rowcount:
+        cursor.execute("UPDATE annotation_item SET slots_taken = slots_taken - 1 WHERE id = %s", [lease.item_id])
+
+
+def _item_pick(cursor, *, round_: Round, annotator, gold: bool, skip_items: set[int]) -> Item | None:
+    """Take a slot of the fullest item that has one free and that this annotator does not hold or judged.
+
+    One statement: the scan locks its pick (``SKIP LOCKED``: items other annotators are
+    taking are passed over, not waited for) and the UPDATE takes the slot, guarded by
+    ``slots_taken < K`` (gold items are outside K).
+    """
+    params: list = [round_.pk, gold, annotator.pk, Lease.State.HELD, Lease.State.SUBMITTED]
+    where = ""
     if skip_items:
-        candidates = candidates.exclude(pk__in=skip_items)
+        where += f" AND i.id NOT IN ({', '.join(['%s'] * len(skip_items))})"
+        params += sorted(skip_items)
     if gold:
-        candidates = candidates.order_by("id")
+        order, guard = "i.id", ""
     else:
-        candidates = candidates.filter(slots_taken__lt=round_.k).order_by("-slots_taken", "id")
-    # The annotator's expired lease of the item, if any, comes along: no second look-up for the usual new lease.
-    expired = Lease.objects.filter(item=OuterRef("pk"), annotator=annotator).order_by().values("pk")[:1]
-    return (
-        candidates.select_for_update(no_key=True, skip_locked=True, of=("self",))
-        .only("id", "round_id", "prompt_id", "is_gold").annotate(expired_lease_id=Subquery(expired)).first()
+        where += " AND i.slots_taken < %s"
+        params.append(round_.k)
+        order, guard = "i.slots_taken DESC, i.id", " AND slots_taken < %s"
+    cursor.execute(
+        "UPDATE annotation_item SET slots_taken = slots_taken + 1 WHERE id = ("
+        " SELECT i.id FROM annotation_item i WHERE i.round_id = %s AND i.is_gold = %s"
+        " AND NOT EXISTS (SELECT 1 FROM annotation_lease l WHERE l.item_id = i.id AND l.annotator_id = %s"
+        " AND l.state IN (%s, %s))" + where + f" ORDER BY {order} LIMIT 1" + _lock(skip_locked=True) + ")"
+        + guard + " RETURNING id, prompt_id",
+        params + ([round_.k] if guard else []),
     )
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return _saved(Item(id=row[0], round=round_, prompt_id=row[1], is_gold=gold))
 
 
 def item_next_for_annotator(
@@ -509,8 +598,8 @@ def item_next_for_annotator(
 
     Breadth-first: the item with the most judgments and held leases (below K) comes first.
     A slot is taken by a conditional UPDATE (``slots_taken < K``) under the item's row lock
-    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serializes writers), so no item is ever
-    leased beyond K, whatever the interleaving.
+    (``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serializes writers), so no item
+    is ever leased beyond K, whatever the interleaving.
     """
     now = now or timezone.now()
     if round_.status != Round.Status.OPEN:
@@ -525,51 +614,55 @@ def _item_next(*, round_: Round, annotator, exclude, now: datetime, rng: random.
     exclude = {str(lease_id) for lease_id in exclude}
     if _reclaim_due(round_.pk):
         _leases_reclaim(round_=round_, now=now, limit=100)
-    held = list(
-        Lease.objects.filter(round=round_, annotator=annotator, state=Lease.State.HELD, expires_at__gt=now)
-        .order_by("leased_at", "id")
-    )
-    for lease in held:
-        if str(lease.pk) not in exclude:
-            return lease
-    max_leases = setting("ANNOTATION_MAX_LEASES")
-    released = held[: max(0, len(held) - max_leases + 1)]
-    for lease in released:
-        _lease_release(lease)
-    skip_items = {lease.item_id for lease in released}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, item_id, layout, leased_at, expires_at FROM annotation_lease"
+            " WHERE round_id = %s AND annotator_id = %s AND state = %s AND expires_at > %s ORDER BY leased_at, id",
+            [round_.pk, annotator.pk, Lease.State.HELD, _datetime_param(now)],
+        )
+        held = [
+            _saved(Lease(
+                id=_uuid_from_db(lease_id), round=round_, item_id=item_id, annotator=annotator, state=Lease.State.HELD,
+                layout=json.loads(layout), leased_at=_datetime_from_db(leased_at), expires_at=_datetime_from_db(expires_at),
+            ))
+            for lease_id, item_id, layout, leased_at, expires_at in cursor.fetchall()
+        ]
+        for lease in held:
+            if str(lease.pk) not in exclude:
+                return lease
+        max_leases = setting("ANNOTATION_MAX_LEASES")
+        released = held[: max(0, len(held) - max_leases + 1)]
+        for lease in released:
+            _lease_release(cursor, lease)
+        skip_items = {lease.item_id for lease in released}
 
-    want_gold = round_.gold_rate > 0 and rng.random() < round_.gold_rate
-    item = None
-    for gold in ([True, False] if want_gold else [False]):
-        for _attempt in range(5):
-            item = _item_pick(round_=round_, annotator=annotator, gold=gold, skip_items=skip_items)
-            if item is None:
+        want_gold = round_.gold_rate > 0 and rng.random() < round_.gold_rate
+        item = None
+        for gold in ([True, False] if want_gold else [False]):
+            item = _item_pick(cursor, round_=round_, annotator=annotator, gold=gold, skip_items=skip_items)
+            if item is not None:
                 break
-            slots = Item.objects.filter(pk=item.pk)
-            if not gold:
-                slots = slots.filter(slots_taken__lt=round_.k)
-            if slots.update(slots_taken=F("slots_taken") + 1):
-                break
-            item = None  # filled up between the scan and the update: look again
-        if item is not None:
-            break
-    if item is None:
-        return None
-    item.round = round_
-    lease = None
-    if item.expired_lease_id is not None:
-        lease = Lease.objects.select_for_update(no_key=True).filter(pk=item.expired_lease_id).first()
-    expires_at = now + timedelta(seconds=round_.lease_ttl_seconds)
-    if lease is None:
+        if item is None:
+            return None
         layout = [image.public_id for image in _item_images(item)]
         rng.shuffle(layout)
-        lease = Lease.objects.create(
-            round=round_, item=item, annotator=annotator, layout=layout, leased_at=now, expires_at=expires_at
+        expires_at = now + timedelta(seconds=round_.lease_ttl_seconds)
+        # An expired lease of this annotator on the item comes back with its id and layout.
+        cursor.execute(
+            "INSERT INTO annotation_lease (id, round_id, item_id, annotator_id, state, layout, created_at, leased_at,"
+            " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (item_id, annotator_id)"
+            " DO UPDATE SET state = excluded.state, leased_at = excluded.leased_at, expires_at = excluded.expires_at"
+            " RETURNING id, layout",
+            [
+                _uuid_param(uuid.uuid4()), round_.pk, item.pk, annotator.pk, Lease.State.HELD, _json_param(layout),
+                _datetime_param(now), _datetime_param(now), _datetime_param(expires_at),
+            ],
         )
-    else:  # an expired lease of this annotator: same layout again
-        lease.state, lease.leased_at, lease.expires_at = Lease.State.HELD, now, expires_at
-        lease.save(update_fields=["state", "leased_at", "expires_at"])
-    return lease
+        lease_id, layout = cursor.fetchone()
+    return _saved(Lease(
+        id=_uuid_from_db(lease_id), round=round_, item=item, annotator=annotator, state=Lease.State.HELD,
+        layout=json.loads(layout), leased_at=now, expires_at=expires_at,
+    ))
 
 
 _system_random = random.SystemRandom()
@@ -585,7 +678,7 @@ class SubmitResult:
     next_lease: Lease | None = None  # asked for with ``next_exclude``: the annotator's next task, if any
 
 
-def _rate_limit_take(profile: AnnotatorProfile, now: datetime) -> None:
+def _rate_limit_take(cursor, profile: AnnotatorProfile, now: datetime) -> None:
     """Token bucket on the profile row (locked by the caller)."""
     rate, burst = setting("ANNOTATION_SUBMIT_RATE"), setting("ANNOTATION_SUBMIT_BURST")
     if rate <= 0:
@@ -596,7 +689,10 @@ def _rate_limit_take(profile: AnnotatorProfile, now: datetime) -> None:
     if tokens < 1:
         raise Throttled("too many submissions; slow down", retry_after=(1 - tokens) / rate)
     profile.submit_tokens, profile.submit_tokens_at = tokens - 1, now
-    profile.save(update_fields=["submit_tokens", "submit_tokens_at"])
+    cursor.execute(
+        "UPDATE annotation_annotatorprofile SET submit_tokens = %s, submit_tokens_at = %s WHERE id = %s",
+        [profile.submit_tokens, _datetime_param(now), profile.pk],
+    )
 
 
 def _replay(*, annotator, client_uuid) -> SubmitResult | None:
@@ -606,6 +702,37 @@ def _replay(*, annotator, client_uuid) -> SubmitResult | None:
     if existing.annotator_id != annotator.pk:
         raise InvalidAnswer("this client_uuid was already used", field="client_uuid")
     return SubmitResult(judgment=existing, replayed=True)
+
+
+def _lease_for_submit(cursor, *, annotator, lease_id) -> tuple[AnnotatorProfile, Lease] | None:
+    """Lock the annotator's profile and their lease in one statement; the lease comes with its item and round."""
+    try:
+        lease_param = _uuid_param(lease_id)
+    except ValueError:
+        return None
+    cursor.execute(
+        "SELECT p.id, p.synthetic, p.submit_tokens, p.submit_tokens_at, l.state, l.layout, l.leased_at, l.expires_at,"
+        " i.id, i.prompt_id, i.is_gold, i.gold_answer, " + _ROUND_COLUMNS +
+        " FROM annotation_annotatorprofile p JOIN annotation_lease l ON l.annotator_id = p.user_id"
+        " JOIN annotation_item i ON i.id = l.item_id JOIN annotation_round r ON r.id = l.round_id"
+        " WHERE p.user_id = %s AND l.id = %s" + _lock(of="p, l"),
+        [annotator.pk, lease_param],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    profile = _profile_from_row(annotator, row[0:4])
+    state, layout, leased_at, expires_at, item_id, prompt_id, is_gold, gold_answer = row[4:12]
+    round_ = _round_from_row(row[12:])
+    item = _saved(Item(
+        id=item_id, round=round_, prompt_id=prompt_id, is_gold=bool(is_gold),
+        gold_answer=None if gold_answer is None else json.loads(gold_answer), k=round_.k,
+    ))
+    lease = _saved(Lease(
+        id=_uuid_from_db(lease_id), round=round_, item=item, annotator=annotator, state=state,
+        layout=json.loads(layout), leased_at=_datetime_from_db(leased_at), expires_at=_datetime_from_db(expires_at),
+    ))
+    return profile, lease
 
 
 def judgment_submit(
@@ -624,17 +751,15 @@ def judgment_submit(
     if elapsed_ms is None or elapsed_ms < 0:
         raise InvalidAnswer("must be a non-negative integer", field="elapsed_ms")
     try:
-        with transaction.atomic():
-            profile = _profile_lock(annotator)
-            lease = (
-                Lease.objects.select_for_update(no_key=True, of=("self",)).select_related("item", "round")
-                .filter(pk=lease_id, annotator=annotator).first()
-            )
-            if lease is None:
+        with transaction.atomic(), connection.cursor() as cursor:
+            found = _lease_for_submit(cursor, annotator=annotator, lease_id=lease_id)
+            if found is None:
+                _profile_lock(annotator)
                 replay = _replay(annotator=annotator, client_uuid=client_uuid)
                 if replay:
                     return replay
                 raise NotFound("no such lease for this annotator")
+            profile, lease = found
             if lease.state == Lease.State.SUBMITTED:
                 # Most likely a retry. (A retry after an undo finds the UUID taken: see IntegrityError below.)
                 replay = _replay(annotator=annotator, client_uuid=client_uuid)
@@ -644,32 +769,47 @@ def judgment_submit(
             if round_.status != Round.Status.OPEN:
                 raise Conflict(f"round {round_.pk} is {round_.status}: it takes no submissions", code="round_closed")
             if enforce_rate_limit:
-                _rate_limit_take(profile, now)
-            item.round = round_
+                _rate_limit_take(cursor, profile, now)
             if lease.state == Lease.State.SUBMITTED:
                 raise Conflict("this item is already judged by this annotator", code="already_judged")
             parsed = answer_parse(item=item, answer=answer)
             if lease.state == Lease.State.EXPIRED:
                 # The slot was reclaimed: take one again if the item still has room.
-                slots = Item.objects.filter(pk=item.pk)
-                if not item.is_gold:
-                    slots = slots.filter(slots_taken__lt=round_.k)
-                if not slots.update(slots_taken=F("slots_taken") + 1):
+                guard = "" if item.is_gold else " AND slots_taken < %s"
+                cursor.execute(
+                    "UPDATE annotation_item SET slots_taken = slots_taken + 1 WHERE id = %s" + guard,
+                    [item.pk] + ([] if item.is_gold else [round_.k]),
+                )
+                if not cursor.rowcount:
                     raise Conflict("the lease expired and the item was given to others", code="lease_expired")
             gold_score = None
             if item.is_gold and item.gold_answer is not None:
                 gold_score = _gold_score(parsed=parsed, gold=answer_parse(item=item, answer=item.gold_answer))
-            judgment = Judgment.objects.create(
+            judgment = Judgment(
                 client_uuid=client_uuid, round=round_, item=item, annotator=annotator, lease=lease,
                 outcome=parsed.outcome, winner_id=parsed.winner_id, loser_id=parsed.loser_id, layout=lease.layout,
                 elapsed_ms=elapsed_ms, synthetic=profile.synthetic, gold_score=gold_score, created_at=now,
             )
+            cursor.execute(
+                "INSERT INTO annotation_judgment (client_uuid, round_id, item_id, annotator_id, lease_id, outcome,"
+                " winner_id, loser_id, layout, elapsed_ms, synthetic, gold_score, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                [
+                    _uuid_param(client_uuid), round_.pk, item.pk, annotator.pk, _uuid_param(lease.pk), parsed.outcome,
+                    parsed.winner_id, parsed.loser_id, _json_param(lease.layout), elapsed_ms, profile.synthetic,
+                    gold_score, _datetime_param(now),
+                ],
+            )
+            judgment.pk = cursor.fetchone()[0]
+            _saved(judgment)
             if parsed.answers is not None:
                 AlignmentAnswer.objects.bulk_create(
                     [AlignmentAnswer(judgment=judgment, question_id=q, answer=a) for q, a in parsed.answers.items()]
                 )
+            cursor.execute(
+                "UPDATE annotation_lease SET state = %s WHERE id = %s", [Lease.State.SUBMITTED, _uuid_param(lease.pk)]
+            )
             lease.state = Lease.State.SUBMITTED
-            lease.save(update_fields=["state"])
             item_aggregate(item=item)
             next_lease = None
             if next_exclude is not None:
@@ -749,16 +889,25 @@ class _Vote(NamedTuple):
 
 
 def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate:
-    """Recompute one item's majority result from its current judgments."""
+    """Recompute one item's majority result from its current judgments.
+
+    The aggregate row is locked before the judgments are read, so that of two concurrent
+    submissions to one item the later one counts both.
+    """
     round_ = item.round
-    aggregate = Aggregate.objects.select_for_update(no_key=True).filter(item=item).first()
-    if aggregate is None:
-        aggregate, _ = Aggregate.objects.select_for_update(no_key=True).get_or_create(item=item, defaults={"round": round_})
-    judgments = [
-        _Vote(*row) for row in Judgment.objects.filter(item=item, undone_at__isnull=True).values_list(
-            "id", "annotator_id", "outcome", "winner_id", "loser_id", "synthetic"
+    with connection.cursor() as cursor:
+        lock = "SELECT item_id FROM annotation_aggregate WHERE item_id = %s" + _lock()
+        cursor.execute(lock, [item.pk])
+        if cursor.fetchone() is None:
+            Aggregate.objects.get_or_create(item=item, defaults={"round": round_})
+            cursor.execute(lock, [item.pk])
+        cursor.execute(
+            "SELECT id, annotator_id, outcome, winner_id, loser_id, synthetic FROM annotation_judgment"
+            " WHERE item_id = %s AND undone_at IS NULL",
+            [item.pk],
         )
-    ]
+        judgments = [_Vote(j_id, a, o, w, l, bool(syn)) for j_id, a, o, w, l, syn in cursor.fetchall()]
+    aggregate = _saved(Aggregate(item_id=item.pk, round_id=round_.pk))
     if excluded is None:
         excluded = annotators_excluded(round_=round_, annotator_ids=[j.annotator_id for j in judgments])
     counted = [j for j in judgments if j.annotator_id not in excluded]
@@ -827,7 +976,19 @@ def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate
         aggregate.outcome = Aggregate.Outcome.ALIGNMENT if counted else Aggregate.Outcome.PENDING
     aggregate.n_used = len(used)
     aggregate.n_synthetic = sum(j.synthetic for j in used)
-    aggregate.save()
+    aggregate.updated_at = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE annotation_aggregate SET outcome = %s, winner_id = %s, loser_id = %s, margin = %s, no_majority = %s,"
+            " counts = %s, question_results = %s, alignment_score = %s, n_judgments = %s, n_used = %s, n_rejected = %s,"
+            " n_excluded = %s, n_synthetic = %s, complete = %s, updated_at = %s WHERE item_id = %s",
+            [
+                aggregate.outcome, aggregate.winner_id, aggregate.loser_id, aggregate.margin, aggregate.no_majority,
+                _json_param(aggregate.counts), _json_param(aggregate.question_results), aggregate.alignment_score,
+                aggregate.n_judgments, aggregate.n_used, aggregate.n_rejected, aggregate.n_excluded,
+                aggregate.n_synthetic, aggregate.complete, _datetime_param(aggregate.updated_at), item.pk,
+            ],
+        )
     return aggregate
 
 

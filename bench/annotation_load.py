@@ -60,6 +60,8 @@ def parse_args():
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--server-side-binding", action="store_true",
                         help="psycopg server-side parameter binding (prepared statements) for the web processes")
+    parser.add_argument("--prepare-threshold", type=int, default=None,
+                        help="DATABASE_PREPARE_THRESHOLD for gunicorn: prepared statements after N runs")
     parser.add_argument("--reuse-db", action="store_true",
                         help="keep the database of an earlier run (its round and annotators) instead of rebuilding")
     return parser.parse_args()
@@ -87,6 +89,7 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
     from django.contrib.auth.models import Group
+    from django.conf import settings
     from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
     from django.middleware.csrf import _get_new_csrf_string
@@ -131,7 +134,7 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     for user in users:
         session = SessionStore()
         session["_auth_user_id"] = str(user.pk)
-        session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+        session["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[0]
         session["_auth_user_hash"] = user.get_session_auth_hash()
         session.create()
         credentials.append((session.session_key, _get_new_csrf_string()))
@@ -146,6 +149,7 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
 
 def sessions_reuse(args) -> tuple[int, list[tuple[str, str]]]:
     from django.contrib.auth import get_user_model
+    from django.conf import settings
     from django.contrib.sessions.backends.db import SessionStore
     from django.db import connections
     from django.middleware.csrf import _get_new_csrf_string
@@ -160,7 +164,7 @@ def sessions_reuse(args) -> tuple[int, list[tuple[str, str]]]:
     for user in users:
         session = SessionStore()
         session["_auth_user_id"] = str(user.pk)
-        session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+        session["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[0]
         session["_auth_user_hash"] = user.get_session_auth_hash()
         session.create()
         credentials.append((session.session_key, _get_new_csrf_string()))
@@ -383,11 +387,15 @@ def main():
         "VAR_DIR": str(work / "var"),
         "MEDIA_ROOT": str(work / "media"),
         "LOG_LEVEL": "WARNING",
+        # Workers keep their PostgreSQL backends through the run, so that the backends' CPU can be read.
+        "DATABASE_CONN_MAX_AGE": "3600",
     })
     sys.path.insert(0, str(ROOT))
     round_id, credentials = setup_data(args, work / "media")
     if args.server_side_binding:
         os.environ["DATABASE_URL"] += "?server_side_binding=true"
+    if args.prepare_threshold is not None:
+        os.environ["DATABASE_PREPARE_THRESHOLD"] = str(args.prepare_threshold)
     try:
         socket.create_connection(("127.0.0.1", args.port), timeout=1).close()
         raise SystemExit(f"port {args.port} is taken (another benchmark still running?); pass --port")
@@ -436,7 +444,7 @@ def main():
     ms = 1000
     print(f"items {args.items}, K {args.k}, annotators {args.annotators}, think {args.think_ms:.0f} ms, "
           f"gunicorn {args.workers}x{args.threads} {args.worker_class}, protocol {args.protocol}, {os.cpu_count()} CPUs, "
-          f"server-side binding {'on' if args.server_side_binding else 'off'}")
+          f"server-side binding {'on' if args.server_side_binding else 'off'}, prepare threshold {args.prepare_threshold}")
     print(f"one annotator alone: submit {'+ next ' if args.protocol == 'submit_next' else ''}{alone_submit * ms:.1f} ms"
           " (median of 10)")
     print(f"load average     {os.getloadavg()}")

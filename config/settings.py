@@ -117,7 +117,14 @@ TEMPLATES = [
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    # Seconds a worker keeps its database connection (0: a new one per request).
+    conn_max_age = int(os.environ.get("DATABASE_CONN_MAX_AGE", "60"))
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=conn_max_age, conn_health_checks=True)}
+    # Prepare a statement after it ran this many times on a connection (psycopg 3; unset: never).
+    # Saves PostgreSQL's parse and plan on the annotation hot path; leave it unset behind a
+    # transaction-pooling PgBouncer, which cannot keep prepared statements per client.
+    if os.environ.get("DATABASE_PREPARE_THRESHOLD"):
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = int(os.environ["DATABASE_PREPARE_THRESHOLD"])
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -153,6 +160,11 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 # is shared storage that web, CPU workers and GPU workers all mount at the same path.
 ARTIFACTS_ROOT = Path(os.environ.get("ARTIFACTS_ROOT", VAR_DIR / "artifacts"))
 
+# The model backend, loading the user with their role memberships (one query per request).
+AUTHENTICATION_BACKENDS = ["annotation.roles.RolesBackend"]
+# Sessions stay in the database on purpose. signed_cookies would save a query per request but
+# cannot be revoked server-side (logout, stolen cookie); cached_db needs a cache shared by all
+# workers (a per-process cache would keep a logged-out session alive in the other workers).
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

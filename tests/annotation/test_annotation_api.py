@@ -230,6 +230,16 @@ def test_researcher_without_annotator_role_cannot_annotate():
     assert Session(ResearcherFactory()).next(round_).status_code == 403
 
 
+def test_a_role_taken_away_takes_effect_on_the_next_request():
+    round_ = pairwise_round(n_items=3)
+    (person,) = annotators(1)
+    session = Session(person)
+    assert session.next(round_).status_code == 200
+    person.groups.clear()
+    assert session.next(round_).status_code == 403
+    assert session.get("/api/annotate/progress/").status_code == 403
+
+
 class TestImages:
     def test_annotator_sees_only_images_of_items_leased_to_them(self):
         round_ = pairwise_round(n_items=2, k=5)
