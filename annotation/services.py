@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -14,6 +15,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.files.base import ContentFile
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Avg, Count, F, Sum
 from django.utils import timezone
@@ -61,6 +63,14 @@ class PromptImportResult:
     unchanged: int
     questions_created: int
     questions_updated: int
+
+
+def image_create(*, prompt: Prompt, model_version, seed: int, sampler: dict, data: bytes) -> Image:
+    """Store a generated PNG under its opaque public id, with its size and sha256."""
+    return Image.objects.create(
+        prompt=prompt, model_version=model_version, seed=seed, sampler=sampler,
+        sha256=hashlib.sha256(data).hexdigest(), file=ContentFile(data, name="image.png"),
+    )
 
 
 def prompt_preset_path(preset: str) -> Path:

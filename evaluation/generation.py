@@ -8,17 +8,14 @@ an evaluation has finished, its annotation rounds are created on the `default` q
 
 from __future__ import annotations
 
-import hashlib
-import io
 import tempfile
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.db import transaction
-from PIL import Image as PILImage
 
 from annotation.models import Image, Prompt
+from annotation.services import image_create
 from evaluation.models import EvaluationRound, GenerationJob
 from evaluation.services import generation_job_complete
 from training.models import ModelVersion
@@ -104,17 +101,6 @@ def _jobs_claim(*, evaluation_id: int, model_version_id: int) -> list[Generation
     return jobs
 
 
-def image_store(*, job: GenerationJob, data: bytes, sampler: dict) -> Image:
-    with PILImage.open(io.BytesIO(data)) as decoded:
-        width, height = decoded.size
-    image = Image(prompt=job.prompt, model_version_id=job.model_version_id, seed=job.seed, sampler=sampler,
-                  sha256=hashlib.sha256(data).hexdigest())
-    image.file.save("generated.png", ContentFile(data), save=False)
-    image.width, image.height = width, height
-    image.save()
-    return image
-
-
 def generation_run(*, evaluation_id: int | None, model_version_id: int) -> int:
     """Sample every claimed job of one model; returns how many images were made. Imports torch."""
     from training.engine.sampling import sample
@@ -132,7 +118,10 @@ def generation_run(*, evaluation_id: int | None, model_version_id: int) -> int:
             stored_sampler = {key: record[key] for key in ("scheduler", "steps", "guidance_scale", "height", "width", "dtype")}
             for job, entry in zip(jobs, record["images"], strict=True):
                 with transaction.atomic():
-                    image = image_store(job=job, data=(Path(tmp) / entry["file"]).read_bytes(), sampler=stored_sampler)
+                    image = image_create(
+                        prompt=job.prompt, model_version=model, seed=job.seed, sampler=stored_sampler,
+                        data=(Path(tmp) / entry["file"]).read_bytes(),
+                    )
                     generation_job_complete(job=job, image=image)
     except Exception as exc:
         GenerationJob.objects.filter(pk__in=[j.pk for j in jobs], status=GenerationJob.Status.RUNNING).update(

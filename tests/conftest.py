@@ -95,6 +95,25 @@ def redis_url():
     return url
 
 
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    """Image files of each test land in its own folder."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture(autouse=True)
+def generous_rate_limit(settings):
+    # Tests submit far faster than people; the rate-limit test sets its own values.
+    settings.ANNOTATION_SUBMIT_RATE = 1000.0
+    settings.ANNOTATION_SUBMIT_BURST = 1000.0
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def tiny_unet(tmp_path_factory):
     """A tiny random-init Stable Diffusion pipeline directory, built once per session."""
@@ -107,13 +126,12 @@ def tiny_unet(tmp_path_factory):
 def eager_tasks(settings, tmp_path):
     """Celery tasks run inline, as a worker would run them, when their on_commit callbacks fire.
 
-    Files land in this test's folder; the evaluation sampler is cut to two steps at 32 px.
+    Artifacts land in this test's folder; the evaluation sampler is cut to two steps at 32 px.
     """
     from config.celery import app
 
     previous = {key: app.conf[key] for key in ("task_always_eager", "task_eager_propagates")}
     app.conf.update(task_always_eager=True, task_eager_propagates=True)
-    settings.MEDIA_ROOT = tmp_path / "media"
     settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
     settings.EVALUATION_SAMPLER = {"steps": 2, "batch_size": 2, "height": 32, "width": 32}
     yield

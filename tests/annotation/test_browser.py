@@ -19,7 +19,7 @@ from django.core.files.base import ContentFile
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
-from annotation.models import AlignmentAnswer, AlignmentQuestion, Judgment
+from annotation.models import AlignmentAnswer, Judgment
 from annotation.services import ItemSpec, round_create
 from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory
 

@@ -1,25 +1,8 @@
-"""Evaluation test fixtures: image files under a temporary MEDIA_ROOT, fast passwords, a quick bootstrap."""
+"""Evaluation test fixtures (media, rate limit and passwords are set for every test in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(autouse=True)
-def media_root(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
-
-
-@pytest.fixture(autouse=True)
-def generous_rate_limit(settings):
-    settings.ANNOTATION_SUBMIT_RATE = 1000.0
-    settings.ANNOTATION_SUBMIT_BURST = 1000.0
-
-
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)

@@ -74,7 +74,7 @@ def test_a_failed_generation_marks_its_jobs_failed(tiny_unet, eager_tasks, djang
 def test_generate_images_makes_a_pool_for_best_worst_rounds(tiny_unet, eager_tasks, django_capture_on_commit_callbacks):
     from django.core.management import call_command
 
-    model = model_register(path=tiny_unet, name="base")
+    model_register(path=tiny_unet, name="base")
     prompt_set = PromptSetFactory(name="pool-set")
     prompts = [PromptFactory(prompt_set=prompt_set) for _ in range(2)]
     with django_capture_on_commit_callbacks(execute=True):

@@ -11,7 +11,6 @@ from django.core.management import call_command
 
 from annotation.models import AnnotatorProfile, Judgment, Round
 from evaluation.models import EvaluationRound
-from evaluation.report_text import report_render
 from evaluation.reports import evaluation_report_build
 from tests.evaluation.builders import annotate_round, annotators, prompt_set_with_images
 

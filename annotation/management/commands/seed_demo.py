@@ -11,11 +11,9 @@ Running it again changes nothing: models, images and rounds are looked up by nam
 
 from __future__ import annotations
 
-import hashlib
 import io
 import random
 
-from django.core.files.base import ContentFile
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.db.models import Count
@@ -23,7 +21,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
 from annotation.models import Image, Prompt, PromptSet, Round
-from annotation.services import ItemSpec, PROMPT_PRESETS, round_create
+from annotation.services import PROMPT_PRESETS, ItemSpec, image_create, round_create
 from training.models import ModelVersion
 
 SIZE = 512
@@ -138,9 +136,8 @@ class Command(BaseCommand):
         if existing:
             return existing, False
         data = draw_scene(text=prompt.text, seed=seed, sharp=sharp)
-        image = Image.objects.create(
-            prompt=prompt, model_version=model, seed=seed, sha256=hashlib.sha256(data).hexdigest(),
-            sampler={"procedural": True, "size": SIZE}, file=ContentFile(data, name="demo.png"),
+        image = image_create(
+            prompt=prompt, model_version=model, seed=seed, sampler={"procedural": True, "size": SIZE}, data=data
         )
         return image, True
 
