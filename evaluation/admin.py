@@ -133,7 +133,7 @@ class EvaluationRoundAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             **(extra_context or {}),
         }
-        return TemplateResponse(request, "evaluation/admin_create.html", context)
+        return TemplateResponse(request, "admin/form_page.html", context)
 
 
 @admin.register(GenerationJob)

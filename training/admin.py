@@ -1,6 +1,18 @@
-from django.contrib import admin
+from pathlib import Path
 
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+
+from annotation.models import PromptSet, Round
+from annotation.services import AnnotationError
+from training.engine.config import ConfigError, apply_overrides, read_config_file
 from training.models import ModelVersion, TrainingRun, WorkerHeartbeat
+from training.rounds import RUN_DECIDED, TrainingRoundError, training_round_launch
 
 
 @admin.register(ModelVersion)
@@ -11,13 +23,75 @@ class ModelVersionAdmin(admin.ModelAdmin):
     raw_id_fields = ("parent", "produced_by")
 
 
+def config_choices() -> list[tuple[str, str]]:
+    folder = Path(settings.BASE_DIR) / "training" / "configs"
+    return [(str(path), path.name) for path in sorted(folder.glob("*.toml"))]
+
+
+class TrainingRoundForm(forms.Form):
+    round = forms.ModelChoiceField(
+        Round.objects.filter(kind__in=[Round.Kind.PAIRWISE, Round.Kind.BEST_WORST]),
+        help_text="Its winner/loser pairs become the training data.",
+    )
+    base_model = forms.ModelChoiceField(ModelVersion.objects.all())
+    config = forms.ChoiceField(choices=config_choices, help_text="An example config from training/configs/.")
+    overrides = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 4}),
+        help_text="One key=value per line, e.g. max_train_steps=2000 or pixel_weight=8.",
+    )
+    name = forms.CharField(max_length=200, help_text="Name of the run and of the model it produces.")
+    evaluate_on = forms.ModelChoiceField(
+        PromptSet.objects.all(), required=False, help_text="Evaluate the new model against the base on this set.",
+    )
+    evaluate_limit = forms.IntegerField(required=False, min_value=1, help_text="A seeded sample of this many prompts.")
+
+
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
-    list_display = ("name", "base_model", "status", "worker", "created_at", "started_at", "finished_at")
+    list_display = ("name", "base_model", "source_round", "status", "attempts", "worker", "created_at", "finished_at")
     list_filter = ("status", "base_model__family")
     search_fields = ("name", "dataset_path", "error")
-    raw_id_fields = ("base_model", "created_by")
-    readonly_fields = ("created_at", "started_at", "finished_at")
+    raw_id_fields = ("base_model", "created_by", "source_round")
+    readonly_fields = ("status", "attempts", "worker", "metrics", "error", "created_at", "started_at", "finished_at")
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """Adding a run means launching a training round: export, train on a gpu worker, register."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = TrainingRoundForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                config = {k: v for k, v in read_config_file(data["config"]).items() if k not in RUN_DECIDED}
+                config = apply_overrides(config, [line.strip() for line in data["overrides"].splitlines() if line.strip()])
+                with transaction.atomic():
+                    launch = training_round_launch(
+                        round_=data["round"], base_model=data["base_model"], config=config, name=data["name"],
+                        evaluate_on=data["evaluate_on"], evaluate_limit=data["evaluate_limit"], created_by=request.user,
+                    )
+            except ConfigError as exc:
+                form.add_error("overrides", f"{exc} (nothing was launched)")
+            except (AnnotationError, TrainingRoundError) as exc:
+                form.add_error(None, f"{getattr(exc, 'detail', exc)} (nothing was launched)")
+            else:
+                self.message_user(
+                    request,
+                    f"{launch.export.pairs} pairs exported to {launch.export.path}; run '{launch.run.name}' "
+                    "queued on the gpu queue",
+                    level=messages.SUCCESS,
+                )
+                return redirect("admin:training_trainingrun_change", launch.run.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Launch a training round",
+            "intro": "Exports the round's winner/loser pairs, trains the base model on a gpu worker, registers "
+                     "the checkpoint as a new model and, if asked, evaluates it against the base.",
+            "submit_label": "Launch",
+            "form": form,
+            "opts": self.model._meta,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/form_page.html", context)
 
 
 @admin.register(WorkerHeartbeat)

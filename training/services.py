@@ -64,6 +64,8 @@ def worker_heartbeat_record(*, hostname: str, queue: str) -> WorkerHeartbeat:
 # registering its exported pipeline as a new ModelVersion whose parent is the base model.
 
 MAX_TRAINING_ATTEMPTS = 3
+# Settings a training run decides itself (model, data and output paths).
+RUN_DECIDED = ("pretrained_model", "train_data", "output_dir")
 
 
 def training_run_output_dir(run: TrainingRun) -> Path:
@@ -80,8 +82,7 @@ def training_config_validate(*, base_model: ModelVersion, dataset_path: str, con
     """
     from training.engine.config import ConfigError, TrainConfig
 
-    decided = {"pretrained_model", "train_data", "output_dir"}
-    clash = sorted(decided & set(config))
+    clash = sorted(set(RUN_DECIDED) & set(config))
     if clash:
         raise ConfigError(clash[0], "is set by the training run; leave it out of the config")
     return TrainConfig.from_dict(

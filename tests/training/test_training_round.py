@@ -82,3 +82,30 @@ def test_launch_refuses_a_config_without_a_preference_objective(eager_tasks, jud
         call_command("launch_training_round", "prefs", "--base-model", "base", "--config", str(config),
                      "--set", "latent_objective=simpo", "--set", "pixel_crop=2.0", "--name", "x")
     assert not TrainingRun.objects.exists()
+
+
+def test_researchers_launch_a_training_round_from_the_admin(judged_round, eager_tasks, client, monkeypatch):
+    from tests.factories import AnnotatorFactory, ResearcherFactory
+    from training import tasks
+    from training.admin import config_choices
+
+    sent = []
+    monkeypatch.setattr(tasks.gpu_train_run, "delay", lambda run_id: sent.append(run_id))
+    base, round_ = judged_round
+    client.force_login(AnnotatorFactory())
+    assert client.get("/admin/training/trainingrun/add/").status_code == 302  # annotators never reach the admin
+
+    client.force_login(ResearcherFactory())
+    page = client.get("/admin/training/trainingrun/add/")
+    assert page.status_code == 200 and b"Launch a training round" in page.content
+    config = next(path for path, _ in config_choices() if path.endswith("sd15_simpo_pixel.toml"))
+    form = {"round": round_.pk, "base_model": base.pk, "config": config, "name": "from-admin",
+            "overrides": "resolution=32\npixel_crop=2.0"}
+    refused = client.post("/admin/training/trainingrun/add/", form)
+    assert refused.status_code == 200 and b"pixel_crop" in refused.content and not TrainingRun.objects.exists()
+
+    form["overrides"] = "resolution=32\nmax_train_steps=2"
+    launched = client.post("/admin/training/trainingrun/add/", form)
+    run = TrainingRun.objects.get(name="from-admin")
+    assert launched.status_code == 302 and launched["Location"].endswith(f"/{run.pk}/change/")
+    assert run.source_round == round_ and run.config["max_train_steps"] == 2 and "pretrained_model" not in run.config

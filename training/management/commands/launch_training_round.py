@@ -7,9 +7,7 @@ from annotation.models import PromptSet
 from annotation.services import AnnotationError
 from training.engine.config import ConfigError, apply_overrides, read_config_file
 from training.models import ModelVersion
-from training.rounds import TrainingRoundError, training_round_launch
-
-RUN_DECIDED = ("pretrained_model", "train_data", "output_dir")
+from training.rounds import RUN_DECIDED, TrainingRoundError, training_round_launch
 
 
 class Command(BaseCommand):
