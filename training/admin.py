@@ -12,7 +12,8 @@ from annotation.models import PromptSet, Round
 from annotation.services import AnnotationError
 from training.engine.config import ConfigError, apply_overrides, read_config_file
 from training.models import ModelVersion, TrainingRun, WorkerHeartbeat
-from training.rounds import RUN_DECIDED, TrainingRoundError, training_round_launch
+from training.rounds import TrainingRoundError, training_round_launch
+from training.services import RUN_DECIDED
 
 
 @admin.register(ModelVersion)

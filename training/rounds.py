@@ -15,7 +15,7 @@ from django.conf import settings
 from annotation.exports import ExportResult, preferences_export
 from annotation.models import PromptSet, Round
 from training.models import ModelVersion, TrainingRun
-from training.services import RUN_DECIDED, training_config_validate, training_run_create  # noqa: F401 (re-exported)
+from training.services import training_config_validate, training_run_create
 
 
 class TrainingRoundError(ValueError):

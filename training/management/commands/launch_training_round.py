@@ -7,7 +7,8 @@ from annotation.models import PromptSet
 from annotation.services import AnnotationError
 from training.engine.config import ConfigError, apply_overrides, read_config_file
 from training.models import ModelVersion
-from training.rounds import RUN_DECIDED, TrainingRoundError, training_round_launch
+from training.rounds import TrainingRoundError, training_round_launch
+from training.services import RUN_DECIDED
 
 
 class Command(BaseCommand):
