@@ -23,8 +23,6 @@ from annotation.models import AlignmentAnswer, Judgment
 from annotation.services import ItemSpec, round_create
 from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls below are still synchronous.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -91,6 +89,21 @@ def work():
         "annotator": annotator, "flaws": flaws, "appeal": appeal, "best_worst": best_worst, "alignment": alignment,
         "questions": (birds, blue, wire), "models": (base, tuned),
     }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sync_orm_beside_playwright():
+    """Playwright's sync API runs an event loop in this thread; the ORM calls here stay synchronous.
+
+    Only this module's tests run with Django's async guard relaxed.
+    """
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if previous is None:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture(scope="module")
