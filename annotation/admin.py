@@ -85,7 +85,7 @@ class AnnotatorProfileAdmin(admin.ModelAdmin):
 @admin.action(description="Export preferences (winner/loser pairs) of the selected rounds")
 def export_preferences_action(modeladmin, request, queryset):
     from annotation.exports import preferences_export
-    from annotation.services import AnnotationError
+    from annotation.errors import AnnotationError
 
     for round_ in queryset:
         try:
@@ -103,7 +103,7 @@ def export_preferences_action(modeladmin, request, queryset):
 
 @admin.action(description="Recompute the aggregates of the selected rounds")
 def recompute_aggregates_action(modeladmin, request, queryset):
-    from annotation.services import round_aggregate
+    from annotation.services.aggregation import round_aggregate
 
     for round_ in queryset:
         summary = round_aggregate(round_=round_)

@@ -15,10 +15,14 @@ from rest_framework.authentication import SessionAuthentication, TokenAuthentica
 from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
-from annotation import selectors, services
-from annotation.models import Aggregate, Item, Judgment, Round
+from annotation import selectors
+from annotation.errors import AnnotationError, AnnotationNotFound, InvalidInput, InvalidRoundSpec, RateLimited
+from annotation.models import Aggregate, Image, Item, Judgment, Round
 from annotation.permissions import IsAnnotator, IsResearcher
+from annotation.services import aggregation, assignment, rounds, submission
 from annotation.serializers import (
     AggregateSerializer,
     ErrorSerializer,
@@ -36,12 +40,16 @@ from annotation.serializers import (
 )
 
 
-def error_response(exc: services.AnnotationError) -> Response:
+def exception_handler(exc, context):
+    """DRF's handler, plus refused annotation requests: ``detail``, ``code`` and the field at fault."""
+    if not isinstance(exc, AnnotationError):
+        return drf_exception_handler(exc, context)
     body = {"detail": exc.detail, "code": exc.code}
-    if isinstance(exc, services.InvalidAnswer):
+    if isinstance(exc, InvalidInput):
         body[exc.field] = [exc.detail]
+    set_rollback()
     response = Response(body, status=exc.status)
-    if isinstance(exc, services.Throttled):
+    if isinstance(exc, RateLimited):
         response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return response
 
@@ -73,16 +81,13 @@ class NextView(AnnotatorAPIView):
         params.is_valid(raise_exception=True)
         round_ = Round.objects.filter(pk=round_id, status=Round.Status.OPEN).first()
         if round_ is None:
-            return Response({"detail": "no open round with this id", "code": "not_found"}, status=404)
-        try:
-            lease = services.item_next_for_annotator(
-                round_=round_, annotator=request.user, exclude=params.validated_data["exclude"]
-            )
-        except services.AnnotationError as exc:
-            return error_response(exc)
-        if lease is None:
+            raise AnnotationNotFound("no open round with this id")
+        task = assignment.item_next_for_annotator(
+            round_=round_, annotator=request.user, exclude=params.validated_data["exclude"]
+        )
+        if task is None:
             return Response({"task": None, "reason": "no_items_left"})
-        return Response({"task": selectors.task_for_lease(lease)})
+        return Response({"task": selectors.task_payload(task)})
 
 
 class SubmitView(AnnotatorAPIView):
@@ -94,14 +99,11 @@ class SubmitView(AnnotatorAPIView):
         params = SubmitRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        try:
-            result = services.judgment_submit(
-                annotator=request.user, lease_id=data["lease"], client_uuid=data["client_uuid"],
-                answer=data["answer"], elapsed_ms=data["elapsed_ms"],
-                next_exclude=data["exclude"] if data["next"] else None,
-            )
-        except services.AnnotationError as exc:
-            return error_response(exc)
+        result = submission.judgment_submit(
+            annotator=request.user, lease_id=data["lease"], client_uuid=data["client_uuid"],
+            answer=data["answer"], elapsed_ms=data["elapsed_ms"],
+            next_exclude=data["exclude"] if data["next"] else None,
+        )
         # Built by hand, not by SubmitResponseSerializer: this is the hot path (the shape is the same).
         body = {
             "judgment": str(result.judgment.client_uuid),
@@ -109,10 +111,10 @@ class SubmitView(AnnotatorAPIView):
             "undo_until": selectors.undo_deadline(result.judgment),
         }
         if data["next"]:
-            next_lease = result.next_lease
+            next_task = result.next_task
             if result.replayed:
-                next_lease = self._next_after_replay(request, result.judgment, data["exclude"])
-            body["next"] = selectors.task_for_lease(next_lease) if next_lease else None
+                next_task = self._next_after_replay(request, result.judgment, data["exclude"])
+            body["next"] = selectors.task_payload(next_task) if next_task else None
         return Response(body, status=200 if result.replayed else 201)
 
     @staticmethod
@@ -120,7 +122,7 @@ class SubmitView(AnnotatorAPIView):
         round_ = Round.objects.filter(pk=judgment.round_id, status=Round.Status.OPEN).first()
         if round_ is None:
             return None
-        return services.item_next_for_annotator(round_=round_, annotator=request.user, exclude=exclude)
+        return assignment.item_next_for_annotator(round_=round_, annotator=request.user, exclude=exclude)
 
 
 class UndoView(AnnotatorAPIView):
@@ -128,11 +130,8 @@ class UndoView(AnnotatorAPIView):
     def post(self, request):
         params = UndoRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        try:
-            lease = services.judgment_undo(annotator=request.user, client_uuid=params.validated_data["judgment"])
-        except services.AnnotationError as exc:
-            return error_response(exc)
-        return Response({"undone": str(params.validated_data["judgment"]), "task": selectors.task_for_lease(lease)})
+        task = submission.judgment_undo(annotator=request.user, client_uuid=params.validated_data["judgment"])
+        return Response({"undone": str(params.validated_data["judgment"]), "task": selectors.task_payload(task)})
 
 
 # --- researcher endpoints -------------------------------------------------------------
@@ -153,25 +152,26 @@ class RoundViewSet(
 
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
+        items = data.pop("items", [])
+        wanted = sorted({pid for spec in items for pid in spec["images"]})
+        images: dict[str, int] = {}
+        for start in range(0, len(wanted), 10000):  # one query per 10,000 images, not one per item
+            chunk = wanted[start:start + 10000]
+            images.update(Image.objects.filter(public_id__in=chunk).values_list("public_id", "id"))
         specs = []
-        for n, spec in enumerate(data.pop("items", [])):
-            images = dict(
-                selectors.Image.objects.filter(public_id__in=spec["images"]).values_list("public_id", "id")
-            )
+        for n, spec in enumerate(items):
             missing = [pid for pid in spec["images"] if pid not in images]
             if missing:
-                raise services.InvalidAnswer(f"items[{n}]: unknown images {missing}", field="items")
-            specs.append(services.ItemSpec(
+                raise InvalidRoundSpec(f"items[{n}]: unknown images {missing}", field="items")
+            specs.append(rounds.ItemSpec(
                 prompt_id=spec["prompt"], image_ids=tuple(images[pid] for pid in spec["images"]),
                 is_gold=spec["is_gold"], gold_answer=spec.get("gold_answer"),
             ))
-        serializer.instance = services.round_create(items=specs, created_by=self.request.user, **data)
+        serializer.instance = rounds.round_create(items=specs, created_by=self.request.user, **data)
 
-    def create(self, request, *args, **kwargs):
-        try:
-            return super().create(request, *args, **kwargs)
-        except services.AnnotationError as exc:
-            return error_response(exc)
+    def perform_update(self, serializer):
+        # Through the service: a changed gold threshold or no-majority rule re-aggregates the round.
+        serializer.instance = rounds.round_update(round_=serializer.instance, **serializer.validated_data)
 
     def _page(self, queryset, serializer_class):
         page = self.paginate_queryset(queryset)
@@ -205,14 +205,14 @@ class RoundViewSet(
     @extend_schema(request=None, responses={200: dict})
     @action(detail=True, methods=["post"])
     def aggregate(self, request, pk=None):
-        return Response(asdict(services.round_aggregate(round_=self.get_object())))
+        return Response(asdict(aggregation.round_aggregate(round_=self.get_object())))
 
     @extend_schema(responses={200: dict})
     @action(detail=True, methods=["get"])
     def gold(self, request, pk=None):
         round_ = self.get_object()
-        accuracy = services.gold_accuracy(round_=round_)
-        excluded = services.annotators_excluded(round_=round_)
+        accuracy = selectors.gold_accuracy(round_=round_)
+        excluded = selectors.annotators_excluded(round_=round_)
         users = {u.pk: u.username for u in selectors.annotators_by_id(accuracy.keys())}
         return Response({
             "threshold": round_.gold_min_accuracy,
@@ -227,12 +227,7 @@ class RoundViewSet(
     def export(self, request, pk=None):
         from annotation.exports import preferences_export
 
-        round_ = self.get_object()
-        try:
-            result = preferences_export(round_=round_)
-        except services.AnnotationError as exc:
-            return error_response(exc)
-        return Response(result.as_dict())
+        return Response(preferences_export(round_=self.get_object()).as_dict())
 
 
 class ItemViewSet(ResearcherMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -244,10 +239,7 @@ class ItemViewSet(ResearcherMixin, mixins.RetrieveModelMixin, viewsets.GenericVi
         item = get_object_or_404(Item.objects.select_related("round"), pk=pk)
         params = GoldSetSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        try:
-            services.item_gold_set(
-                item=item, is_gold=params.validated_data["is_gold"], gold_answer=params.validated_data.get("gold_answer")
-            )
-        except services.AnnotationError as exc:
-            return error_response(exc)
+        rounds.item_gold_set(
+            item=item, is_gold=params.validated_data["is_gold"], gold_answer=params.validated_data.get("gold_answer")
+        )
         return Response(ResearchItemSerializer(self.get_queryset().get(pk=pk)).data, status=status.HTTP_200_OK)

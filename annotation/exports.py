@@ -30,8 +30,10 @@ from pathlib import Path
 
 from django.conf import settings
 
+from annotation.errors import InvalidInput
+from annotation.kinds import item_kind
 from annotation.models import Aggregate, Round
-from annotation.services import InvalidAnswer, round_aggregate
+from annotation.services.aggregation import round_aggregate
 
 FORMAT_VERSION = 1
 
@@ -84,8 +86,8 @@ def _parquet_write(rows: list[dict], path: Path) -> None:
 
 def preferences_export(*, round_: Round, out_dir: str | Path | None = None, recompute: bool = True) -> ExportResult:
     """Write the round's winner/loser pairs (complete, non-gold items) as a dataset under ``out_dir``."""
-    if round_.kind not in (Round.Kind.PAIRWISE, Round.Kind.BEST_WORST):
-        raise InvalidAnswer(f"round {round_.pk} is an {round_.kind} round: only pairwise and best_worst rounds yield pairs", field="round")
+    if not item_kind(round_.kind).yields_pairs:
+        raise InvalidInput(f"round {round_.pk} is an {round_.kind} round: only pairwise and best_worst rounds yield pairs", field="round")
     out_dir = Path(out_dir) if out_dir is not None else Path(settings.ARTIFACTS_ROOT) / "preferences"
     summary = round_aggregate(round_=round_) if recompute else None
     aggregates = list(
@@ -105,7 +107,7 @@ def preferences_export(*, round_: Round, out_dir: str | Path | None = None, reco
                 source = Path(image.file.path)
                 digest = _sha256_file(source)
                 if image.sha256 and digest != image.sha256:
-                    raise InvalidAnswer(
+                    raise InvalidInput(
                         f"image {image.public_id}: file {source} has sha256 {digest}, the database says {image.sha256}",
                         field="images",
                     )

@@ -8,6 +8,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from annotation.criteria import Criterion
+
 ANNOTATORS_GROUP = "annotators"
 RESEARCHERS_GROUP = "researchers"
 
@@ -118,9 +120,7 @@ class Round(models.Model):
         BEST_WORST = "best_worst", "Best/worst of N"
         ALIGNMENT = "alignment", "Text alignment (yes/no questions)"
 
-    class Criterion(models.TextChoices):
-        VISUAL_FLAWS = "visual_flaws", "Visual flaws"
-        VISUAL_APPEAL = "visual_appeal", "Visual appeal"
+    Criterion = Criterion
 
     class NoMajorityRule(models.TextChoices):
         TIE = "tie", "Tie"
@@ -133,7 +133,7 @@ class Round(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=20, choices=Kind.choices)
-    criterion = models.CharField(max_length=20, choices=Criterion.choices, blank=True)
+    criterion = models.CharField(max_length=20, choices=Criterion.choices(), blank=True)
     k = models.PositiveSmallIntegerField(default=5, help_text="Judgments per item, from distinct annotators.")
     lease_ttl_seconds = models.PositiveIntegerField(default=600)
     no_majority_rule = models.CharField(max_length=20, choices=NoMajorityRule.choices, default=NoMajorityRule.TIE)
@@ -163,8 +163,14 @@ class Round(models.Model):
     def clean(self):
         from django.core.exceptions import ValidationError
 
-        if (self.kind == self.Kind.PAIRWISE) != bool(self.criterion):
-            raise ValidationError({"criterion": "Pairwise rounds need a criterion; other kinds take none."})
+        from annotation.errors import InvalidRoundSpec
+        from annotation.kinds import KINDS
+
+        if self.kind in KINDS:  # an unknown kind is refused by the field's choices
+            try:
+                KINDS[self.kind].round_check(criterion=self.criterion)
+            except InvalidRoundSpec as exc:
+                raise ValidationError({exc.field: exc.detail}) from exc
 
 
 class Item(models.Model):

@@ -2,54 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db.models import Exists, OuterRef
+from django.db.models import Avg, Count, Exists, OuterRef, Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from annotation.models import AlignmentQuestion, Image, Item, ItemImage, Judgment, Lease, Round
+from annotation.kinds import item_kind
+from annotation.models import Aggregate, Image, Item, ItemImage, Judgment, Lease, Round
 from annotation.roles import is_researcher
-
-PAIRWISE_CHOICES = ["left", "tie", "right"]
 
 
 def image_url(public_id: str) -> str:
     return reverse("annotation-image", kwargs={"public_id": public_id})
 
 
-def task_for_lease(lease: Lease) -> dict:
-    """The blinded task an annotator sees: opaque image ids in this annotator's layout, no model, path or seed."""
-    round_ = lease.round
-    cached = getattr(lease.item, "_ordered_images", None)  # loaded when the lease was just made
-    if cached is None:
-        cached = Image.objects.filter(public_id__in=lease.layout).only("public_id", "width", "height")
-    images = {image.public_id: image for image in cached}
-    prompt = None
-    questions = []
-    if round_.kind == Round.Kind.PAIRWISE:
-        choices = PAIRWISE_CHOICES + (["cannot_compare"] if round_.criterion == Round.Criterion.VISUAL_APPEAL else [])
-    else:
-        prompt = lease.item.prompt.text
-        choices = ["best", "worst"] if round_.kind == Round.Kind.BEST_WORST else ["yes", "no"]
-    if round_.kind == Round.Kind.ALIGNMENT:
-        questions = [
-            {"id": q.pk, "text": q.text, "parents": sorted(p.pk for p in q.parents.all())}
-            for q in AlignmentQuestion.objects.filter(prompt_id=lease.item.prompt_id).prefetch_related("parents").order_by("order")
-        ]
+def task_payload(task) -> dict:
+    """The blinded task an annotator sees (``task``: an ``assignment.Task``): opaque image ids in this
+    annotator's layout, no model, path or seed."""
+    round_, lease = task.round, task.lease
+    images = {image.public_id: image for image in task.item.images()}
     return {
-        "lease": str(lease.pk),
-        "round": round_.pk,
+        "lease": str(lease.id),
+        "round": round_.id,
         "kind": round_.kind,
         "criterion": round_.criterion or None,
         "expires_at": lease.expires_at,
-        "prompt": prompt,
         "images": [
             {"id": pid, "url": image_url(pid), "width": images[pid].width, "height": images[pid].height}
             for pid in lease.layout
         ],
-        "choices": choices,
-        "questions": questions,
+        **item_kind(round_.kind).task_fields(item=task.item),
     }
 
 
@@ -100,7 +84,7 @@ def image_for_viewer(*, user, public_id: str) -> Image | None:
     return image if leased else None
 
 
-def undo_deadline(judgment: Judgment):
+def undo_deadline(judgment):
     from annotation.conf import setting
 
     return judgment.created_at + timedelta(seconds=setting("ANNOTATION_UNDO_SECONDS"))
@@ -110,3 +94,56 @@ def annotators_by_id(ids):
     from django.contrib.auth import get_user_model
 
     return get_user_model().objects.filter(pk__in=list(ids)).only("id", "username")
+
+
+# --- gold and round results -----------------------------------------------------------
+
+
+def gold_accuracy(*, round_: Round, annotator_ids=None) -> dict[int, tuple[float, int]]:
+    """Per annotator: (mean gold score, number of gold judgments) in the round."""
+    rows = Judgment.objects.filter(round_id=round_.id, undone_at__isnull=True, gold_score__isnull=False)
+    if annotator_ids is not None:
+        rows = rows.filter(annotator_id__in=annotator_ids)
+    return {
+        row["annotator_id"]: (row["accuracy"], row["n"])
+        for row in rows.values("annotator_id").annotate(accuracy=Avg("gold_score"), n=Count("id"))
+    }
+
+
+def annotators_excluded(*, round_: Round, annotator_ids=None) -> set[int]:
+    """Annotators whose gold accuracy is below the round's threshold (with at least one gold judgment)."""
+    if round_.gold_min_accuracy is None:
+        return set()
+    return {
+        annotator for annotator, (accuracy, _n) in gold_accuracy(round_=round_, annotator_ids=annotator_ids).items()
+        if accuracy < round_.gold_min_accuracy
+    }
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    items: int
+    complete: int
+    pairs: int
+    ties: int
+    no_majority: int
+    ambiguous: int
+    judgments: int
+    synthetic_judgments: int
+    excluded_annotators: list[int]
+
+
+def round_summary(*, round_: Round) -> RoundSummary:
+    rows = Aggregate.objects.filter(round=round_, item__is_gold=False)
+    complete = rows.filter(complete=True)
+    return RoundSummary(
+        items=rows.count(),
+        complete=complete.count(),
+        pairs=complete.filter(outcome=Aggregate.Outcome.WINNER).count(),
+        ties=complete.filter(outcome=Aggregate.Outcome.TIE).count(),
+        no_majority=complete.filter(no_majority=True).count(),
+        ambiguous=complete.filter(outcome=Aggregate.Outcome.AMBIGUOUS).count(),
+        judgments=Judgment.objects.filter(round=round_, undone_at__isnull=True).count(),
+        synthetic_judgments=complete.aggregate(n=Sum("n_synthetic"))["n"] or 0,
+        excluded_annotators=sorted(annotators_excluded(round_=round_)),
+    )

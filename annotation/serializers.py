@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from annotation.criteria import Criterion
+from annotation.kinds import KINDS
 from annotation.models import Aggregate, Item, Judgment, Round
 
 # --- annotator side -------------------------------------------------------------------
@@ -30,7 +32,7 @@ class TaskSerializer(serializers.Serializer):
     lease = serializers.UUIDField()
     round = serializers.IntegerField()
     kind = serializers.ChoiceField(choices=Round.Kind.choices)
-    criterion = serializers.ChoiceField(choices=Round.Criterion.choices, allow_null=True)
+    criterion = serializers.ChoiceField(choices=Criterion.choices(), allow_null=True)
     expires_at = serializers.DateTimeField()
     prompt = serializers.CharField(allow_null=True)
     images = TaskImageSerializer(many=True)
@@ -48,7 +50,7 @@ class SubmitRequestSerializer(serializers.Serializer):
     lease = serializers.UUIDField()
     elapsed_ms = serializers.IntegerField(min_value=0, max_value=24 * 3600 * 1000)
     answer = serializers.JSONField(
-        help_text="pairwise {outcome, winner}; best_worst {best, worst}; alignment {answers: [{question, answer}]}"
+        help_text="; ".join(f"{value} {kind.answer_format}" for value, kind in KINDS.items())
     )
     next = serializers.BooleanField(
         required=False, default=False, help_text="also lease and return the annotator's next task of the round"

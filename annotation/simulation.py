@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
-from annotation import services
-from annotation.models import ANNOTATORS_GROUP, AnnotatorProfile, Image, Lease, Round
+from annotation.models import ANNOTATORS_GROUP, AnnotatorProfile, Image, Round
+from annotation.services.assignment import Task, item_next_for_annotator
+from annotation.services.submission import judgment_submit
 
 
 def _unit(*parts) -> float:
@@ -41,12 +42,12 @@ class Policy:
             return cls("prefer_model", model=text.split(":", 1)[1], noise=noise)
         raise ValueError(f"--policy must be random, prefer_model:NAME or noisy_oracle, not {text!r}")
 
-    def answer(self, lease: Lease, rng: random.Random) -> dict:
-        layout = list(lease.layout)
-        kind = lease.round.kind
+    def answer(self, task: Task, rng: random.Random) -> dict:
+        layout = list(task.lease.layout)
+        kind = task.round.kind
         if kind == Round.Kind.ALIGNMENT:
-            return {"answers": [{"question": q, "answer": "yes" if self._yes(lease, q, rng) else "no"}
-                                for q in lease.item.prompt.questions.values_list("pk", flat=True)]}
+            return {"answers": [{"question": q.pk, "answer": "yes" if self._yes(layout[0], q.pk, rng) else "no"}
+                                for q in task.item.questions()]}
         ranked = self._rank(layout, rng)  # best first
         if kind == Round.Kind.PAIRWISE:
             if self.kind == "random" and rng.random() < 0.2:
@@ -65,8 +66,7 @@ class Policy:
             ranked[0], ranked[-1] = ranked[-1], ranked[0]
         return ranked
 
-    def _yes(self, lease: Lease, question: int, rng: random.Random) -> bool:
-        image = lease.layout[0]
+    def _yes(self, image: str, question: int, rng: random.Random) -> bool:
         if self.kind == "random":
             return rng.random() < 0.5
         if self.kind == "prefer_model":
@@ -107,14 +107,13 @@ def round_simulate(
     active = list(annotators)
     while active and (max_judgments is None or done < max_judgments):
         for user in list(active):
-            lease = services.item_next_for_annotator(round_=round_, annotator=user, rng=rng)
-            if lease is None:
+            task = item_next_for_annotator(round_=round_, annotator=user, rng=rng)
+            if task is None:
                 active.remove(user)
                 continue
-            lease.round = round_
-            services.judgment_submit(
-                annotator=user, lease_id=lease.pk, client_uuid=uuid.UUID(int=rng.getrandbits(128)),
-                answer=policy.answer(lease, rng), elapsed_ms=rng.randint(800, 6000),
+            judgment_submit(
+                annotator=user, lease_id=task.lease.id, client_uuid=uuid.UUID(int=rng.getrandbits(128)),
+                answer=policy.answer(task, rng), elapsed_ms=rng.randint(800, 6000),
                 # Simulated people answer far faster than the human rate limit allows.
                 enforce_rate_limit=False,
             )

@@ -19,6 +19,6 @@ def export_preferences(round_id: int, out_dir: str | None = None) -> dict:
 def recompute_aggregates(round_id: int) -> dict:
     from dataclasses import asdict
 
-    from annotation.services import round_aggregate
+    from annotation.services.aggregation import round_aggregate
 
     return asdict(round_aggregate(round_=Round.objects.get(pk=round_id)))

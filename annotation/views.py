@@ -5,15 +5,16 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 
 from annotation.conf import setting
+from annotation.criteria import Criterion
+from annotation.kinds import item_kind
 from annotation.models import Round
 from annotation.roles import is_annotator, is_researcher
 
-# One page per task kind: (URL name, template). The page asks the annotator API for tasks.
-TASK_PAGES = {
-    Round.Kind.PAIRWISE: ("annotate-pairwise", "annotation/pairwise.html"),
-    Round.Kind.BEST_WORST: ("annotate-best-worst", "annotation/best_worst.html"),
-    Round.Kind.ALIGNMENT: ("annotate-alignment", "annotation/alignment.html"),
-}
+
+
+def criteria_config() -> dict:
+    """The pages' words for each criterion: a title for the dashboard, the question on the task page."""
+    return {c.value: {"label": c.label, "question": c.question} for c in Criterion}
 
 
 @login_required
@@ -24,7 +25,7 @@ def home(request):
         {
             "is_researcher": is_researcher(request.user),
             "is_annotator": is_annotator(request.user),
-            "dashboard_config": {"progress": reverse("annotate-progress")},
+            "dashboard_config": {"progress": reverse("annotate-progress"), "criteria": criteria_config()},
         },
     )
 
@@ -42,10 +43,11 @@ def annotate(request, kind: str, round_id: int):
     if round_kind is None:
         raise Http404("No open round with this id.")
     if round_kind != kind:
-        return redirect(TASK_PAGES[round_kind][0], round_id=round_id)
+        return redirect(item_kind(round_kind).page[0], round_id=round_id)
     task_config = {
         "round": round_id,
         "kind": kind,
+        "criteria": criteria_config(),
         "urls": {
             "next": reverse("annotate-next", kwargs={"round_id": round_id}),
             "submit": reverse("annotate-submit"),
@@ -53,4 +55,4 @@ def annotate(request, kind: str, round_id: int):
             "progress": reverse("annotate-progress"),
         },
     }
-    return render(request, TASK_PAGES[kind][1], {"task_config": task_config})
+    return render(request, item_kind(kind).page[1], {"task_config": task_config})

@@ -94,7 +94,7 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     from django.core.management import call_command
     from django.middleware.csrf import _get_new_csrf_string
 
-    from annotation import services
+    from annotation.services import rounds
     from annotation.models import ANNOTATORS_GROUP, Image, Prompt, PromptSet
     from training.models import ModelVersion
 
@@ -120,10 +120,10 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
         batch_size=5000,
     )
     specs = [
-        services.ItemSpec(prompt_id=images[2 * n].prompt_id, image_ids=(images[2 * n].pk, images[2 * n + 1].pk))
+        rounds.ItemSpec(prompt_id=images[2 * n].prompt_id, image_ids=(images[2 * n].pk, images[2 * n + 1].pk))
         for n in range(args.items)
     ]
-    round_ = services.round_create(name="bench", kind="pairwise", criterion="visual_flaws", k=args.k, items=specs,
+    round_ = rounds.round_create(name="bench", kind="pairwise", criterion="visual_flaws", k=args.k, items=specs,
                                    batch_size=5000)
     group = Group.objects.get(name=ANNOTATORS_GROUP)
     password = make_password("bench-password")

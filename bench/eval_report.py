@@ -23,10 +23,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evaluation.stats import AlignmentQuestion, ComparisonVotes, summarize_report  # noqa: E402
+from evaluation.stats import CRITERIA, AlignmentQuestion, ComparisonVotes, summarize_report  # noqa: E402
 
 LABELS = np.array(["A", "tie", "B"])
-CRITERIA = ("visual_flaws", "visual_appeal")
 
 
 def simulate(models: int, prompts: int, votes: int, seed: int) -> dict[str, Any]:

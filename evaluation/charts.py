@@ -10,9 +10,11 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from annotation.criteria import Criterion
+
 CHART_FORMATS = {"png": "image/png", "svg": "image/svg+xml"}
 COLORS = {"a_wins": "#2b6cb0", "tie": "#a0aec0", "b_wins": "#c05621"}
-TITLES = (("visual_flaws", "Visual flaws"), ("visual_appeal", "Visual appeal"))
+TITLES = tuple((c.value, c.label) for c in Criterion)
 
 
 def win_tie_loss_chart(table: Sequence[Mapping[str, Any]], fmt: str = "png") -> bytes:

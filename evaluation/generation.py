@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 
 from annotation.models import Image, Prompt
-from annotation.services import image_create
+from annotation.services.prompts import image_create
 from evaluation.models import EvaluationRound, GenerationJob
 from evaluation.services import generation_job_complete
 from training.models import ModelVersion

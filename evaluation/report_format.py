@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from annotation.criteria import Criterion
+
 __all__ = [
     "CSV_COLUMNS",
     "format_p",
@@ -25,7 +27,7 @@ __all__ = [
 
 Row = Mapping[str, Any]
 MISSING = "–"
-CRITERIA = (("visual_flaws", "Visual Flaws"), ("visual_appeal", "Visual Appeal"))
+CRITERIA = tuple((c.value, c.label.title()) for c in Criterion)  # title case, as in the paper
 OUTCOMES = (("a_wins", "A wins"), ("tie", "Tie"), ("b_wins", "B wins"))
 ALIGNMENT = (("a", "A"), ("b", "B"))
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
+from annotation.criteria import Criterion
 from annotation.models import Aggregate
 from evaluation import stats
 from evaluation.models import EvaluationRound
@@ -25,7 +26,7 @@ from evaluation.selectors import EvaluationData, PairwiseItem, evaluation_data
 from evaluation.stats_alignment import alignment_steps
 
 CRITERIA = stats.CRITERIA
-CRITERION_TITLES = {"visual_flaws": "Visual flaws", "visual_appeal": "Visual appeal"}
+CRITERION_TITLES = {c.value: c.label for c in Criterion}
 DEFAULT_RESAMPLES = 10_000
 
 

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from django.db.models import Count, Q
 
+from annotation import majority
+from annotation.kinds.pairwise import Pairwise
 from annotation.models import Aggregate, AlignmentAnswer, AlignmentQuestion, Item, ItemImage, Judgment, Round
-from annotation.services import annotators_excluded, gold_accuracy
+from annotation.selectors import annotators_excluded, gold_accuracy
 from evaluation.models import EvaluationRound, GenerationJob
 
 UNCATEGORIZED = "(no category)"
@@ -75,9 +77,7 @@ def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
     """
     models = [(m.pk, m.name) for m in evaluation.ordered_models()]
     rounds = list(evaluation.annotation_rounds.all())
-    pairwise: dict[str, list[PairwiseItem]] = {}
-    alignment: list[AlignmentItem] | None = None
-    parents: dict[int, list[int]] = {}
+    collected = _Collected()
     annotators: dict[int, dict] = {}
     gold_totals: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
     excluded_all: set[int] = set()
@@ -104,19 +104,43 @@ def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
             )
             entry["judgments"] += 1
         items = Item.objects.filter(round=round_, is_gold=False).values_list("id", "prompt_id", "prompt__category")
-        if round_.kind == Round.Kind.PAIRWISE:
-            pairwise[round_.criterion] = _pairwise_items(round_, items, judgments)
-        elif round_.kind == Round.Kind.ALIGNMENT:
-            alignment, round_parents = _alignment_items(round_, items, excluded)
-            parents.update(round_parents)
+        reader = _ROUND_READERS.get(round_.kind)
+        if reader is not None:  # rounds of other kinds are no part of a report
+            reader(collected, round_, items, judgments, excluded)
 
     return EvaluationData(
-        evaluation=evaluation, models=models, pairwise=pairwise, alignment=alignment, parents=parents,
+        evaluation=evaluation, models=models, pairwise=collected.pairwise, alignment=collected.alignment,
+        parents=collected.parents,
         annotators=annotators,
         gold={a: (total / n, int(n)) for a, (total, n) in gold_totals.items() if n},
         judgments_total=judgments_total, judgments_synthetic=judgments_synthetic,
         excluded_annotators=excluded_all,
     )
+
+
+@dataclass
+class _Collected:
+    """The per-kind parts of ``EvaluationData``, filled round by round."""
+
+    pairwise: dict[str, list[PairwiseItem]] = field(default_factory=dict)
+    alignment: list[AlignmentItem] | None = None
+    parents: dict[int, list[int]] = field(default_factory=dict)
+
+
+def _pairwise_read(collected: _Collected, round_: Round, items, judgments: list[dict], excluded: set[int]) -> None:
+    collected.pairwise[round_.criterion] = _pairwise_items(round_, items, judgments)
+
+
+def _alignment_read(collected: _Collected, round_: Round, items, judgments: list[dict], excluded: set[int]) -> None:
+    collected.alignment, parents = _alignment_items(round_, items, excluded)
+    collected.parents.update(parents)
+
+
+# What each kind of round contributes to a report (evaluations create pairwise and alignment rounds).
+_ROUND_READERS = {Round.Kind.PAIRWISE: _pairwise_read, Round.Kind.ALIGNMENT: _alignment_read}
+
+# The pairwise majority's votes, as the report's statistics name them.
+_VOTE_LABELS = {majority.A: "A", majority.B: "B", majority.TIE: "tie", majority.REJECT: "reject"}
 
 
 def _pairwise_items(round_: Round, items, judgments: list[dict]) -> list[PairwiseItem]:
@@ -141,18 +165,14 @@ def _pairwise_items(round_: Round, items, judgments: list[dict]) -> list[Pairwis
         record = by_id.get(j["item_id"])
         if record is None:
             continue
+        vote = Pairwise.vote(outcome=j["outcome"], winner_id=j["winner_id"], image_a=record.image_a)
         if j["outcome"] == Judgment.Outcome.WIN:
-            label = "A" if j["winner_id"] == record.image_a else "B"
             # Screen position: the layout is the public ids in the order this annotator saw them.
             if j["layout"] and j["winner__public_id"] == j["layout"][0]:
                 record.left_wins += 1
             else:
                 record.right_wins += 1
-        elif j["outcome"] == Judgment.Outcome.TIE:
-            label = "tie"
-        else:
-            label = "reject"
-        record.votes.append((j["annotator_id"], label))
+        record.votes.append((j["annotator_id"], _VOTE_LABELS[vote]))
     return list(by_id.values())
 
 

@@ -12,11 +12,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation.models import AlignmentQuestion, Image, Prompt, PromptSet, Round
-from annotation.services import AnnotationError, ItemSpec, round_create
+from annotation.criteria import Criterion
+from annotation.errors import AnnotationError
+from annotation.services.rounds import ItemSpec, round_create
 from evaluation.models import EvaluationModel, EvaluationRound, GenerationJob
 from training.models import ModelVersion
 
-CRITERIA = (Round.Criterion.VISUAL_FLAWS, Round.Criterion.VISUAL_APPEAL)
 
 
 class EvaluationError(Exception):
@@ -195,15 +196,15 @@ def evaluation_annotation_create(*, evaluation: EvaluationRound, created_by=None
     pairs = list(itertools.combinations(models, 2))
     rounds, items = [], {}
     try:
-        for criterion in CRITERIA:
+        for criterion in Criterion:
             specs = [
                 ItemSpec(prompt_id=p, image_ids=(images[p][a.pk], images[p][b.pk])) for p in complete for a, b in pairs
             ]
             rounds.append(round_create(
-                name=f"Evaluation {evaluation.pk}: {Round.Criterion(criterion).label.lower()}",
+                name=f"Evaluation {evaluation.pk}: {criterion.label.lower()}",
                 kind=Round.Kind.PAIRWISE, criterion=criterion, k=evaluation.k, items=specs, created_by=created_by,
             ))
-            items[criterion] = len(specs)
+            items[criterion.value] = len(specs)
         with_questions = set(
             AlignmentQuestion.objects.filter(prompt_id__in=complete).values_list("prompt_id", flat=True)
         )

@@ -26,6 +26,7 @@ import numpy as np
 from scipy.stats import binomtest, norm
 from statsmodels.stats.proportion import multinomial_proportions_confint
 
+from annotation.criteria import Criterion
 from evaluation.stats_agreement import (
     AgreementSummary,
     AnnotatorScore,
@@ -574,7 +575,7 @@ def _alignment_cells(
 
 # --- a whole report ------------------------------------------------------------------------
 
-CRITERIA: tuple[str, str] = ("visual_flaws", "visual_appeal")
+CRITERIA: tuple[str, ...] = tuple(c.value for c in Criterion)
 
 
 @dataclass(frozen=True)

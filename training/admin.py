@@ -9,7 +9,8 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 
 from annotation.models import PromptSet, Round
-from annotation.services import AnnotationError
+from annotation.errors import AnnotationError
+from annotation.kinds import kinds_with_pairs
 from training.engine.config import ConfigError, apply_overrides, read_config_file
 from training.models import ModelVersion, TrainingRun, WorkerHeartbeat
 from training.rounds import TrainingRoundError, training_round_launch
@@ -31,7 +32,7 @@ def config_choices() -> list[tuple[str, str]]:
 
 class TrainingRoundForm(forms.Form):
     round = forms.ModelChoiceField(
-        Round.objects.filter(kind__in=[Round.Kind.PAIRWISE, Round.Kind.BEST_WORST]),
+        Round.objects.filter(kind__in=kinds_with_pairs()),
         help_text="Its winner/loser pairs become the training data.",
     )
     base_model = forms.ModelChoiceField(ModelVersion.objects.all())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from annotation import services
+from annotation.services import rounds
 from annotation.models import Round
 from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory
 
@@ -15,8 +15,8 @@ def pairwise_round(*, n_items=3, k=5, criterion="visual_flaws", name=None, **kwa
         prompt = PromptFactory()
         a = ImageFactory(prompt=prompt, model_version=model_a, seed=1000 + n, color=(n * 7 % 255, 10, 20))
         b = ImageFactory(prompt=prompt, model_version=model_b, seed=1000 + n, color=(n * 7 % 255, 200, 20))
-        specs.append(services.ItemSpec(prompt_id=prompt.pk, image_ids=(a.pk, b.pk)))
-    return services.round_create(
+        specs.append(rounds.ItemSpec(prompt_id=prompt.pk, image_ids=(a.pk, b.pk)))
+    return rounds.round_create(
         name=name or f"pairwise-{Round.objects.count()}", kind="pairwise", criterion=criterion, k=k, items=specs, **kwargs
     )
 
@@ -27,8 +27,8 @@ def best_worst_round(*, n_items=2, n_images=5, k=5, **kwargs) -> Round:
     for n in range(n_items):
         prompt = PromptFactory()
         images = [ImageFactory(prompt=prompt, model_version=model, seed=s, color=(s * 40, n * 30, 90)) for s in range(n_images)]
-        specs.append(services.ItemSpec(prompt_id=prompt.pk, image_ids=tuple(i.pk for i in images)))
-    return services.round_create(name=f"bw-{Round.objects.count()}", kind="best_worst", k=k, items=specs, **kwargs)
+        specs.append(rounds.ItemSpec(prompt_id=prompt.pk, image_ids=tuple(i.pk for i in images)))
+    return rounds.round_create(name=f"bw-{Round.objects.count()}", kind="best_worst", k=k, items=specs, **kwargs)
 
 
 def alignment_round(*, n_items=2, k=5, **kwargs) -> Round:
@@ -40,8 +40,8 @@ def alignment_round(*, n_items=2, k=5, **kwargs) -> Round:
         blue = AlignmentQuestionFactory(prompt=prompt, order=2, text="Are the birds blue?")
         blue.parents.add(birds)
         image = ImageFactory(prompt=prompt, model_version=model, seed=n)
-        specs.append(services.ItemSpec(prompt_id=prompt.pk, image_ids=(image.pk,)))
-    return services.round_create(name=f"align-{Round.objects.count()}", kind="alignment", k=k, items=specs, **kwargs)
+        specs.append(rounds.ItemSpec(prompt_id=prompt.pk, image_ids=(image.pk,)))
+    return rounds.round_create(name=f"align-{Round.objects.count()}", kind="alignment", k=k, items=specs, **kwargs)
 
 
 def annotators(n: int):
@@ -51,12 +51,12 @@ def annotators(n: int):
 def answer_for(lease, choice: str = "first"):
     """A valid answer for the lease's item: the image shown first wins / is best."""
     kind = lease.round.kind
-    layout = lease.layout
+    layout = lease.lease.layout
     if kind == "pairwise":
         if choice == "tie":
             return {"outcome": "tie"}
         return {"outcome": "win", "winner": layout[0] if choice == "first" else layout[1]}
     if kind == "best_worst":
         return {"best": layout[0], "worst": layout[-1]}
-    questions = lease.item.prompt.questions.order_by("order")
+    questions = lease.item.questions()
     return {"answers": [{"question": q.pk, "answer": "yes"} for q in questions]}

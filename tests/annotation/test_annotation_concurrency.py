@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.db.models import Count
 
-from annotation import services
+from annotation.services import assignment, submission
 from annotation.models import Item, Judgment, Lease
 from tests.annotation.builders import annotators, answer_for, pairwise_round
 
@@ -33,22 +33,21 @@ def test_fifty_annotators_work_a_round_to_completion(postgres):
         try:
             start.wait()
             while True:
-                lease = services.item_next_for_annotator(round_=round_, annotator=person, rng=rng)
+                lease = assignment.item_next_for_annotator(round_=round_, annotator=person, rng=rng)
                 if lease is None:
                     return
-                lease.round = round_
                 key = uuid.uuid4()
-                result = services.judgment_submit(
-                    annotator=person, lease_id=lease.pk, client_uuid=key,
+                result = submission.judgment_submit(
+                    annotator=person, lease_id=lease.lease.id, client_uuid=key,
                     answer=answer_for(lease, rng.choice(["first", "second", "tie"])), elapsed_ms=rng.randint(1, 9000),
                 )
                 if rng.random() < 0.3:  # a retried POST (lost response) must change nothing
-                    again = services.judgment_submit(
-                        annotator=person, lease_id=lease.pk, client_uuid=key, answer=answer_for(lease), elapsed_ms=1,
+                    again = submission.judgment_submit(
+                        annotator=person, lease_id=lease.lease.id, client_uuid=key, answer=answer_for(lease), elapsed_ms=1,
                     )
-                    assert again.replayed and again.judgment.pk == result.judgment.pk
+                    assert again.replayed and again.judgment.id == result.judgment.id
                 with lock:
-                    accepted.append((person.pk, key, lease.item_id))
+                    accepted.append((person.pk, key, lease.lease.item_id))
         except BaseException as exc:  # noqa: BLE001 - reported below
             with lock:
                 errors.append(exc)

@@ -20,7 +20,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from annotation.models import AlignmentAnswer, Judgment
-from annotation.services import ItemSpec, round_create
+from annotation.services.rounds import ItemSpec, round_create
 from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory
 
 

@@ -15,7 +15,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from django.core.management import CommandError, call_command
 
-from annotation import exports, services
+from annotation import exports
+from annotation.errors import InvalidInput
+
+from annotation.services import assignment, submission
 from annotation.models import Aggregate, Item
 from annotation.simulation import Policy, round_simulate, synthetic_annotators
 from tests.annotation.builders import alignment_round, annotators, best_worst_round, pairwise_round
@@ -107,7 +110,7 @@ def test_a_changed_image_file_is_refused(tmp_path):
     round_ = judged_pairwise_round(n_items=2)
     aggregate = Aggregate.objects.filter(round=round_, outcome="winner").first()
     Path(aggregate.winner.file.path).write_bytes(b"not the image the annotators saw")
-    with pytest.raises(exports.InvalidAnswer, match="sha256"):
+    with pytest.raises(InvalidInput, match="sha256"):
         exports.preferences_export(round_=round_, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
@@ -117,16 +120,16 @@ def test_best_worst_pairs_export_and_alignment_rounds_are_refused(tmp_path):
     round_simulate(round_=round_, annotators=synthetic_annotators(count=3), policy=Policy.parse("noisy_oracle"), seed=1)
     result = exports.preferences_export(round_=round_, out_dir=tmp_path / "out")
     assert result.pairs + result.ambiguous == 2
-    with pytest.raises(exports.InvalidAnswer, match="alignment"):
+    with pytest.raises(InvalidInput, match="alignment"):
         exports.preferences_export(round_=alignment_round(n_items=1), out_dir=tmp_path / "out")
 
 
 def test_export_command_and_human_votes_are_not_counted_as_synthetic(tmp_path, capsys):
     round_ = pairwise_round(n_items=1, k=1)
     (person,) = annotators(1)
-    lease = services.item_next_for_annotator(round_=round_, annotator=person)
-    services.judgment_submit(annotator=person, lease_id=lease.pk, client_uuid=uuid.uuid4(),
-                             answer={"outcome": "win", "winner": lease.layout[0]}, elapsed_ms=5)
+    lease = assignment.item_next_for_annotator(round_=round_, annotator=person)
+    submission.judgment_submit(annotator=person, lease_id=lease.lease.id, client_uuid=uuid.uuid4(),
+                             answer={"outcome": "win", "winner": lease.lease.layout[0]}, elapsed_ms=5)
     call_command("export_preferences", str(round_.pk), "--out", str(tmp_path / "out"))
     out = capsys.readouterr().out
     assert "1 pairs" in out and "0 synthetic judgments" in out
@@ -159,10 +162,10 @@ def test_export_is_deterministic_for_any_votes(tmp_path_factory, votes):
         for item, item_votes in zip(items, votes):
             a, b = [ii.image.public_id for ii in item.item_images.order_by("order")]
             for person, vote in zip(people, item_votes):
-                lease = services.item_next_for_annotator(round_=round_, annotator=person, rng=random.Random(0))
-                assert lease.item_id == item.pk  # breadth-first: the round's items are finished in order
+                lease = assignment.item_next_for_annotator(round_=round_, annotator=person, rng=random.Random(0))
+                assert lease.lease.item_id == item.pk  # breadth-first: the round's items are finished in order
                 answer = {"outcome": "tie"} if vote == "tie" else {"outcome": "win", "winner": a if vote == "a" else b}
-                services.judgment_submit(annotator=person, lease_id=lease.pk, client_uuid=uuid.uuid4(),
+                submission.judgment_submit(annotator=person, lease_id=lease.lease.id, client_uuid=uuid.uuid4(),
                                          answer=answer, elapsed_ms=1)
             winner = next((v for v in ("a", "b") if item_votes.count(v) >= 2), None)
             if winner:

@@ -11,22 +11,23 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from annotation import services
+from annotation import errors, selectors
 from annotation.models import Aggregate, AlignmentAnswer, AnnotatorProfile, Item, Judgment, Lease
+from annotation.services import aggregation, assignment, rounds, submission
 from tests.annotation.builders import alignment_round, annotators, answer_for, best_worst_round, pairwise_round
 
 pytestmark = pytest.mark.django_db
 
 
 def lease_for(round_, person, **kwargs):
-    lease = services.item_next_for_annotator(round_=round_, annotator=person, **kwargs)
+    lease = assignment.item_next_for_annotator(round_=round_, annotator=person, **kwargs)
     assert lease is not None
     return lease
 
 
 def submit(lease, person, answer=None, *, client_uuid=None, now=None, elapsed_ms=900):
-    return services.judgment_submit(
-        annotator=person, lease_id=lease.pk, client_uuid=client_uuid or uuid.uuid4(),
+    return submission.judgment_submit(
+        annotator=person, lease_id=lease.lease.id, client_uuid=client_uuid or uuid.uuid4(),
         answer=answer if answer is not None else answer_for(lease), elapsed_ms=elapsed_ms, now=now,
     )
 
@@ -40,9 +41,9 @@ class TestIdempotency:
         first = submit(lease, person, client_uuid=key)
         again = submit(lease, person, client_uuid=key)
         assert (first.replayed, again.replayed) == (False, True)
-        assert again.judgment.pk == first.judgment.pk
+        assert again.judgment.id == first.judgment.id
         assert Judgment.objects.count() == 1
-        assert Item.objects.get(pk=lease.item_id).slots_taken == 1
+        assert Item.objects.get(pk=lease.lease.item_id).slots_taken == 1
 
     @hsettings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(retries=st.integers(1, 6))
@@ -56,7 +57,7 @@ class TestIdempotency:
             key = uuid.uuid4()
             results = [submit(lease, person, client_uuid=key) for _ in range(retries + 1)]
             assert [r.replayed for r in results] == [False] + [True] * retries
-            assert Judgment.objects.filter(item=lease.item).count() == 1
+            assert Judgment.objects.filter(item_id=lease.lease.item_id).count() == 1
             transaction.set_rollback(True)
 
     def test_second_judgment_of_an_item_with_a_new_uuid_is_refused(self):
@@ -64,7 +65,7 @@ class TestIdempotency:
         (person,) = annotators(1)
         lease = lease_for(round_, person)
         submit(lease, person)
-        with pytest.raises(services.Conflict) as exc:
+        with pytest.raises(errors.Conflict) as exc:
             submit(lease, person)
         assert exc.value.code == "already_judged"
 
@@ -73,7 +74,7 @@ class TestIdempotency:
         a, b = annotators(2)
         key = uuid.uuid4()
         submit(lease_for(round_, a), a, client_uuid=key)
-        with pytest.raises(services.InvalidAnswer) as exc:
+        with pytest.raises(errors.InvalidInput) as exc:
             submit(lease_for(round_, b), b, client_uuid=key)
         assert exc.value.field == "client_uuid"
 
@@ -83,7 +84,7 @@ class TestValidation:
         round_ = pairwise_round(n_items=1)
         a, b = annotators(2)
         lease = lease_for(round_, a)
-        with pytest.raises(services.NotFound):
+        with pytest.raises(errors.AnnotationNotFound):
             submit(lease, b, answer_for(lease))
 
     @pytest.mark.parametrize("answer, message", [
@@ -96,7 +97,7 @@ class TestValidation:
         round_ = pairwise_round(n_items=1, criterion="visual_flaws")
         (person,) = annotators(1)
         lease = lease_for(round_, person)
-        with pytest.raises(services.InvalidAnswer, match=message):
+        with pytest.raises(errors.InvalidAnswer, match=message):
             submit(lease, person, answer)
         assert not Judgment.objects.exists()
 
@@ -105,31 +106,31 @@ class TestValidation:
         (person,) = annotators(1)
         lease = lease_for(round_, person)
         submit(lease, person, {"outcome": "cannot_compare"})
-        aggregate = Aggregate.objects.get(item_id=lease.item_id)
+        aggregate = Aggregate.objects.get(item_id=lease.lease.item_id)
         assert (aggregate.n_rejected, aggregate.n_used, aggregate.outcome) == (1, 0, "pending")
 
     def test_best_and_worst_must_differ(self):
         round_ = best_worst_round(n_items=1)
         (person,) = annotators(1)
         lease = lease_for(round_, person)
-        with pytest.raises(services.InvalidAnswer, match="different"):
-            submit(lease, person, {"best": lease.layout[0], "worst": lease.layout[0]})
+        with pytest.raises(errors.InvalidAnswer, match="different"):
+            submit(lease, person, {"best": lease.lease.layout[0], "worst": lease.lease.layout[0]})
 
     def test_every_alignment_question_needs_an_answer(self):
         round_ = alignment_round(n_items=1)
         (person,) = annotators(1)
         lease = lease_for(round_, person)
-        first = lease.item.prompt.questions.order_by("order").first()
-        with pytest.raises(services.InvalidAnswer, match="no answer"):
+        first = lease.item.questions()[0]
+        with pytest.raises(errors.InvalidAnswer, match="no answer"):
             submit(lease, person, {"answers": [{"question": first.pk, "answer": "yes"}]})
-        with pytest.raises(services.InvalidAnswer, match="'yes' or 'no'"):
+        with pytest.raises(errors.InvalidAnswer, match="'yes' or 'no'"):
             submit(lease, person, {"answers": [{"question": first.pk, "answer": "maybe"}]})
 
     def test_elapsed_time_is_stored(self):
         round_ = pairwise_round(n_items=1)
         (person,) = annotators(1)
         judgment = submit(lease_for(round_, person), person, elapsed_ms=4321).judgment
-        assert Judgment.objects.get(pk=judgment.pk).elapsed_ms == 4321
+        assert Judgment.objects.get(pk=judgment.id).elapsed_ms == 4321
 
 
 class TestUndo:
@@ -138,12 +139,12 @@ class TestUndo:
         a, b = annotators(2)
         lease = lease_for(round_, a)
         judgment = submit(lease, a).judgment
-        again = services.judgment_undo(annotator=a, client_uuid=judgment.client_uuid)
-        assert (again.pk, again.state, again.layout) == (lease.pk, Lease.State.HELD, lease.layout)
-        assert Judgment.objects.get(pk=judgment.pk).undone_at is not None
-        assert Aggregate.objects.get(item_id=lease.item_id).n_judgments == 0
+        again = submission.judgment_undo(annotator=a, client_uuid=judgment.client_uuid)
+        assert (again.lease.id, again.lease.state, again.lease.layout) == (lease.lease.id, Lease.State.HELD, lease.lease.layout)
+        assert Judgment.objects.get(pk=judgment.id).undone_at is not None
+        assert Aggregate.objects.get(item_id=lease.lease.item_id).n_judgments == 0
         # The slot stays with the annotator: nobody else gets the item.
-        assert services.item_next_for_annotator(round_=round_, annotator=b) is None
+        assert assignment.item_next_for_annotator(round_=round_, annotator=b) is None
         redo = submit(again, a, answer_for(again, "second"))
         assert not redo.replayed and Judgment.objects.filter(undone_at__isnull=True).count() == 1
 
@@ -153,8 +154,8 @@ class TestUndo:
         (person,) = annotators(1)
         t0 = timezone.now()
         judgment = submit(lease_for(round_, person, now=t0), person, now=t0).judgment
-        with pytest.raises(services.Conflict) as exc:
-            services.judgment_undo(annotator=person, client_uuid=judgment.client_uuid, now=t0 + timedelta(seconds=61))
+        with pytest.raises(errors.Conflict) as exc:
+            submission.judgment_undo(annotator=person, client_uuid=judgment.client_uuid, now=t0 + timedelta(seconds=61))
         assert exc.value.code == "undo_window_passed"
 
     def test_only_the_latest_judgment_can_be_undone(self):
@@ -163,16 +164,16 @@ class TestUndo:
         t0 = timezone.now()
         first = submit(lease_for(round_, person, now=t0), person, now=t0).judgment
         submit(lease_for(round_, person, now=t0), person, now=t0 + timedelta(seconds=1))
-        with pytest.raises(services.Conflict) as exc:
-            services.judgment_undo(annotator=person, client_uuid=first.client_uuid, now=t0 + timedelta(seconds=2))
+        with pytest.raises(errors.Conflict) as exc:
+            submission.judgment_undo(annotator=person, client_uuid=first.client_uuid, now=t0 + timedelta(seconds=2))
         assert exc.value.code == "not_latest"
 
     def test_nobody_undoes_someone_elses_judgment(self):
         round_ = pairwise_round(n_items=1)
         a, b = annotators(2)
         judgment = submit(lease_for(round_, a), a).judgment
-        with pytest.raises(services.NotFound):
-            services.judgment_undo(annotator=b, client_uuid=judgment.client_uuid)
+        with pytest.raises(errors.AnnotationNotFound):
+            submission.judgment_undo(annotator=b, client_uuid=judgment.client_uuid)
 
 
 class TestRateLimit:
@@ -185,7 +186,7 @@ class TestRateLimit:
         for _ in range(2):
             submit(lease_for(round_, person, now=t0), person, now=t0)
         lease = lease_for(round_, person, now=t0)
-        with pytest.raises(services.Throttled) as exc:
+        with pytest.raises(errors.RateLimited) as exc:
             submit(lease, person, now=t0)
         assert 0 < exc.value.retry_after <= 1
         assert Judgment.objects.count() == 2
@@ -239,7 +240,7 @@ class TestAggregates:
             AnnotatorProfile.objects.update_or_create(user=person, defaults={"synthetic": True})
         aggregate, *_ = self.vote(round_, people, ["a", "a", "a", "b", "b"])
         assert aggregate.n_synthetic == 2
-        assert services.round_summary(round_=round_).synthetic_judgments == 2
+        assert selectors.round_summary(round_=round_).synthetic_judgments == 2
 
     def test_alignment_aggregate_applies_the_dsg_rule(self):
         round_ = alignment_round(n_items=1, k=3)
@@ -280,21 +281,21 @@ class TestAggregates:
         round_ = pairwise_round(n_items=2, k=3, gold_min_accuracy=0.5, gold_rate=1.0)
         gold, regular = Item.objects.filter(round=round_).order_by("id")
         ga, gb = [ii.image.public_id for ii in gold.item_images.order_by("order")]
-        services.item_gold_set(item=gold, is_gold=True, gold_answer={"outcome": "win", "winner": ga})
+        rounds.item_gold_set(item=gold, is_gold=True, gold_answer={"outcome": "win", "winner": ga})
         ra, rb = [ii.image.public_id for ii in regular.item_images.order_by("order")]
         people = annotators(3)
         for n, person in enumerate(people):
             gold_lease = lease_for(round_, person)  # gold rate 1.0: gold first
-            lease = lease_for(round_, person, exclude=[gold_lease.pk])
-            assert (gold_lease.item_id, lease.item_id) == (gold.pk, regular.pk)
+            lease = lease_for(round_, person, exclude=[gold_lease.lease.id])
+            assert (gold_lease.lease.item_id, lease.lease.item_id) == (gold.pk, regular.pk)
             # Annotator 0 fails the gold item and votes b; the others pass it and vote a.
             submit(gold_lease, person, {"outcome": "win", "winner": gb if n == 0 else ga})
             submit(lease, person, {"outcome": "win", "winner": rb if n == 0 else ra})
-        assert services.annotators_excluded(round_=round_) == {people[0].pk}
+        assert selectors.annotators_excluded(round_=round_) == {people[0].pk}
         aggregate = Aggregate.objects.get(item=regular)
         assert (aggregate.n_excluded, aggregate.n_used) == (1, 2)
         assert aggregate.counts["b"] == 0
-        summary = services.round_aggregate(round_=round_)
+        summary = aggregation.round_aggregate(round_=round_)
         assert summary.excluded_annotators == [people[0].pk]
 
 
@@ -304,7 +305,7 @@ def test_a_retry_after_undo_returns_the_undone_judgment():
     lease = lease_for(round_, person)
     key = uuid.uuid4()
     submit(lease, person, client_uuid=key)
-    services.judgment_undo(annotator=person, client_uuid=key)
+    submission.judgment_undo(annotator=person, client_uuid=key)
     late = submit(lease, person, client_uuid=key)
     assert late.replayed and late.judgment.undone_at is not None
     assert Judgment.objects.filter(undone_at__isnull=True).count() == 0
@@ -315,9 +316,9 @@ def test_reclaim_interval_delays_reuse_but_never_exceeds_k(settings):
     round_ = pairwise_round(n_items=1, k=1)
     first, second = annotators(2)
     t0 = timezone.now()
-    services._reclaimed_at.pop(round_.pk, None)
+    assignment._reclaimed_at.pop(round_.pk, None)
     lease_for(round_, first, now=t0)  # this call used up the reclaim for the interval
     later = t0 + timedelta(hours=1)
-    assert services.item_next_for_annotator(round_=round_, annotator=second, now=later) is None
-    assert services.leases_reclaim(round_=round_, now=later) == 1  # an explicit reclaim still works
-    assert services.item_next_for_annotator(round_=round_, annotator=second, now=later) is not None
+    assert assignment.item_next_for_annotator(round_=round_, annotator=second, now=later) is None
+    assert assignment.leases_reclaim(round_=round_, now=later) == 1  # an explicit reclaim still works
+    assert assignment.item_next_for_annotator(round_=round_, annotator=second, now=later) is not None

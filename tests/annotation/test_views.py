@@ -28,6 +28,10 @@ def test_annotator_gets_the_page_of_the_round_kind(client):
     assert config == {
         "round": round_.pk,
         "kind": "pairwise",
+        "criteria": {
+            "visual_flaws": {"label": "Visual flaws", "question": "Which image has fewer visual flaws?"},
+            "visual_appeal": {"label": "Visual appeal", "question": "Which image is more visually appealing?"},
+        },
         "urls": {
             "next": f"/api/annotate/rounds/{round_.pk}/next/",
             "submit": "/api/annotate/submit/",

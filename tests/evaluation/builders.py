@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from annotation import services as annotation_services
+from annotation.services import assignment, submission
 from annotation.models import Round
 from evaluation.services import prompt_seed
 from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory, PromptSetFactory
@@ -46,11 +46,11 @@ def annotate_round(round_: Round, people, choose) -> int:
     stored = 0
     for person in people:
         while True:
-            lease = annotation_services.item_next_for_annotator(round_=round_, annotator=person)
+            lease = assignment.item_next_for_annotator(round_=round_, annotator=person)
             if lease is None:
                 break
-            annotation_services.judgment_submit(
-                annotator=person, lease_id=lease.pk, client_uuid=uuid.uuid4(), answer=choose(lease, person),
+            submission.judgment_submit(
+                annotator=person, lease_id=lease.lease.id, client_uuid=uuid.uuid4(), answer=choose(lease, person),
                 elapsed_ms=1200,
             )
             stored += 1

@@ -9,7 +9,7 @@ import json
 import pytest
 from django.core.management import call_command
 
-from annotation.models import AnnotatorProfile, Judgment, Round
+from annotation.models import AnnotatorProfile, Image, Judgment, Round
 from evaluation.models import EvaluationRound
 from evaluation.reports import evaluation_report_build
 from tests.evaluation.builders import annotate_round, annotators, prompt_set_with_images
@@ -30,7 +30,7 @@ def no_nan(text: str):
 
 def _image_order(lease):
     """Public ids of the item's images in storage order: Model A's first."""
-    return [ii.image.public_id for ii in lease.item.item_images.select_related("image").order_by("order")]
+    return [image.public_id for image in lease.item.images()]
 
 
 def make_choose(truth_by_criterion, prompt_index, pixel_questions_no):
@@ -38,9 +38,10 @@ def make_choose(truth_by_criterion, prompt_index, pixel_questions_no):
         round_ = lease.round
         index = prompt_index[lease.item.prompt_id]
         if round_.kind == Round.Kind.ALIGNMENT:
-            model = lease.item.item_images.get().image.model_version.name
+            (image,) = lease.item.images()
+            model = Image.objects.get(pk=image.id).model_version.name
             answers = []
-            for question in lease.item.prompt.questions.order_by("order"):
+            for question in lease.item.questions():
                 no = model == "pixel" and question.order == 2 and index in pixel_questions_no
                 answers.append({"question": question.pk, "answer": "no" if no else "yes"})
             return {"answers": answers}

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.exports import preferences_export
 from annotation.management.commands._rounds import round_get
-from annotation.services import AnnotationError
+from annotation.errors import AnnotationError
 
 
 class Command(BaseCommand):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 
 from annotation.management.commands._rounds import round_get
-from annotation.services import round_aggregate
+from annotation.services.aggregation import round_aggregate
 
 
 class Command(BaseCommand):

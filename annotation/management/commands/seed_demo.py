@@ -21,7 +21,8 @@ from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
 from annotation.models import Image, Prompt, PromptSet, Round
-from annotation.services import PROMPT_PRESETS, ItemSpec, image_create, round_create
+from annotation.services.prompts import PROMPT_PRESETS, image_create
+from annotation.services.rounds import ItemSpec, round_create
 from training.models import ModelVersion
 
 SIZE = 512

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.management.commands._rounds import round_get
 from annotation.models import Round
-from annotation.services import round_summary
+from annotation.selectors import round_summary
 from annotation.simulation import Policy, round_simulate, synthetic_annotators
 from training.models import ModelVersion
 

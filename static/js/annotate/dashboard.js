@@ -4,17 +4,18 @@
 import { AnnotateApi } from "./api.js";
 
 const KINDS = {
-  pairwise: { path: "pairwise", title: { visual_flaws: "Pairwise: visual flaws", visual_appeal: "Pairwise: visual appeal" } },
+  pairwise: { path: "pairwise", title: "Pairwise" },
   best_worst: { path: "best-worst", title: "Best and worst of 5" },
   alignment: { path: "alignment", title: "Text alignment" },
 };
 
-function titleOf(round) {
+function titleOf(round, criteria) {
   const title = KINDS[round.kind].title;
-  return typeof title === "string" ? title : title[round.criterion] || "Pairwise";
+  const criterion = round.criterion && criteria[round.criterion];
+  return criterion ? `${title}: ${criterion.label.toLowerCase()}` : title;
 }
 
-function card(round) {
+function card(round, criteria) {
   const article = document.createElement("article");
   article.className = "task-card";
   const available = round.available_to_me;
@@ -27,7 +28,7 @@ function card(round) {
     <div class="meter" role="meter" aria-valuemin="0" aria-valuemax="100" aria-valuenow="${percent}" aria-label="Round completion"><span style="width:${percent}%"></span></div>
     <div class="muted numbers">${round.items_complete} of ${round.items_total} items complete</div>
     <div class="actions"></div>`;
-  article.querySelector("h2").textContent = titleOf(round);
+  article.querySelector("h2").textContent = titleOf(round, criteria);
   const actions = article.querySelector(".actions");
   const link = document.createElement("a");
   link.href = `/annotate/${KINDS[round.kind].path}/${round.id}/`;
@@ -43,7 +44,7 @@ function card(round) {
     note.textContent = " Nothing new for you here.";
     actions.append(link, note);
   }
-  link.setAttribute("aria-label", `${link.textContent}: ${titleOf(round)}, round ${round.id}`);
+  link.setAttribute("aria-label", `${link.textContent}: ${titleOf(round, criteria)}, round ${round.id}`);
   if (available) actions.append(link);
   return article;
 }
@@ -68,7 +69,7 @@ async function main() {
   }
   // Rounds with work first.
   rounds.sort((a, b) => (b.available_to_me > 0) - (a.available_to_me > 0) || a.id - b.id);
-  list.replaceChildren(...rounds.map(card));
+  list.replaceChildren(...rounds.map((round) => card(round, config.criteria)));
 }
 
 main();

@@ -11,16 +11,14 @@ const KEYS = {
   3: "right", ArrowRight: "right",
   r: "cannot_compare", R: "cannot_compare",
 };
-const QUESTIONS = {
-  visual_flaws: "Which image has fewer visual flaws?",
-  visual_appeal: "Which image is more visually appealing?",
-};
 
 const pairwise = {
   mount(task, page) {
     const grid = document.getElementById("grid");
     const stage = document.getElementById("stage");
-    document.getElementById("question").textContent = QUESTIONS[task.criterion] || "Which image is better?";
+    // The question of each criterion comes from the server (task config), with the criteria enum.
+    const criterion = page.config.criteria[task.criterion];
+    document.getElementById("question").textContent = criterion ? criterion.question : "Which image is better?";
     const panes = task.images.map((image, index) => {
       const pane = makePane({ image, label: SIDES[index] });
       const wrap = document.createElement("div");

@@ -4,7 +4,7 @@ from django.db import transaction
 
 from annotation.management.commands._rounds import round_get
 from annotation.models import PromptSet
-from annotation.services import AnnotationError
+from annotation.errors import AnnotationError
 from training.engine.config import ConfigError, apply_overrides, read_config_file
 from training.models import ModelVersion
 from training.rounds import TrainingRoundError, training_round_launch
