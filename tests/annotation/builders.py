@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from annotation.services import rounds
 from annotation.models import Round
+from annotation.services import rounds
 from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory
 
 

@@ -10,7 +10,8 @@ from django.middleware.csrf import _get_new_csrf_string
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from annotation.models import Item, Judgment, Lease
+from annotation.models import Aggregate, Item, Judgment, Lease, Round
+from annotation.services import rounds
 from tests.annotation.builders import alignment_round, annotators, best_worst_round, pairwise_round
 from tests.factories import ResearcherFactory
 
@@ -307,6 +308,81 @@ class TestResearcherAPI:
         assert bad.status_code == 400 and "gold_answer" in bad.json()
         no_criterion = client.post("/api/research/rounds/", {"name": "x", "kind": "pairwise"}, content_type="application/json")
         assert no_criterion.status_code == 400
+
+    def test_patching_the_gold_threshold_re_aggregates_the_round(self):
+        round_ = pairwise_round(n_items=2, k=3, gold_rate=1.0)
+        gold, regular = Item.objects.filter(round=round_).order_by("id")
+        ga, gb = [ii.image.public_id for ii in gold.item_images.order_by("order")]
+        rounds.item_gold_set(item=gold, is_gold=True, gold_answer={"outcome": "win", "winner": ga})
+        ra, rb = [ii.image.public_id for ii in regular.item_images.order_by("order")]
+        for n, person in enumerate(annotators(3)):
+            session = Session(person)
+            gold_task = session.next(round_).json()["task"]
+            session.submit(gold_task, {"outcome": "win", "winner": gb if n == 0 else ga})
+            task = session.next(round_).json()["task"]
+            session.submit(task, {"outcome": "win", "winner": rb if n == 0 else ra})
+        assert Aggregate.objects.get(item=regular).n_excluded == 0  # no threshold yet
+        client = self.client()
+        patched = client.patch(f"/api/research/rounds/{round_.pk}/", {"gold_min_accuracy": 0.5},
+                               content_type="application/json")
+        assert patched.status_code == 200 and patched.json()["gold_min_accuracy"] == 0.5
+        aggregate = Aggregate.objects.get(item=regular)
+        assert (aggregate.n_excluded, aggregate.n_used, aggregate.counts["b"]) == (1, 2, 0)
+
+    def test_patch_refuses_a_bad_setting_with_its_field(self):
+        round_ = pairwise_round(n_items=1)
+        bad = self.client().patch(f"/api/research/rounds/{round_.pk}/", {"criterion": ""},
+                                  content_type="application/json")
+        assert bad.status_code == 400 and bad.json()["code"] == "invalid" and "criterion" in bad.json()
+        assert Round.objects.get(pk=round_.pk).criterion == "visual_flaws"
+
+    def test_creating_a_round_looks_its_images_up_once_not_per_item(self):
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        def image_lookups(n_items):
+            source = pairwise_round(n_items=n_items, name=f"source-{n_items}")
+            items = [
+                {"prompt": item.prompt_id, "images": [ii.image.public_id for ii in item.item_images.order_by("order")]}
+                for item in Item.objects.filter(round=source).order_by("id")
+            ]
+            client = self.client()
+            with CaptureQueriesContext(connection) as queries:
+                created = client.post("/api/research/rounds/", {
+                    "name": f"copy-{n_items}", "kind": "pairwise", "criterion": "visual_flaws", "items": items,
+                }, content_type="application/json")
+            assert created.status_code == 201, created.content
+            return sum('"annotation_image"."public_id" IN' in q["sql"] for q in queries.captured_queries)
+
+        assert image_lookups(1) == image_lookups(12) == 1
+
+    def test_a_bad_round_spec_names_its_field(self):
+        source = pairwise_round(n_items=1, name="source")
+        item = Item.objects.get(round=source)
+        ids = [ii.image.public_id for ii in item.item_images.order_by("order")]
+        client = self.client()
+        three = client.post("/api/research/rounds/", {
+            "name": "three", "kind": "pairwise", "criterion": "visual_flaws",
+            "items": [{"prompt": item.prompt_id, "images": ids + ids[:1]}],
+        }, content_type="application/json")
+        assert three.status_code == 400 and three.json()["code"] == "invalid"
+        assert "appears twice" in three.json()["items"][0]
+        unknown = client.post("/api/research/rounds/", {
+            "name": "unknown", "kind": "pairwise", "criterion": "visual_flaws",
+            "items": [{"prompt": item.prompt_id, "images": [ids[0], "0" * 24]}],
+        }, content_type="application/json")
+        assert unknown.status_code == 400 and "unknown images" in unknown.json()["items"][0]
+        assert not Round.objects.filter(name__in=["three", "unknown"]).exists()
+
+    def test_refusals_from_any_endpoint_share_one_shape(self):
+        # The export of an alignment round is refused by the service; the one exception handler answers.
+        round_ = alignment_round(n_items=1)
+        refused = self.client().post(f"/api/research/rounds/{round_.pk}/export/")
+        assert refused.status_code == 400
+        assert refused.json() == {"detail": refused.json()["detail"], "code": "invalid", "round": [refused.json()["detail"]]}
+        # DRF's own exceptions keep DRF's shape.
+        missing = self.client().get("/api/research/rounds/999999/")
+        assert missing.status_code == 404 and "code" not in missing.json()
 
     def test_openapi_schema_lists_the_endpoints(self):
         schema = self.client().get("/api/schema/?format=json")

@@ -226,9 +226,9 @@ class PixArtAdapter(FamilyAdapter):
         return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
 
     def model_output(self, denoiser, z_t, levels, text):
-        config = _unwrap(denoiser).config
+        config = unwrap_model(denoiser).config
         added_cond_kwargs = {"resolution": None, "aspect_ratio": None}
-        if getattr(_unwrap(denoiser), "use_additional_conditions", False):
+        if getattr(unwrap_model(denoiser), "use_additional_conditions", False):
             # PixArt-α 1024 conditions on the image size and aspect ratio (in pixels).
             scale = self.pipeline.vae_scale_factor
             height, width = z_t.shape[-2] * scale, z_t.shape[-1] * scale
@@ -300,11 +300,15 @@ class SD3Adapter(FamilyAdapter):
         )[0]
 
 
-def _unwrap(module):
-    # DistributedDataParallel and torch.compile wrap the model; config lives on the inner one.
-    while hasattr(module, "module"):
-        module = module.module
-    return getattr(module, "_orig_mod", module)
+def unwrap_model(module):
+    """The model inside DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(module, "module"):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
 
 
 ADAPTERS: dict[str, type[FamilyAdapter]] = {"unet": UNetAdapter, "dit": PixArtAdapter, "flow": SD3Adapter}

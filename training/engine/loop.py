@@ -39,7 +39,7 @@ import torch
 
 from training.engine import losses
 from training.engine.config import TrainConfig
-from training.engine.families import DEFAULT_LORA_TARGETS, FamilyAdapter, load_adapter, load_decoder
+from training.engine.families import DEFAULT_LORA_TARGETS, FamilyAdapter, load_adapter, load_decoder, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -170,12 +170,6 @@ def adapters_disabled(model: torch.nn.Module):
         model.enable_adapters()
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(module, "module"):
-        module = module.module
-    return module
-
-
 def compute_loss(ctx: LossContext, denoiser: torch.nn.Module, batch: dict, generator: torch.Generator):
     """The loss of one micro-batch and its detached metrics.
 
@@ -209,7 +203,7 @@ def compute_loss(ctx: LossContext, denoiser: torch.nn.Module, batch: dict, gener
     if cfg.needs_reference:
         with torch.no_grad(), ctx.autocast():
             if ctx.lora_reference:
-                with adapters_disabled(_unwrap(denoiser)) as base:
+                with adapters_disabled(unwrap_model(denoiser)) as base:
                     ref_eps_hat = adapter.predict_eps(base, z_t, levels, text)
             else:
                 ref_eps_hat = adapter.predict_eps(ctx.reference, z_t, levels, text)

@@ -100,3 +100,15 @@ def test_caption_dropout_is_shared_per_caption_and_seeded():
     empty = sum(c == "" for c in dropped)
     assert 30 < empty < 90
     assert all(c in ("", orig) for c, orig in zip(dropped, captions))
+
+
+def test_unwrap_model_sees_through_ddp_and_compile_wrappers_in_any_order():
+    from training.engine.families import unwrap_model
+
+    inner = torch.nn.Linear(2, 2)
+    compiled = types.SimpleNamespace(_orig_mod=inner)  # what torch.compile returns
+    ddp_of_compiled = types.SimpleNamespace(module=compiled)  # DistributedDataParallel of a compiled model
+    compiled_ddp = types.SimpleNamespace(_orig_mod=types.SimpleNamespace(module=inner))
+    assert unwrap_model(inner) is inner
+    assert unwrap_model(ddp_of_compiled) is inner
+    assert unwrap_model(compiled_ddp) is inner
