@@ -1,8 +1,9 @@
 """Image generation for evaluations: GenerationJobs become Images on a `gpu` worker.
 
 The web process dispatches one `gpu` task per (evaluation, model); the task samples every
-queued job of that model in batches with the paper's evaluation setting (DDIM, 50 steps,
-classifier-free guidance) and the same per-prompt seed for every model. When the last job of
+queued job of that model in batches with the engine's ``SampleConfig`` (the paper's evaluation
+setting unless ``settings.EVALUATION_SAMPLER`` overrides some of it) and the same per-prompt
+seed for every model. When the last job of
 an evaluation has finished, its annotation rounds are created on the `default` queue.
 """
 
@@ -18,14 +19,16 @@ from annotation.models import Image, Prompt
 from annotation.services import image_create
 from evaluation.models import EvaluationRound, GenerationJob
 from evaluation.services import generation_job_complete
+from training.engine.config import SampleConfig
 from training.models import ModelVersion
 
-DEFAULT_SAMPLER = {"steps": 50, "guidance_scale": 7.5, "scheduler": "ddim", "batch_size": 4, "dtype": "fp32"}
 
+def sampler_settings() -> SampleConfig:
+    """The sampler for generated images: SampleConfig's defaults, updated by EVALUATION_SAMPLER.
 
-def sampler_settings() -> dict:
-    """The evaluation sampler: the paper's setting, overridable with EVALUATION_SAMPLER in settings."""
-    return {**DEFAULT_SAMPLER, **getattr(settings, "EVALUATION_SAMPLER", {})}
+    Raises ConfigError naming the setting when EVALUATION_SAMPLER holds a bad one.
+    """
+    return SampleConfig.from_dict(dict(settings.EVALUATION_SAMPLER), source="EVALUATION_SAMPLER")
 
 
 def generation_dispatch(*, evaluation: EvaluationRound | None) -> list[int]:
@@ -109,11 +112,11 @@ def generation_run(*, evaluation_id: int | None, model_version_id: int) -> int:
     if not jobs:
         return 0
     model = ModelVersion.objects.get(pk=model_version_id)
-    sampler = sampler_settings()
     try:
         with tempfile.TemporaryDirectory(prefix="generate-") as tmp:
             record = sample(
-                model.local_path, [job.prompt.text for job in jobs], [job.seed for job in jobs], tmp, **sampler
+                model.local_path, [job.prompt.text for job in jobs], [job.seed for job in jobs], tmp,
+                sampler_settings(),
             )
             stored_sampler = {key: record[key] for key in ("scheduler", "steps", "guidance_scale", "height", "width", "dtype")}
             for job, entry in zip(jobs, record["images"], strict=True):

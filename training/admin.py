@@ -10,7 +10,7 @@ from django.template.response import TemplateResponse
 
 from annotation.models import PromptSet, Round
 from annotation.services import AnnotationError
-from training.engine.config import ConfigError, apply_overrides, read_config_file
+from training.engine.config import ConfigError, read_settings
 from training.models import ModelVersion, TrainingRun, WorkerHeartbeat
 from training.rounds import TrainingRoundError, training_round_launch
 from training.services import RUN_DECIDED
@@ -63,8 +63,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
-                config = {k: v for k, v in read_config_file(data["config"]).items() if k not in RUN_DECIDED}
-                config = apply_overrides(config, [line.strip() for line in data["overrides"].splitlines() if line.strip()])
+                config, _ = read_settings(data["config"], data["overrides"].splitlines(), leave_out=RUN_DECIDED)
                 with transaction.atomic():
                     launch = training_round_launch(
                         round_=data["round"], base_model=data["base_model"], config=config, name=data["name"],

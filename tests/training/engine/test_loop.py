@@ -37,10 +37,11 @@ def component_weights(model_dir, component) -> dict[str, torch.Tensor]:
 def sample_one(model_dir, out_dir):
     from PIL import Image
 
+    from training.engine.config import SampleConfig
     from training.engine.sampling import sample
 
-    record = sample(model_dir, ["a red cat"], [0], out_dir, steps=2, height=32, width=32, max_sequence_length=16,
-                    device="cpu")
+    record = sample(model_dir, ["a red cat"], [0], out_dir,
+                    SampleConfig(steps=2, height=32, width=32, max_sequence_length=16, device="cpu"))
     with Image.open(out_dir / record["images"][0]["file"]) as image:
         return image.size
 

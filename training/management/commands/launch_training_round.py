@@ -5,7 +5,7 @@ from django.db import transaction
 from annotation.management.commands._rounds import round_get
 from annotation.models import PromptSet
 from annotation.services import AnnotationError
-from training.engine.config import ConfigError, apply_overrides, read_config_file
+from training.engine.config import ConfigError, read_settings
 from training.models import ModelVersion
 from training.rounds import TrainingRoundError, training_round_launch
 from training.services import RUN_DECIDED
@@ -46,9 +46,7 @@ class Command(BaseCommand):
             if user is None:
                 raise CommandError(f"--user: no user named {opts['user']!r}")
         try:
-            config = read_config_file(opts["config"])
-            ignored = sorted(key for key in RUN_DECIDED if key in config)
-            config = apply_overrides({k: v for k, v in config.items() if k not in RUN_DECIDED}, opts["overrides"])
+            config, ignored = read_settings(opts["config"], opts["overrides"], leave_out=RUN_DECIDED)
             if ignored:
                 self.stderr.write(f"ignoring {', '.join(ignored)} from {opts['config']}: the round decides them")
             with transaction.atomic():
