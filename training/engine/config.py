@@ -10,6 +10,7 @@ This module imports no torch, so the web process can validate a run's configurat
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 import tomllib
@@ -59,7 +60,7 @@ class Settings(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise _config_error(exc, type(self).__name__) from None
+            raise _config_error(exc, _SOURCE.get() or type(self).__name__) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         try:
@@ -74,10 +75,16 @@ class Settings(BaseModel):
     def from_dict(cls, data: Any, *, source: str = "config"):
         if not isinstance(data, dict):
             raise ConfigError(source, "expected a table/object of settings")
+        token = _SOURCE.set(source)  # validation runs through __init__, which names the source
         try:
             return cls.model_validate(data)
-        except ValidationError as exc:
+        except ValidationError as exc:  # pydantic wraps the ConfigError that __init__ raised
             raise _config_error(exc, source) from None
+        finally:
+            _SOURCE.reset(token)
+
+
+_SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("settings_source", default=None)
 
 
 def _config_error(exc: ValidationError, source: str) -> ConfigError:

@@ -98,7 +98,7 @@ def _marker(name: str, end: bool = False) -> str:
 def render_doc(text: str) -> str:
     """``text`` with every generated settings table replaced by the fields' current table."""
     for name, model in MODELS.items():
-        pattern = re.compile(re.escape(_marker(name)) + r"\n.*?\n" + re.escape(_marker(name, end=True)), re.S)
+        pattern = re.compile(re.escape(_marker(name)) + r".*?" + re.escape(_marker(name, end=True)), re.S)
         if not pattern.search(text):
             raise ValueError(f"{DOC.name}: no generated table for {name} (markers {_marker(name)!r})")
         block = f"{_marker(name)}\n{settings_table(model)}\n{_marker(name, end=True)}"
