@@ -41,7 +41,7 @@ def _not_blank(value: str) -> str:
     return value
 
 
-Path_ = Annotated[str, AfterValidator(_not_blank)]
+NonEmptyText = Annotated[str, AfterValidator(_not_blank)]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Pixels = Annotated[int, Field(gt=0, multiple_of=8)]
@@ -75,15 +75,14 @@ class Settings(BaseModel):
     def from_dict(cls, data: Any, *, source: str = "config"):
         if not isinstance(data, dict):
             raise ConfigError(source, "expected a table/object of settings")
-        token = _SOURCE.set(source)  # validation runs through __init__, which names the source
+        token = _SOURCE.set(source)  # for __init__'s errors
         try:
-            return cls.model_validate(data)
-        except ValidationError as exc:  # pydantic wraps the ConfigError that __init__ raised
-            raise _config_error(exc, source) from None
+            return cls(**data)
         finally:
             _SOURCE.reset(token)
 
 
+# Where the settings being validated came from (a file, EVALUATION_SAMPLER…), for error messages.
 _SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("settings_source", default=None)
 
 
@@ -109,9 +108,9 @@ def _message(error: dict) -> str:
 
 class TrainConfig(Settings):
     # Inputs and outputs.
-    pretrained_model: Path_ = Field(description="Local diffusers pipeline folder to start from.")
-    output_dir: Path_ = Field(description="Run folder: checkpoints, metrics, the exported model.")
-    train_data: Path_ = Field(
+    pretrained_model: NonEmptyText = Field(description="Local diffusers pipeline folder to start from.")
+    output_dir: NonEmptyText = Field(description="Run folder: checkpoints, metrics, the exported model.")
+    train_data: NonEmptyText = Field(
         description="An image folder with metadata.jsonl (SFT), or a JSONL manifest / Pick-a-Pic parquet of "
                     "winner/loser pairs (preference runs).")
     # Data.
@@ -168,7 +167,7 @@ class TrainConfig(Settings):
     checkpointing_steps: PositiveInt = Field(500, description="Save a checkpoint every this many steps.")
     checkpoints_total_limit: PositiveInt | None = Field(
         3, description="Keep this many latest checkpoints (null: keep every checkpoint).")
-    resume_from: Path_ | None = Field(
+    resume_from: NonEmptyText | None = Field(
         None, description="A checkpoint folder or `latest` to continue a run (null: a fresh run).")
     log_every: PositiveInt = Field(
         1, description="Write metrics (and check the loss is finite) every this many steps.")

@@ -630,7 +630,8 @@ class NonFiniteWatch:
     def observe(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], step: int) -> None:
         newly_bad = ~torch.isfinite(loss.detach()).all() & (self.first_bad_step == 0)
         self.first_bad_step = torch.where(newly_bad, step, self.first_bad_step)
-        self._keys = sorted(metrics)
+        if sorted(metrics) != self._keys:  # the first call (a run's terms do not change)
+            self._keys, self._terms = sorted(metrics), None
         terms = torch.stack([metrics[key].detach().float().reshape(()) for key in self._keys])
         self._terms = torch.where(newly_bad, terms, self._terms if self._terms is not None else terms)
 

@@ -297,3 +297,14 @@ def test_resetting_accelerate_lets_the_next_accelerator_take_another_precision()
     assert accelerator.mixed_precision == "no" and AcceleratorState().mixed_precision == "no"
     assert accelerator.gradient_accumulation_steps == 1
     loop.reset_accelerate_state()
+
+
+def test_watching_the_loss_never_reads_a_value_back_to_the_host():
+    # Tensors on the meta device have no values: any .item(), bool() or float() on them raises.
+    watch = loop.NonFiniteWatch(torch.device("meta"))
+    for step in (1, 2, 3):
+        loss = torch.empty((), device="meta")
+        watch.observe(loss, {"loss": loss, "latent_loss": torch.empty((), device="meta")}, step)
+    assert watch.first_bad_step.device.type == "meta"
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        bool(watch.first_bad_step)  # what check() does, once, when the loss is logged
