@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def settings_help(model: type[Settings]) -> str:
     for doc in setting_docs(model):
         default = f"default {doc.default}" if doc.default else "required"
         lines.append(f"  {doc.name}: {doc.allowed.replace('`', '')}; {default}")
-        lines.append(f"      {doc.help.replace('`', '')}")
+        lines += textwrap.wrap(doc.help.replace("`", ""), width=100, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6)
     return "\n".join(lines)
 
 
