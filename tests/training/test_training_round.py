@@ -4,10 +4,11 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotation.models import Round
-from evaluation.models import EvaluationRound, GenerationJob
+from catalog.models import GenerationJob, ModelVersion
+from catalog.services import model_register
+from evaluation.models import EvaluationRound
 from tests.factories import ImageFactory, PromptFactory, PromptSetFactory
-from training.models import ModelVersion, TrainingRun
-from training.services import model_register
+from training.models import TrainingRun
 
 pytestmark = pytest.mark.django_db
 
