@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 
 from annotation.models import Item, Round
 from catalog.generation import generation_jobs_fill_from_existing, prompt_seed
-from catalog.models import GenerationJob
+from catalog.models import GenerationBatch, GenerationJob, Image
 from evaluation.models import EvaluationRound
 from evaluation.services import EvaluationError, evaluation_annotation_create, evaluation_create, evaluation_start
 from tests.evaluation.builders import prompt_set_with_images
@@ -136,3 +136,14 @@ def test_without_from_existing_jobs_wait_for_generation():
     assert evaluation.status == EvaluationRound.Status.GENERATING
     assert evaluation.jobs.filter(status="queued").count() == 4
     assert not evaluation.annotation_rounds.exists()
+
+
+def test_deleting_an_evaluation_deletes_its_generation_jobs_but_keeps_the_images():
+    prompt_set, versions, _ = prompt_set_with_images(models=["base", "pixel"], n_prompts=2)
+    kept = evaluation_create(model_versions=versions, prompt_set=prompt_set, name="kept")
+    gone = evaluation_start(model_versions=versions, prompt_set=prompt_set, name="gone", from_existing=True).evaluation
+    images = Image.objects.count()
+    gone.delete()
+    assert set(GenerationJob.objects.values_list("batch", flat=True)) == {kept.generation_batch_id}
+    assert not GenerationBatch.objects.filter(evaluation=None).exists()
+    assert Image.objects.count() == images
