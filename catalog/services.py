@@ -1,4 +1,7 @@
-"""Write-side operations of the catalog: prompt import, model registration, image storage."""
+"""Write-side operations of the catalog: image storage, model registration, prompt import.
+
+Generation (batches, dispatch to the gpu queue, the worker side) is in ``catalog.generation``.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +19,11 @@ from catalog.prompt_import import PromptRecord, parse_prompt_file
 from training.engine.pipeline_index import PipelineIndexError, read_pipeline_index
 
 
+# --- images -----------------------------------------------------------------------------
+
+
 class GenerationError(ValueError):
     """A generated image that does not belong to its job; the message is one line."""
-
-
-# --- images -----------------------------------------------------------------------------
 
 
 def image_create(*, prompt: Prompt, model_version, seed: int, sampler: dict, data: bytes) -> Image:
@@ -40,7 +43,6 @@ def generation_job_complete(*, job: GenerationJob, image: Image) -> GenerationJo
     job.image, job.status, job.error, job.finished_at = image, GenerationJob.Status.DONE, "", timezone.now()
     job.save(update_fields=["image", "status", "error", "finished_at"])
     return job
-
 
 
 # --- model versions ---------------------------------------------------------------------
