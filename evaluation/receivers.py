@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from catalog.models import PromptSet
+from catalog.models import GenerationBatch, PromptSet
 from evaluation import tasks
 from evaluation.models import EvaluationRound
 from evaluation.services import evaluation_start
@@ -37,4 +37,4 @@ def annotation_rounds_when_generated(sender, *, batch, **kwargs) -> None:
 
 def generation_batch_delete(sender, *, instance, **kwargs) -> None:
     """Deleting an evaluation deletes its generation jobs (the images stay)."""
-    instance.generation_batch.delete()
+    GenerationBatch.objects.filter(pk=instance.generation_batch_id).delete()
