@@ -2,11 +2,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from annotation.management.commands._rounds import round_get
-from annotation.models import PromptSet
+from annotation.selectors import round_by_id_or_name
 from annotation.services import AnnotationError
+from catalog.models import ModelVersion, PromptSet
 from training.engine.config import ConfigError, read_settings
-from training.models import ModelVersion
 from training.rounds import TrainingRoundError, training_round_launch
 from training.services import RUN_DECIDED
 
@@ -31,7 +30,9 @@ class Command(BaseCommand):
         parser.add_argument("--user", help="Username recorded as the creator.")
 
     def handle(self, *args, **opts):
-        round_ = round_get(opts["round"])
+        round_ = round_by_id_or_name(opts["round"])
+        if round_ is None:
+            raise CommandError(f"no round with id or name {opts['round']!r}")
         base = ModelVersion.objects.filter(name=opts["base_model"]).first()
         if base is None:
             raise CommandError(f"--base-model: no model version named {opts['base_model']!r}")
