@@ -132,3 +132,4 @@ def test_bad_noise_is_refused(toy_gallery):
     call_command("create_round", "--kind", "alignment", "--name", "al", "--models", "toy-sharp", "--k", "1")
     with pytest.raises(CommandError, match="--noise"):
         call_command("simulate_annotators", "al", "--policy", "noisy_oracle", "--noise", "1.5")
+
