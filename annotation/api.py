@@ -20,9 +20,10 @@ from rest_framework.views import set_rollback
 
 from annotation import selectors
 from annotation.errors import AnnotationError, AnnotationNotFound, InvalidInput, InvalidRoundSpec, RateLimited
-from annotation.models import Aggregate, Image, Item, Judgment, Round
+from annotation.models import Aggregate, Item, Judgment, Round
 from annotation.permissions import IsAnnotator, IsResearcher
 from annotation.services import aggregation, assignment, rounds, submission
+from catalog.models import Image
 from annotation.serializers import (
     AggregateSerializer,
     ErrorSerializer,

@@ -6,16 +6,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db.models import Avg, Count, Exists, OuterRef, Sum
-from django.urls import reverse
 from django.utils import timezone
 
 from annotation.kinds import item_kind
-from annotation.models import Aggregate, Image, Item, ItemImage, Judgment, Lease, Round
+from annotation.models import Aggregate, Item, ItemImage, Judgment, Lease, Round
 from annotation.roles import is_researcher
+from catalog.models import Image
+from catalog.selectors import image_url
 
 
-def image_url(public_id: str) -> str:
-    return reverse("annotation-image", kwargs={"public_id": public_id})
+def round_by_id_or_name(value: str) -> Round | None:
+    """A round by id (all digits) or else by name; None when there is none."""
+    round_ = Round.objects.filter(pk=int(value)).first() if value.isdigit() else None
+    return round_ or Round.objects.filter(name=value).first()
 
 
 def task_payload(task) -> dict:

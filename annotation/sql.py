@@ -26,10 +26,16 @@ from typing import Any, ClassVar
 from django.db import connection
 from django.utils import timezone
 
-from annotation.models import AnnotatorProfile, Image, Item, ItemImage, Judgment, Lease, Round
 from annotation.models import Aggregate as AggregateModel
+from annotation.models import AnnotatorProfile, Item, ItemImage, Judgment, Lease, Round
+from catalog.models import Image
 
-# --- parameters and values ------------------------------------------------------------
+# --- tables, parameters and values ---------------------------------------------------
+
+PROFILES, ROUNDS, ITEMS, ITEM_IMAGES, IMAGES, LEASES, JUDGMENTS, AGGREGATES = (
+    model._meta.db_table for model in (AnnotatorProfile, Round, Item, ItemImage, Image, Lease, Judgment, AggregateModel)
+)
+
 
 
 def _lock(*, skip_locked: bool = False, of: str = "") -> str:
@@ -286,7 +292,7 @@ def _fetch_all(cursor, record: type[Record], alias: str) -> list:
 @cache
 def _profile_lock_statement(locking: str) -> str:
     return (
-        f"SELECT {_select((ProfileRow, 'p'))} FROM annotation_annotatorprofile p WHERE p.user_id = %s" + locking
+        f"SELECT {_select((ProfileRow, 'p'))} FROM {PROFILES} p WHERE p.user_id = %s" + locking
     )
 
 
@@ -300,7 +306,7 @@ def profile_lock(*, annotator_id: int) -> ProfileRow | None:
 def profile_tokens_set(*, profile_id: int, tokens: float, at: datetime) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE annotation_annotatorprofile SET submit_tokens = %s, submit_tokens_at = %s WHERE id = %s",
+            f"UPDATE {PROFILES} SET submit_tokens = %s, submit_tokens_at = %s WHERE id = %s",
             [tokens, _datetime_param(at), profile_id],
         )
 
@@ -312,8 +318,8 @@ def item_images(*, item_id: int) -> list[ImageRef]:
     """An item's images in canonical order."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {_select((ImageRef, 'im'))} FROM annotation_itemimage ii"
-            ' JOIN annotation_image im ON im.id = ii.image_id WHERE ii.item_id = %s ORDER BY ii."order"',
+            f"SELECT {_select((ImageRef, 'im'))} FROM {ITEM_IMAGES} ii"
+            f' JOIN {IMAGES} im ON im.id = ii.image_id WHERE ii.item_id = %s ORDER BY ii."order"',
             [item_id],
         )
         return _fetch_all(cursor, ImageRef, "im")
@@ -324,7 +330,7 @@ def item_slot_take(*, item_id: int, k: int | None) -> bool:
     guard = "" if k is None else " AND slots_taken < %s"
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE annotation_item SET slots_taken = slots_taken + 1 WHERE id = %s" + guard,
+            f"UPDATE {ITEMS} SET slots_taken = slots_taken + 1 WHERE id = %s" + guard,
             [item_id] + ([] if k is None else [k]),
         )
         return bool(cursor.rowcount)
@@ -334,11 +340,11 @@ def lease_release(*, lease_id, item_id: int) -> None:
     """Give a held lease's slot back (the caller holds the annotator's profile lock)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE annotation_lease SET state = %s WHERE id = %s AND state = %s",
+            f"UPDATE {LEASES} SET state = %s WHERE id = %s AND state = %s",
             [Lease.State.EXPIRED, _uuid_param(lease_id), Lease.State.HELD],
         )
         if cursor.rowcount:
-            cursor.execute("UPDATE annotation_item SET slots_taken = slots_taken - 1 WHERE id = %s", [item_id])
+            cursor.execute(f"UPDATE {ITEMS} SET slots_taken = slots_taken - 1 WHERE id = %s", [item_id])
 
 
 def item_pick(*, round_id: int, annotator_id: int, gold: bool, k: int, skip_items: Iterable[int]) -> ItemRow | None:
@@ -362,9 +368,9 @@ def item_pick(*, round_id: int, annotator_id: int, gold: bool, k: int, skip_item
         order, guard = "i.slots_taken DESC, i.id", " AND slots_taken < %s"
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE annotation_item SET slots_taken = slots_taken + 1 WHERE id = ("
-            " SELECT i.id FROM annotation_item i WHERE i.round_id = %s AND i.is_gold = %s"
-            " AND NOT EXISTS (SELECT 1 FROM annotation_lease l WHERE l.item_id = i.id AND l.annotator_id = %s"
+            f"UPDATE {ITEMS} SET slots_taken = slots_taken + 1 WHERE id = ("
+            f" SELECT i.id FROM {ITEMS} i WHERE i.round_id = %s AND i.is_gold = %s"
+            f" AND NOT EXISTS (SELECT 1 FROM {LEASES} l WHERE l.item_id = i.id AND l.annotator_id = %s"
             " AND l.state IN (%s, %s))" + where + f" ORDER BY {order} LIMIT 1" + _lock(skip_locked=True) + ")"
             + guard + f" RETURNING {_returning(ItemRow, 'i')}",
             params + ([k] if guard else []),
@@ -377,7 +383,7 @@ def leases_held(*, round_id: int, annotator_id: int, now: datetime) -> list[tupl
     parts = ((LeaseRow, "l"), (ItemRow, "i"))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {_select(*parts)} FROM annotation_lease l JOIN annotation_item i ON i.id = l.item_id"
+            f"SELECT {_select(*parts)} FROM {LEASES} l JOIN {ITEMS} i ON i.id = l.item_id"
             " WHERE l.round_id = %s AND l.annotator_id = %s AND l.state = %s AND l.expires_at > %s"
             " ORDER BY l.leased_at, l.id",
             [round_id, annotator_id, Lease.State.HELD, _datetime_param(now)],
@@ -395,7 +401,7 @@ def lease_upsert(*, lease: LeaseRow) -> LeaseRow:
     }
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO annotation_lease ({', '.join(LEASE_INSERT_COLUMNS)})"
+            f"INSERT INTO {LEASES} ({', '.join(LEASE_INSERT_COLUMNS)})"
             f" VALUES ({', '.join(['%s'] * len(LEASE_INSERT_COLUMNS))}) ON CONFLICT (item_id, annotator_id)"
             " DO UPDATE SET state = excluded.state, leased_at = excluded.leased_at, expires_at = excluded.expires_at"
             f" RETURNING {_returning(LeaseRow, 'l')}",
@@ -406,7 +412,7 @@ def lease_upsert(*, lease: LeaseRow) -> LeaseRow:
 
 def lease_state_set(*, lease_id, state: str) -> None:
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE annotation_lease SET state = %s WHERE id = %s", [state, _uuid_param(lease_id)])
+        cursor.execute(f"UPDATE {LEASES} SET state = %s WHERE id = %s", [state, _uuid_param(lease_id)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,9 +429,9 @@ class SubmitRows:
 def _lease_for_submit_statement(locking: str) -> str:
     parts = ((ProfileRow, "p"), (LeaseRow, "l"), (ItemRow, "i"), (RoundRow, "r"))
     return (
-        f"SELECT {_select(*parts)} FROM annotation_annotatorprofile p"
-        " JOIN annotation_lease l ON l.annotator_id = p.user_id"
-        " JOIN annotation_item i ON i.id = l.item_id JOIN annotation_round r ON r.id = l.round_id"
+        f"SELECT {_select(*parts)} FROM {PROFILES} p"
+        f" JOIN {LEASES} l ON l.annotator_id = p.user_id"
+        f" JOIN {ITEMS} i ON i.id = l.item_id JOIN {ROUNDS} r ON r.id = l.round_id"
         " WHERE p.user_id = %s AND l.id = %s" + locking
     )
 
@@ -454,7 +460,7 @@ def judgment_insert(*, judgment: JudgmentRow) -> int:
     }
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO annotation_judgment ({', '.join(JUDGMENT_INSERT_COLUMNS)})"
+            f"INSERT INTO {JUDGMENTS} ({', '.join(JUDGMENT_INSERT_COLUMNS)})"
             f" VALUES ({', '.join(['%s'] * len(JUDGMENT_INSERT_COLUMNS))}) RETURNING id",
             [params[c] if c in params else getattr(judgment, c) for c in JUDGMENT_INSERT_COLUMNS],
         )
@@ -467,7 +473,7 @@ def judgment_by_client_uuid(*, client_uuid) -> JudgmentRow | None:
     except ValueError:
         return None
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_select((JudgmentRow, 'j'))} FROM annotation_judgment j WHERE j.client_uuid = %s",
+        cursor.execute(f"SELECT {_select((JudgmentRow, 'j'))} FROM {JUDGMENTS} j WHERE j.client_uuid = %s",
                        [param])
         return _fetch_one(cursor, (JudgmentRow, "j"))
 
@@ -475,7 +481,7 @@ def judgment_by_client_uuid(*, client_uuid) -> JudgmentRow | None:
 def aggregate_lock(*, item_id: int) -> bool:
     """Lock the item's aggregate row; False when it has none."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT item_id FROM annotation_aggregate WHERE item_id = %s" + _lock(), [item_id])
+        cursor.execute(f"SELECT item_id FROM {AGGREGATES} WHERE item_id = %s" + _lock(), [item_id])
         return cursor.fetchone() is not None
 
 
@@ -483,7 +489,7 @@ def item_votes(*, item_id: int) -> list[VoteRow]:
     """The item's judgments that are not undone."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {_select((VoteRow, 'j'))} FROM annotation_judgment j WHERE j.item_id = %s AND j.undone_at IS NULL",
+            f"SELECT {_select((VoteRow, 'j'))} FROM {JUDGMENTS} j WHERE j.item_id = %s AND j.undone_at IS NULL",
             [item_id],
         )
         return _fetch_all(cursor, VoteRow, "j")
@@ -496,7 +502,7 @@ def aggregate_write(*, aggregate: AggregateRow) -> None:
     }
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE annotation_aggregate SET " + ", ".join(f"{c} = %s" for c in AGGREGATE_UPDATE_COLUMNS)
+            f"UPDATE {AGGREGATES} SET " + ", ".join(f"{c} = %s" for c in AGGREGATE_UPDATE_COLUMNS)
             + " WHERE item_id = %s",
             [params[c] if c in params else getattr(aggregate, c) for c in AGGREGATE_UPDATE_COLUMNS]
             + [aggregate.item_id],

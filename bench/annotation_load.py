@@ -94,9 +94,9 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     from django.core.management import call_command
     from django.middleware.csrf import _get_new_csrf_string
 
+    from annotation.models import ANNOTATORS_GROUP
     from annotation.services import rounds
-    from annotation.models import ANNOTATORS_GROUP, Image, Prompt, PromptSet
-    from training.models import ModelVersion
+    from catalog.models import Image, ModelVersion, Prompt, PromptSet
 
     t0 = time.perf_counter()
     call_command("migrate", verbosity=0)

@@ -9,17 +9,20 @@ from django.db.models import Count, Q
 
 from annotation import majority
 from annotation.kinds.pairwise import Pairwise
-from annotation.models import Aggregate, AlignmentAnswer, AlignmentQuestion, Item, ItemImage, Judgment, Round
+from annotation.models import Aggregate, AlignmentAnswer, Item, ItemImage, Judgment, Round
 from annotation.selectors import annotators_excluded, gold_accuracy
-from evaluation.models import EvaluationRound, GenerationJob
+from catalog.models import AlignmentQuestion, GenerationJob
+from evaluation.models import EvaluationRound
 
 UNCATEGORIZED = "(no category)"
 
 
 def evaluation_rounds_list():
     return EvaluationRound.objects.select_related("prompt_set", "created_by").annotate(
-        n_jobs=Count("jobs", distinct=True),
-        n_jobs_done=Count("jobs", filter=Q(jobs__status=GenerationJob.Status.DONE), distinct=True),
+        n_jobs=Count("generation_batch__jobs", distinct=True),
+        n_jobs_done=Count(
+            "generation_batch__jobs", filter=Q(generation_batch__jobs__status=GenerationJob.Status.DONE), distinct=True
+        ),
     ).prefetch_related("entries__model_version")
 
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from annotation import majority, sql
 from annotation.errors import InvalidAnswer, InvalidRoundSpec
 from annotation.kinds.base import ImageRow, ItemContext, ItemKind, ItemSpec, KindAggregate, ParsedAnswer
-from annotation.models import Aggregate, AlignmentAnswer, AlignmentQuestion, Judgment, Round
+from annotation.models import Aggregate, AlignmentAnswer, Judgment, Round
+from catalog.models import AlignmentQuestion
 
 
 def prompts_with_questions(prompt_ids) -> set[int]:

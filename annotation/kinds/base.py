@@ -6,9 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from django.core.exceptions import ValidationError
+
 from annotation import sql
 from annotation.errors import InvalidRoundSpec
-from annotation.models import AlignmentQuestion, Prompt, Round
+from annotation.models import Round
+from catalog.models import AlignmentQuestion, Prompt
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,12 @@ class ItemKind:
     # --- round and item specs ---
 
     def round_check(self, *, criterion: str) -> None:
-        if self.takes_criterion and not criterion:
-            raise InvalidRoundSpec(f"a {self.value} round needs a criterion", field="criterion")
-        if not self.takes_criterion and criterion:
-            raise InvalidRoundSpec(f"a {self.value} round takes no criterion", field="criterion")
+        """Refuse a criterion the kind does not take, or a missing one (the rule is the model's)."""
+        try:
+            Round(kind=self.value, criterion=criterion).clean()
+        except ValidationError as exc:
+            field, messages = next(iter(exc.message_dict.items()))
+            raise InvalidRoundSpec(" ".join(messages), field=field) from exc
 
     def images_check(self, n_images: int) -> str | None:
         """Why an item of ``n_images`` images is refused, or None."""

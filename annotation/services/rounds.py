@@ -7,9 +7,10 @@ from django.db import connection, transaction
 
 from annotation.errors import InvalidRoundSpec
 from annotation.kinds import ItemContext, ItemSpec, item_kind
-from annotation.models import Aggregate, Image, Item, ItemImage, Round
+from annotation.models import Aggregate, Item, ItemImage, Round
 from annotation.services.aggregation import round_aggregate
 from annotation.services.answers import answer_parse
+from catalog.models import Image
 
 __all__ = ["ItemSpec", "item_gold_set", "round_create", "round_update"]
 

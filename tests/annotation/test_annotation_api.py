@@ -12,6 +12,7 @@ from rest_framework.authtoken.models import Token
 
 from annotation.models import Aggregate, Item, Judgment, Lease, Round
 from annotation.services import rounds
+from catalog.models import Image
 from tests.annotation.builders import alignment_round, annotators, best_worst_round, pairwise_round
 from tests.factories import ResearcherFactory
 
@@ -352,7 +353,8 @@ class TestResearcherAPI:
                     "name": f"copy-{n_items}", "kind": "pairwise", "criterion": "visual_flaws", "items": items,
                 }, content_type="application/json")
             assert created.status_code == 201, created.content
-            return sum('"annotation_image"."public_id" IN' in q["sql"] for q in queries.captured_queries)
+            lookup = f'"{Image._meta.db_table}"."public_id" IN'
+            return sum(lookup in q["sql"] for q in queries.captured_queries)
 
         assert image_lookups(1) == image_lookups(12) == 1
 

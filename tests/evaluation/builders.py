@@ -6,8 +6,15 @@ import uuid
 
 from annotation.services import assignment, submission
 from annotation.models import Round
-from evaluation.services import prompt_seed
-from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory, PromptSetFactory
+from catalog.generation import prompt_seed
+from tests.factories import (
+    AlignmentQuestionFactory,
+    AnnotatorFactory,
+    ImageFactory,
+    ModelVersionFactory,
+    PromptFactory,
+    PromptSetFactory,
+)
 
 
 def prompt_set_with_images(
@@ -96,7 +103,7 @@ def set_pairwise_outcomes(evaluation, criterion: str, labels: list[str], *, no_m
 
 def bulk_prompt_set(*, models: list[str], n_prompts: int, seed: int = 0, set_name: str = "bulk"):
     """Many prompts and image rows at once (no files): for reports at the paper's scale."""
-    from annotation.models import Image, Prompt
+    from catalog.models import Image, Prompt
 
     prompt_set = PromptSetFactory(name=set_name)
     versions = [ModelVersionFactory(name=name) for name in models]

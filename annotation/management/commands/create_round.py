@@ -7,9 +7,9 @@ from django.core.management.base import BaseCommand, CommandError
 from annotation.criteria import Criterion
 from annotation.errors import AnnotationError
 from annotation.kinds import KINDS, item_kind
-from annotation.models import Image, Round
+from annotation.models import Round
 from annotation.services.rounds import round_create
-from training.models import ModelVersion
+from catalog.models import Image, ModelVersion
 
 
 class Command(BaseCommand):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.management.commands._rounds import round_get
 from annotation.models import Round
-from annotation.selectors import round_summary
-from annotation.simulation import Policy, round_simulate, synthetic_annotators
-from training.models import ModelVersion
+from annotation.selectors import round_by_id_or_name, round_summary
+from annotation.simulation import Policy, PolicyError, round_simulate, synthetic_annotators
+from catalog.models import ModelVersion
 
 
 class Command(BaseCommand):
@@ -18,27 +17,33 @@ class Command(BaseCommand):
         parser.add_argument("round", help="round id or name")
         parser.add_argument("--annotators", type=int, default=5)
         parser.add_argument("--policy", default="random", help="random | prefer_model:NAME | noisy_oracle")
-        parser.add_argument("--noise", type=float, default=0.2, help="noisy_oracle: chance of a slip")
+        parser.add_argument("--noise", type=float, default=0.2, help="chance of a slip per answer (noisy_oracle), between 0 and 1")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--max-judgments", type=int, default=None)
         parser.add_argument("--prefix", default="synthetic", help="account names: PREFIX-001, PREFIX-002, ...")
 
     def handle(self, *args, **opts):
-        round_ = round_get(opts["round"])
+        round_ = round_by_id_or_name(opts["round"])
+        if round_ is None:
+            raise CommandError(f"no round with id or name {opts['round']!r}")
         if round_.status != Round.Status.OPEN:
             raise CommandError(f"round {round_.pk} is {round_.status}, not open")
         if opts["annotators"] < 1:
             raise CommandError("--annotators must be at least 1")
         try:
             policy = Policy.parse(opts["policy"], noise=opts["noise"])
-        except ValueError as exc:
+            policy.check_round(round_)
+        except PolicyError as exc:
             raise CommandError(str(exc)) from exc
         if policy.kind == "prefer_model" and not ModelVersion.objects.filter(name=policy.model).exists():
             raise CommandError(f"--policy: no model version named {policy.model!r}")
         users = synthetic_annotators(count=opts["annotators"], prefix=opts["prefix"])
-        result = round_simulate(
-            round_=round_, annotators=users, policy=policy, seed=opts["seed"], max_judgments=opts["max_judgments"]
-        )
+        try:
+            result = round_simulate(
+                round_=round_, annotators=users, policy=policy, seed=opts["seed"], max_judgments=opts["max_judgments"]
+            )
+        except PolicyError as exc:
+            raise CommandError(str(exc)) from exc
         summary = round_summary(round_=round_)
         self.stdout.write(
             f"{result.judgments} synthetic judgments by {result.annotators} annotators; round {round_.pk}: "

@@ -1,4 +1,7 @@
-"""Prompt sets, prompts and images: the importer's one transaction, and storing a generated image."""
+"""Write-side operations of the catalog: image storage, model registration, prompt import.
+
+Generation (batches, dispatch to the gpu queue, the worker side) is in ``catalog.generation``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,77 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.utils import timezone
 
-from annotation.models import AlignmentQuestion, Image, Prompt, PromptSet
-from annotation.prompt_import import PromptRecord, parse_prompt_file
+from catalog.models import AlignmentQuestion, GenerationJob, Image, ModelVersion, Prompt, PromptSet
+from catalog.prompt_import import PromptRecord, parse_prompt_file
+from training.engine.pipeline_index import PipelineIndexError, read_pipeline_index
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+class GenerationError(ValueError):
+    """A generated image that does not belong to its job; the message is one line."""
+
+
+def image_create(*, prompt: Prompt, model_version, seed: int, sampler: dict, data: bytes) -> Image:
+    """Store a generated PNG under its opaque public id, with its size and sha256."""
+    return Image.objects.create(
+        prompt=prompt, model_version=model_version, seed=seed, sampler=sampler,
+        sha256=hashlib.sha256(data).hexdigest(), file=ContentFile(data, name="image.png"),
+    )
+
+
+def generation_job_complete(*, job: GenerationJob, image: Image) -> GenerationJob:
+    """Record a generated image on its job; a second call with the same image is harmless."""
+    if (image.model_version_id, image.prompt_id, image.seed) != (job.model_version_id, job.prompt_id, job.seed):
+        raise GenerationError(
+            f"image {image.public_id} is not (model {job.model_version_id}, prompt {job.prompt_id}, seed {job.seed})"
+        )
+    job.image, job.status, job.error, job.finished_at = image, GenerationJob.Status.DONE, "", timezone.now()
+    job.save(update_fields=["image", "status", "error", "finished_at"])
+    return job
+
+
+# --- model versions ---------------------------------------------------------------------
+
+
+class RegistrationError(ValueError):
+    """A model directory cannot be registered; the message is one line for the user."""
+
+
+@transaction.atomic
+def model_register(
+    *,
+    path: str | Path,
+    name: str,
+    parent: ModelVersion | None = None,
+    notes: str = "",
+) -> ModelVersion:
+    """Register a local diffusers pipeline directory as a ModelVersion.
+
+    Reads only JSON metadata (no torch). The family comes from the pipeline class and the
+    prediction type from the scheduler config.
+    """
+    try:
+        index = read_pipeline_index(path)
+    except PipelineIndexError as exc:
+        raise RegistrationError(str(exc)) from exc
+    if ModelVersion.objects.filter(name=name).exists():
+        raise RegistrationError(f"a model named '{name}' is already registered")
+    return ModelVersion.objects.create(
+        name=name,
+        family=index.family,
+        prediction_type=index.prediction_type,
+        pipeline_class=index.pipeline_class,
+        local_path=str(index.path.resolve()),
+        parent=parent,
+        notes=notes,
+    )
+
+
+# --- prompt import ----------------------------------------------------------------------
 
 PROMPT_PRESETS = {
     "partiprompts": {
@@ -26,7 +97,21 @@ PROMPT_PRESETS = {
         "set": "DSG-1k",
         "source": "DSG-1k (j-min/DSG, Apache-2.0)",
     },
+    "toy-train": {
+        "path": "data/prompts/toy/toy-train.jsonl",
+        "format": "jsonl",
+        "set": "toy-train",
+        "source": "toy world, training split (python -m toyworld.prompts)",
+    },
+    "toy-eval": {
+        "path": "data/prompts/toy/toy-eval.jsonl",
+        "format": "jsonl",
+        "set": "toy-eval",
+        "source": "toy world, evaluation split (python -m toyworld.prompts)",
+    },
 }
+# A preset that names several: `--preset toy` imports both toy splits.
+PROMPT_PRESET_GROUPS = {"toy": ("toy-train", "toy-eval")}
 
 
 @dataclass(frozen=True)
@@ -38,14 +123,6 @@ class PromptImportResult:
     unchanged: int
     questions_created: int
     questions_updated: int
-
-
-def image_create(*, prompt: Prompt, model_version, seed: int, sampler: dict, data: bytes) -> Image:
-    """Store a generated PNG under its opaque public id, with its size and sha256."""
-    return Image.objects.create(
-        prompt=prompt, model_version=model_version, seed=seed, sampler=sampler,
-        sha256=hashlib.sha256(data).hexdigest(), file=ContentFile(data, name="image.png"),
-    )
 
 
 def prompt_preset_path(preset: str) -> Path:
@@ -152,3 +229,4 @@ def _questions_write(records: list[PromptRecord], prompts: dict[str, Prompt]) ->
         batch_size=1000,
     )
     return len(to_create), len(to_update)
+
