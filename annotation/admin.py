@@ -15,8 +15,8 @@ class AnnotatorProfileAdmin(admin.ModelAdmin):
 
 @admin.action(description="Export preferences (winner/loser pairs) of the selected rounds")
 def export_preferences_action(modeladmin, request, queryset):
-    from annotation.exports import preferences_export
     from annotation.errors import AnnotationError
+    from annotation.exports import preferences_export
 
     for round_ in queryset:
         try:
@@ -57,6 +57,14 @@ class RoundAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         # Items carry a copy of K (the database checks against it), so K is set once.
         return self.readonly_fields + (("k", "kind") if obj is not None else ())
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        from annotation.services.rounds import round_update
+
+        # Through the service, as the API: a changed gold threshold or no-majority rule re-aggregates.
+        round_update(round_=Round.objects.get(pk=obj.pk), **{name: getattr(obj, name) for name in form.changed_data})
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(

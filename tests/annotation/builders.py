@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from annotation.models import Round
-from annotation.services import rounds
+import uuid
+
+from annotation.models import Item, Round
+from annotation.services import assignment, rounds, submission
 from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory
 
 
@@ -60,3 +62,23 @@ def answer_for(lease, choice: str = "first"):
         return {"best": layout[0], "worst": layout[-1]}
     questions = lease.item.questions()
     return {"answers": [{"question": q.pk, "answer": "yes"} for q in questions]}
+
+
+def gold_round_with_a_failing_annotator(**kwargs):
+    """A pairwise round (K=3) of a gold item and a regular one, both judged by three annotators.
+
+    The first annotator fails the gold item and votes for the regular item's second image; the
+    others pass it and vote for the first. Returns (round, regular item, annotators).
+    """
+    round_ = pairwise_round(n_items=2, k=3, gold_rate=1.0, **kwargs)
+    gold, regular = Item.objects.filter(round=round_).order_by("id")
+    ga, gb = [ii.image.public_id for ii in gold.item_images.order_by("order")]
+    rounds.item_gold_set(item=gold, is_gold=True, gold_answer={"outcome": "win", "winner": ga})
+    ra, rb = [ii.image.public_id for ii in regular.item_images.order_by("order")]
+    people = annotators(3)
+    for n, person in enumerate(people):
+        for winner in (gb if n == 0 else ga, rb if n == 0 else ra):  # gold rate 1.0: the gold item comes first
+            task = assignment.item_next_for_annotator(round_=round_, annotator=person)
+            submission.judgment_submit(annotator=person, lease_id=task.lease.id, client_uuid=uuid.uuid4(),
+                                       answer={"outcome": "win", "winner": winner}, elapsed_ms=1)
+    return round_, regular, people

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from annotation.models import Item, Round
+from annotation.models import Aggregate, Item, Round
 from annotation.simulation import Policy, round_simulate, synthetic_annotators
-from tests.annotation.builders import pairwise_round
+from tests.annotation.builders import gold_round_with_a_failing_annotator, pairwise_round
 from tests.factories import ResearcherFactory
 
 pytestmark = pytest.mark.django_db
@@ -45,3 +45,17 @@ def test_export_action(researcher_client, settings, tmp_path):
     datasets = list((tmp_path / "artifacts" / "preferences").glob(f"round-{round_.pk}-*"))
     assert len(datasets) == 1 and (datasets[0] / "manifest.jsonl").exists()
     assert Round.objects.count() == 1
+
+
+def test_changing_the_gold_threshold_in_the_admin_re_aggregates_the_round(researcher_client):
+    round_, regular, _people = gold_round_with_a_failing_annotator()
+    assert Aggregate.objects.get(item=regular).n_excluded == 0
+    response = researcher_client.post(f"/admin/annotation/round/{round_.pk}/change/", {
+        "name": round_.name, "criterion": round_.criterion, "lease_ttl_seconds": round_.lease_ttl_seconds,
+        "no_majority_rule": round_.no_majority_rule, "gold_rate": round_.gold_rate, "gold_min_accuracy": "0.5",
+        "status": round_.status,
+    })
+    assert response.status_code == 302, response.content
+    assert Round.objects.get(pk=round_.pk).gold_min_accuracy == 0.5
+    aggregate = Aggregate.objects.get(item=regular)
+    assert (aggregate.n_excluded, aggregate.n_used) == (1, 2)

@@ -11,9 +11,14 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from annotation.models import Aggregate, Item, Judgment, Lease, Round
-from annotation.services import rounds
 from catalog.models import Image
-from tests.annotation.builders import alignment_round, annotators, best_worst_round, pairwise_round
+from tests.annotation.builders import (
+    alignment_round,
+    annotators,
+    best_worst_round,
+    gold_round_with_a_failing_annotator,
+    pairwise_round,
+)
 from tests.factories import ResearcherFactory
 
 pytestmark = pytest.mark.django_db
@@ -311,17 +316,7 @@ class TestResearcherAPI:
         assert no_criterion.status_code == 400
 
     def test_patching_the_gold_threshold_re_aggregates_the_round(self):
-        round_ = pairwise_round(n_items=2, k=3, gold_rate=1.0)
-        gold, regular = Item.objects.filter(round=round_).order_by("id")
-        ga, gb = [ii.image.public_id for ii in gold.item_images.order_by("order")]
-        rounds.item_gold_set(item=gold, is_gold=True, gold_answer={"outcome": "win", "winner": ga})
-        ra, rb = [ii.image.public_id for ii in regular.item_images.order_by("order")]
-        for n, person in enumerate(annotators(3)):
-            session = Session(person)
-            gold_task = session.next(round_).json()["task"]
-            session.submit(gold_task, {"outcome": "win", "winner": gb if n == 0 else ga})
-            task = session.next(round_).json()["task"]
-            session.submit(task, {"outcome": "win", "winner": rb if n == 0 else ra})
+        round_, regular, _people = gold_round_with_a_failing_annotator()
         assert Aggregate.objects.get(item=regular).n_excluded == 0  # no threshold yet
         client = self.client()
         patched = client.patch(f"/api/research/rounds/{round_.pk}/", {"gold_min_accuracy": 0.5},

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from annotation import errors, selectors
 from annotation.models import Aggregate, AlignmentAnswer, AnnotatorProfile, Item, Judgment, Lease
 from annotation.services import aggregation, assignment, rounds, submission
-from tests.annotation.builders import alignment_round, annotators, answer_for, best_worst_round, pairwise_round
+from tests.annotation.builders import (
+    alignment_round,
+    annotators,
+    answer_for,
+    best_worst_round,
+    gold_round_with_a_failing_annotator,
+    pairwise_round,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -278,19 +285,7 @@ class TestAggregates:
         assert (aggregate.winner.public_id, aggregate.loser.public_id, aggregate.margin) == (ids[2], ids[4], 1.0)
 
     def test_annotators_below_the_gold_threshold_are_excluded(self):
-        round_ = pairwise_round(n_items=2, k=3, gold_min_accuracy=0.5, gold_rate=1.0)
-        gold, regular = Item.objects.filter(round=round_).order_by("id")
-        ga, gb = [ii.image.public_id for ii in gold.item_images.order_by("order")]
-        rounds.item_gold_set(item=gold, is_gold=True, gold_answer={"outcome": "win", "winner": ga})
-        ra, rb = [ii.image.public_id for ii in regular.item_images.order_by("order")]
-        people = annotators(3)
-        for n, person in enumerate(people):
-            gold_lease = lease_for(round_, person)  # gold rate 1.0: gold first
-            lease = lease_for(round_, person, exclude=[gold_lease.lease.id])
-            assert (gold_lease.lease.item_id, lease.lease.item_id) == (gold.pk, regular.pk)
-            # Annotator 0 fails the gold item and votes b; the others pass it and vote a.
-            submit(gold_lease, person, {"outcome": "win", "winner": gb if n == 0 else ga})
-            submit(lease, person, {"outcome": "win", "winner": rb if n == 0 else ra})
+        round_, regular, people = gold_round_with_a_failing_annotator(gold_min_accuracy=0.5)
         assert selectors.annotators_excluded(round_=round_) == {people[0].pk}
         aggregate = Aggregate.objects.get(item=regular)
         assert (aggregate.n_excluded, aggregate.n_used) == (1, 2)
