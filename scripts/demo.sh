@@ -1,9 +1,26 @@
 #!/usr/bin/env bash
-# Start a Celery worker for both queues and the development web server; Ctrl-C stops both.
+# Start a Celery worker for both queues, seed the toy-world demo through it, then the web server.
+# Ctrl-C stops both.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
+PORT=${PORT:-8000}
+mkdir -p var
 "$BIN/celery" -A config worker -Q default,gpu -P solo -n demo@%h --loglevel INFO > var/worker.log 2>&1 &
 WORKER=$!
 trap 'kill $WORKER 2>/dev/null; wait $WORKER 2>/dev/null' EXIT
-echo "worker started (log: var/worker.log); open http://127.0.0.1:${PORT:-8000}/ and log in with an account above"
-"$BIN/python" manage.py runserver "127.0.0.1:${PORT:-8000}"
+echo "worker started (log: var/worker.log)"
+"$BIN/python" manage.py seed_demo --wait
+cat <<NEXT
+
+The demo is ready at http://127.0.0.1:$PORT/ : log in as one of the annotatorN accounts above to
+annotate, or as the researcher for the admin (/admin/) and the evaluation reports (/evaluation/).
+
+Try next, in another terminal in this folder:
+  $BIN/python manage.py simulate_annotators --all-open --policy noisy_oracle
+  $BIN/python manage.py launch_training_round "Demo: best and worst" --base-model toy-sd \\
+      --config training/configs/toy_simpo_pixel.toml --name toy-sd-simpo-pixel --evaluate-on toy-eval --evaluate-limit 40
+  $BIN/python manage.py simulate_annotators --all-open --policy noisy_oracle   # once its evaluation's rounds open
+Then read the reports at http://127.0.0.1:$PORT/evaluation/ (or: manage.py evaluation_report ID).
+
+NEXT
+"$BIN/python" manage.py runserver "127.0.0.1:$PORT"
