@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from django.db.models import Count, Q
+from django.db.models import Count, Max, Q
 
 from annotation.models import Aggregate, Item, ItemImage, Judgment, Round
 from annotation.services import annotators_excluded, gold_accuracy
-from evaluation.models import EvaluationRound, GenerationJob
+from evaluation.models import EvaluationRound, GenerationJob, StoredReport
 
 UNCATEGORIZED = "(no category)"
 
@@ -19,6 +19,36 @@ def evaluation_rounds_list():
         n_jobs=Count("jobs", distinct=True),
         n_jobs_done=Count("jobs", filter=Q(jobs__status=GenerationJob.Status.DONE), distinct=True),
     ).prefetch_related("entries__model_version")
+
+
+@dataclass(frozen=True)
+class ReportSourceState:
+    """What an evaluation's report is computed from, in a few numbers: equal states, equal reports."""
+
+    key: str
+    judgment_count: int
+
+
+def report_source_state(*, evaluation: EvaluationRound, n_resamples: int) -> ReportSourceState:
+    """The evaluation's status, rounds, judgments (submitted and undone) and latest aggregate change.
+
+    Any submission, undo, or aggregate recompute (gold answers, exclusions) changes the key, and
+    so does the bootstrap setting the report is computed with.
+    """
+    rounds = sorted(evaluation.annotation_rounds.values_list("pk", flat=True))
+    judgments = Judgment.objects.filter(round_id__in=rounds).aggregate(
+        total=Count("id"), live=Count("id", filter=Q(undone_at__isnull=True))
+    )
+    latest = Aggregate.objects.filter(round_id__in=rounds).aggregate(latest=Max("updated_at"))["latest"]
+    key = "|".join([
+        evaluation.status, ",".join(map(str, rounds)), str(judgments["total"]), str(judgments["live"]),
+        latest.isoformat() if latest else "-", str(n_resamples),
+    ])
+    return ReportSourceState(key=key, judgment_count=judgments["live"])
+
+
+def stored_report(*, evaluation: EvaluationRound) -> StoredReport | None:
+    return StoredReport.objects.filter(evaluation=evaluation).first()
 
 
 @dataclass

@@ -94,17 +94,37 @@ def set_pairwise_outcomes(evaluation, criterion: str, labels: list[str], *, no_m
     )
 
 
-def bulk_prompt_set(*, models: list[str], n_prompts: int, seed: int = 0, set_name: str = "bulk"):
-    """Many prompts and image rows at once (no files): for reports at the paper's scale."""
-    from annotation.models import Image, Prompt
+def bulk_prompt_set(
+    *, models: list[str], n_prompts: int, seed: int = 0, set_name: str = "bulk", categories=("Animals", "People"),
+    with_questions: bool = False,
+):
+    """Many prompts and image rows at once (no files): for reports at the paper's scale.
+
+    ``categories`` is a sequence cycled over the prompts, or a function of the prompt index;
+    ``with_questions`` gives every prompt two alignment questions, the second depending on the first.
+    """
+    from annotation.models import AlignmentQuestion, Image, Prompt
 
     prompt_set = PromptSetFactory(name=set_name)
     versions = [ModelVersionFactory(name=name) for name in models]
+    category = categories if callable(categories) else (lambda n: categories[n % len(categories)])
     Prompt.objects.bulk_create([
-        Prompt(prompt_set=prompt_set, external_id=f"{set_name}-{n}", text=f"prompt {n}", category=("Animals", "People")[n % 2])
+        Prompt(prompt_set=prompt_set, external_id=f"{set_name}-{n}", text=f"prompt {n}", category=category(n))
         for n in range(n_prompts)
     ])
     prompts = list(Prompt.objects.filter(prompt_set=prompt_set).order_by("id"))
+    if with_questions:
+        AlignmentQuestion.objects.bulk_create([
+            AlignmentQuestion(prompt=p, order=order, text=text)
+            for p in prompts for order, text in ((1, "Is there a bird?"), (2, "Is the bird blue?"))
+        ])
+        by_prompt: dict[int, dict[int, int]] = {}
+        for pk, prompt_id, order in AlignmentQuestion.objects.filter(prompt__in=prompts).values_list("pk", "prompt_id", "order"):
+            by_prompt.setdefault(prompt_id, {})[order] = pk
+        AlignmentQuestion.parents.through.objects.bulk_create([
+            AlignmentQuestion.parents.through(from_alignmentquestion_id=q[2], to_alignmentquestion_id=q[1])
+            for q in by_prompt.values()
+        ])
     Image.objects.bulk_create([
         Image(prompt=p, model_version=v, seed=prompt_seed(seed=seed, external_id=p.external_id),
               file=f"images/x/{p.pk}-{v.pk}.png", sha256="0" * 64, width=16, height=16)
