@@ -131,3 +131,53 @@ def bulk_prompt_set(
         for p in prompts for v in versions
     ], batch_size=2000)
     return prompt_set, versions, prompts
+
+
+def bulk_judgments(round_: Round, votes_by_item, people) -> int:
+    """Judgment rows as submissions store them, in bulk; the aggregates are left to ``round_aggregate``.
+
+    ``votes_by_item`` maps an item id to its votes, the n-th from ``people[n]``: "A", "B", "tie" or
+    "reject" on pairwise items (A is the item's first image), a tuple of yes/no answers in question
+    order on alignment items. Returns the number of judgments stored.
+    """
+    from django.utils import timezone
+
+    from annotation.models import AlignmentAnswer, AlignmentQuestion, ItemImage, Judgment
+
+    images: dict[int, list[tuple[int, str]]] = {}
+    for item_id, image_id, public_id in ItemImage.objects.filter(item__round=round_).order_by("item_id", "order").values_list(
+        "item_id", "image_id", "image__public_id"
+    ):
+        images.setdefault(item_id, []).append((image_id, public_id))
+    questions: dict[int, list[int]] = {}
+    if round_.kind == Round.Kind.ALIGNMENT:
+        by_prompt: dict[int, list[int]] = {}
+        prompt_of = dict(round_.items.values_list("pk", "prompt_id"))
+        for prompt_id, question_id in AlignmentQuestion.objects.filter(prompt_id__in=set(prompt_of.values())).order_by(
+            "order"
+        ).values_list("prompt_id", "pk"):
+            by_prompt.setdefault(prompt_id, []).append(question_id)
+        questions = {item_id: by_prompt.get(prompt_id, []) for item_id, prompt_id in prompt_of.items()}
+    now = timezone.now()
+    judgments, answers = [], []
+    for item_id, votes in votes_by_item.items():
+        pair = images[item_id]
+        for person, vote in zip(people, votes):
+            judgment = Judgment(
+                client_uuid=uuid.uuid4(), round=round_, item_id=item_id, annotator=person,
+                layout=[public_id for _, public_id in pair], elapsed_ms=1000, created_at=now,
+                outcome=Judgment.Outcome.ALIGNMENT,
+            )
+            if round_.kind == Round.Kind.PAIRWISE:
+                (a, _), (b, _) = pair
+                judgment.outcome = {"A": "win", "B": "win", "tie": "tie", "reject": "cannot_compare"}[vote]
+                judgment.winner_id, judgment.loser_id = {"A": (a, b), "B": (b, a)}.get(vote, (None, None))
+            else:
+                answers.append((judgment, questions[item_id], vote))
+            judgments.append(judgment)
+    Judgment.objects.bulk_create(judgments, batch_size=2000)
+    AlignmentAnswer.objects.bulk_create([
+        AlignmentAnswer(judgment=judgment, question_id=q, answer=value)
+        for judgment, question_ids, values in answers for q, value in zip(question_ids, values)
+    ], batch_size=5000)
+    return len(judgments)

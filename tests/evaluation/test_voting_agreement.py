@@ -11,16 +11,14 @@ hand: a label needs more than K/2 votes. Items with fewer than K judgments must 
 from __future__ import annotations
 
 import itertools
-import uuid
 
 import pytest
-from django.utils import timezone
 
-from annotation.models import Aggregate, AlignmentAnswer, AlignmentQuestion, ItemImage, Judgment, Round
+from annotation.models import Aggregate, Round
 from annotation.services import round_aggregate
 from evaluation.reports import evaluation_report_build
 from evaluation.services import evaluation_start
-from tests.evaluation.builders import annotators, bulk_prompt_set
+from tests.evaluation.builders import annotators, bulk_judgments, bulk_prompt_set
 
 pytestmark = pytest.mark.django_db
 
@@ -52,42 +50,6 @@ def expected_answers(votes: tuple[str, ...], *, k: int) -> tuple[bool, bool]:
     return parent, child
 
 
-def store_judgments(round_: Round, votes_by_item: dict[int, tuple[str, ...]], people) -> None:
-    """Judgment rows as a submission stores them (the aggregates are recomputed afterwards)."""
-    images: dict[int, list] = {}
-    for item_id, image_id, public_id in ItemImage.objects.filter(item__round=round_).order_by("item_id", "order").values_list(
-        "item_id", "image_id", "image__public_id"
-    ):
-        images.setdefault(item_id, []).append((image_id, public_id))
-    questions: dict[int, list[int]] = {}
-    if round_.kind == Round.Kind.ALIGNMENT:
-        by_prompt: dict[int, list[int]] = {}
-        for prompt_id, question_id in AlignmentQuestion.objects.order_by("order").values_list("prompt_id", "pk"):
-            by_prompt.setdefault(prompt_id, []).append(question_id)
-        questions = {item.pk: by_prompt[item.prompt_id] for item in round_.items.all()}
-    now = timezone.now()
-    judgments, answers = [], []
-    for item_id, votes in votes_by_item.items():
-        for person, vote in zip(people, votes):
-            pair = images[item_id]
-            judgment = Judgment(
-                client_uuid=uuid.uuid4(), round=round_, item_id=item_id, annotator=person, layout=[p for _, p in pair],
-                elapsed_ms=1000, created_at=now, outcome=Judgment.Outcome.ALIGNMENT,
-            )
-            if round_.kind == Round.Kind.PAIRWISE:
-                (a, _), (b, _) = pair
-                judgment.outcome = {"A": "win", "B": "win", "tie": "tie", "reject": "cannot_compare"}[vote]
-                judgment.winner_id, judgment.loser_id = {"A": (a, b), "B": (b, a)}.get(vote, (None, None))
-            else:
-                answers.append((judgment, questions[item_id], ANSWERS[vote]))
-            judgments.append(judgment)
-    Judgment.objects.bulk_create(judgments, batch_size=2000)
-    AlignmentAnswer.objects.bulk_create([
-        AlignmentAnswer(judgment=judgment, question_id=q, answer=value)
-        for judgment, question_ids, values in answers for q, value in zip(question_ids, values)
-    ], batch_size=2000)
-
-
 @pytest.mark.parametrize("k", range(1, 8))
 def test_aggregation_and_report_agree_on_every_vote_multiset(k):
     cases = multisets(k)
@@ -107,7 +69,8 @@ def test_aggregation_and_report_agree_on_every_vote_multiset(k):
         items = round_.items.all()
         if name == "alignment":
             items = items.filter(item_images__image__model_version=versions[0])
-        store_judgments(round_, {item.pk: votes_by_prompt[item.prompt_id] for item in items}, people)
+        as_answers = (lambda votes: [ANSWERS[v] for v in votes]) if name == "alignment" else tuple
+        bulk_judgments(round_, {item.pk: as_answers(votes_by_prompt[item.prompt_id]) for item in items}, people)
         round_aggregate(round_=round_)
 
     # Aggregation: the stored result of every item is the rule's.
