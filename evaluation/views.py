@@ -21,7 +21,7 @@ from evaluation.models import EvaluationRound
 from evaluation.report_text import report_render
 from evaluation.reports import CRITERION_TITLES
 from evaluation.selectors import evaluation_rounds_list
-from evaluation.services import report_latest
+from evaluation.services import LatestReport, report_latest
 
 EXPORTS = {
     "txt": ("table", "text/plain; charset=utf-8"),
@@ -50,6 +50,11 @@ def evaluation_list(request):
     return render(request, "evaluation/list.html", {"evaluations": evaluation_rounds_list()})
 
 
+def _latest(pk: int) -> tuple[EvaluationRound, LatestReport]:
+    evaluation = get_object_or_404(EvaluationRound.objects.select_related("prompt_set"), pk=pk)
+    return evaluation, report_latest(evaluation=evaluation)
+
+
 def _not_yet() -> HttpResponse:
     response = HttpResponse(
         "The report is being computed; try again in a few seconds.\n", status=503, content_type="text/plain; charset=utf-8"
@@ -61,8 +66,7 @@ def _not_yet() -> HttpResponse:
 @require_safe
 @researcher_required
 def evaluation_detail(request, pk: int):
-    evaluation = get_object_or_404(EvaluationRound.objects.select_related("prompt_set"), pk=pk)
-    latest = report_latest(evaluation=evaluation)
+    evaluation, latest = _latest(pk)
     report = latest.data
     comparisons = []
     for row, comparison in zip(report["table"], report["comparisons"]) if report else ():
@@ -91,8 +95,7 @@ def evaluation_detail(request, pk: int):
 @researcher_required
 def evaluation_report_status(request, pk: int):
     """Whether the stored report is current, for the page to poll (and a recompute asked for if not)."""
-    evaluation = get_object_or_404(EvaluationRound.objects.select_related("prompt_set"), pk=pk)
-    latest = report_latest(evaluation=evaluation)
+    _, latest = _latest(pk)
     stored = latest.stored
     return JsonResponse({
         "fresh": latest.fresh,
@@ -107,8 +110,7 @@ def evaluation_report_status(request, pk: int):
 def evaluation_chart(request, pk: int, fmt: str):
     if fmt not in CHART_FORMATS:
         raise Http404("no such chart format")
-    evaluation = get_object_or_404(EvaluationRound.objects.select_related("prompt_set"), pk=pk)
-    latest = report_latest(evaluation=evaluation)
+    _, latest = _latest(pk)
     if latest.data is None:
         return _not_yet()
     response = HttpResponse(win_tie_loss_chart(latest.data["table"], fmt), content_type=CHART_FORMATS[fmt])
@@ -121,8 +123,7 @@ def evaluation_chart(request, pk: int, fmt: str):
 def evaluation_export(request, pk: int, ext: str):
     if ext not in EXPORTS:
         raise Http404("no such export format")
-    evaluation = get_object_or_404(EvaluationRound.objects.select_related("prompt_set"), pk=pk)
-    latest = report_latest(evaluation=evaluation)
+    evaluation, latest = _latest(pk)
     if latest.data is None:
         return _not_yet()
     fmt, content_type = EXPORTS[ext]
