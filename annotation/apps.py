@@ -4,7 +4,7 @@ from django.db.models.signals import post_migrate
 
 class AnnotationConfig(AppConfig):
     name = "annotation"
-    verbose_name = "Prompts, images and annotation"
+    verbose_name = "Annotation"
 
     def ready(self):
         from annotation.roles import roles_ensure

@@ -5,17 +5,20 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.db.models import Exists, OuterRef
-from django.urls import reverse
 from django.utils import timezone
 
-from annotation.models import AlignmentQuestion, Image, Item, ItemImage, Judgment, Lease, Round
+from annotation.models import Item, ItemImage, Judgment, Lease, Round
 from annotation.roles import is_researcher
+from catalog.models import AlignmentQuestion, Image
+from catalog.selectors import image_url
 
 PAIRWISE_CHOICES = ["left", "tie", "right"]
 
 
-def image_url(public_id: str) -> str:
-    return reverse("annotation-image", kwargs={"public_id": public_id})
+def round_by_id_or_name(value: str) -> Round | None:
+    """A round by id (all digits) or else by name; None when there is none."""
+    round_ = Round.objects.filter(pk=int(value)).first() if value.isdigit() else None
+    return round_ or Round.objects.filter(name=value).first()
 
 
 def task_for_lease(lease: Lease) -> dict:

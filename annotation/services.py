@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -10,174 +9,17 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import NamedTuple
 
-from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.core.files.base import ContentFile
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Avg, Count, F, Sum
 from django.utils import timezone
 
 from annotation import voting
 from annotation.conf import setting
-from annotation.models import (
-    Aggregate,
-    AlignmentAnswer,
-    AlignmentQuestion,
-    AnnotatorProfile,
-    Image,
-    Item,
-    ItemImage,
-    Judgment,
-    Lease,
-    Prompt,
-    PromptSet,
-    Round,
-)
-from annotation.prompt_import import PromptRecord, parse_prompt_file
-
-PROMPT_PRESETS = {
-    "partiprompts": {
-        "path": "data/prompts/partiprompts/PartiPrompts.tsv",
-        "format": "parti",
-        "set": "PartiPrompts",
-        "source": "PartiPrompts (google-research/parti, Apache-2.0)",
-    },
-    "dsg1k": {
-        "path": "data/prompts/dsg1k/dsg-1k-anns.csv",
-        "format": "dsg",
-        "set": "DSG-1k",
-        "source": "DSG-1k (j-min/DSG, Apache-2.0)",
-    },
-}
-
-
-@dataclass(frozen=True)
-class PromptImportResult:
-    prompt_set: PromptSet
-    warnings: list[str]
-    created: int
-    updated: int
-    unchanged: int
-    questions_created: int
-    questions_updated: int
-
-
-def image_create(*, prompt: Prompt, model_version, seed: int, sampler: dict, data: bytes) -> Image:
-    """Store a generated PNG under its opaque public id, with its size and sha256."""
-    return Image.objects.create(
-        prompt=prompt, model_version=model_version, seed=seed, sampler=sampler,
-        sha256=hashlib.sha256(data).hexdigest(), file=ContentFile(data, name="image.png"),
-    )
-
-
-def prompt_preset_path(preset: str) -> Path:
-    return Path(settings.BASE_DIR) / PROMPT_PRESETS[preset]["path"]
-
-
-def prompts_import(*, path: str | Path, set_name: str, fmt: str | None = None, source: str = "") -> PromptImportResult:
-    """Import a prompt file into the set ``set_name``: all of it, or nothing.
-
-    The whole file is parsed and validated before the first write, and the writes run in one
-    transaction. Prompts are keyed by their external id within the set, so importing the same
-    file again changes nothing.
-    """
-    parsed = parse_prompt_file(path, fmt)
-    return _prompts_write(
-        records=parsed.records, warnings=parsed.warnings, set_name=set_name, source=source or Path(path).name
-    )
-
-
-_PROMPT_FIELDS = ("text", "category", "challenge", "note", "source")
-_QUESTION_FIELDS = ("text", "category", "detail", "semantic_tuple")
-
-
-@transaction.atomic
-def _prompts_write(
-    *, records: list[PromptRecord], warnings: list[str], set_name: str, source: str
-) -> PromptImportResult:
-    prompt_set, _ = PromptSet.objects.get_or_create(name=set_name, defaults={"source": source})
-    existing = {p.external_id: p for p in Prompt.objects.filter(prompt_set=prompt_set)}
-    to_create, to_update = [], []
-    unchanged = 0
-    for record in records:
-        values = {
-            "text": record.text, "category": record.category, "challenge": record.challenge,
-            "note": record.note, "source": source,
-        }
-        prompt = existing.get(record.external_id)
-        if prompt is None:
-            to_create.append(Prompt(prompt_set=prompt_set, external_id=record.external_id, **values))
-        elif any(getattr(prompt, k) != v for k, v in values.items()):
-            for k, v in values.items():
-                setattr(prompt, k, v)
-            to_update.append(prompt)
-        else:
-            unchanged += 1
-    Prompt.objects.bulk_create(to_create, batch_size=1000)
-    Prompt.objects.bulk_update(to_update, _PROMPT_FIELDS, batch_size=1000)
-    prompts = {p.external_id: p for p in Prompt.objects.filter(prompt_set=prompt_set).only("id", "external_id")}
-
-    questions_created, questions_updated = _questions_write(records, prompts)
-    return PromptImportResult(
-        prompt_set=prompt_set,
-        warnings=warnings,
-        created=len(to_create),
-        updated=len(to_update),
-        unchanged=unchanged,
-        questions_created=questions_created,
-        questions_updated=questions_updated,
-    )
-
-
-def _questions_write(records: list[PromptRecord], prompts: dict[str, Prompt]) -> tuple[int, int]:
-    prompt_ids = [prompts[r.external_id].id for r in records if r.questions]
-    existing = {
-        (q.prompt_id, q.order): q for q in AlignmentQuestion.objects.filter(prompt_id__in=prompt_ids)
-    }
-    to_create, to_update = [], []
-    for record in records:
-        prompt_id = prompts[record.external_id].id
-        for q in record.questions:
-            values = {"text": q.text, "category": q.category, "detail": q.detail, "semantic_tuple": q.semantic_tuple}
-            question = existing.get((prompt_id, q.order))
-            if question is None:
-                to_create.append(AlignmentQuestion(prompt_id=prompt_id, order=q.order, **values))
-            elif any(getattr(question, k) != v for k, v in values.items()):
-                for k, v in values.items():
-                    setattr(question, k, v)
-                to_update.append(question)
-    AlignmentQuestion.objects.bulk_create(to_create, batch_size=1000)
-    AlignmentQuestion.objects.bulk_update(to_update, _QUESTION_FIELDS, batch_size=1000)
-
-    ids = {
-        (q.prompt_id, q.order): q.id
-        for q in AlignmentQuestion.objects.filter(prompt_id__in=prompt_ids).only("id", "prompt_id", "order")
-    }
-    wanted = {
-        (ids[(prompts[r.external_id].id, q.order)], ids[(prompts[r.external_id].id, parent)])
-        for r in records
-        for q in r.questions
-        for parent in q.parents
-    }
-    through = AlignmentQuestion.parents.through
-    current = set(
-        through.objects.filter(from_alignmentquestion_id__in=ids.values()).values_list(
-            "from_alignmentquestion_id", "to_alignmentquestion_id"
-        )
-    )
-    stale = current - wanted
-    if stale:
-        for child, parent in stale:
-            through.objects.filter(from_alignmentquestion_id=child, to_alignmentquestion_id=parent).delete()
-    through.objects.bulk_create(
-        [through(from_alignmentquestion_id=c, to_alignmentquestion_id=p) for c, p in wanted - current],
-        batch_size=1000,
-    )
-    return len(to_create), len(to_update)
-
+from annotation.models import Aggregate, AlignmentAnswer, AnnotatorProfile, Item, ItemImage, Judgment, Lease, Round
+from catalog.models import AlignmentQuestion, Image
 
 # --- Annotation rounds: creation, assignment, submission, undo, aggregation -------------
 
@@ -352,7 +194,7 @@ def _item_images(item: Item) -> list[ItemImageRef]:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT ii.image_id, im.public_id, im.width, im.height FROM annotation_itemimage ii"
-                " JOIN annotation_image im ON im.id = ii.image_id WHERE ii.item_id = %s ORDER BY ii.\"order\"",
+                " JOIN catalog_image im ON im.id = ii.image_id WHERE ii.item_id = %s ORDER BY ii.\"order\"",
                 [item.pk],
             )
             cached = [ItemImageRef(*row) for row in cursor.fetchall()]

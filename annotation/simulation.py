@@ -16,7 +16,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from annotation import services
-from annotation.models import ANNOTATORS_GROUP, AnnotatorProfile, Image, Lease, Round
+from annotation.models import ANNOTATORS_GROUP, AnnotatorProfile, Lease, Round
+from catalog.models import Image
 
 
 def _unit(*parts) -> float:

@@ -95,8 +95,8 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     from django.middleware.csrf import _get_new_csrf_string
 
     from annotation import services
-    from annotation.models import ANNOTATORS_GROUP, Image, Prompt, PromptSet
-    from training.models import ModelVersion
+    from annotation.models import ANNOTATORS_GROUP
+    from catalog.models import Image, ModelVersion, Prompt, PromptSet
 
     t0 = time.perf_counter()
     call_command("migrate", verbosity=0)

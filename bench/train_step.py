@@ -252,12 +252,13 @@ class Bench:
             adapter.denoiser, loop._make_optimizer(config, self.params)
         )
         self.counter = 0
+        self.watch = loop.NonFiniteWatch(self.accelerator.device)
 
     def step_fn(self, setup: Setup):
         """One optimizer step exactly as ``training.engine.loop.train`` takes it.
 
         ``loop.compute_loss`` (text encoding, shared noise and timestep, the adapter's ε̂, the
-        pixel crop, the chosen decoder, ``losses.combined_loss``), the finiteness check,
+        pixel crop, the chosen decoder, ``losses.combined_loss``), the finiteness watch,
         ``accelerator.backward``, gradient clipping and the AdamW step.
         """
         import torch
@@ -278,7 +279,7 @@ class Bench:
             self.counter += 1
             generator = torch.Generator().manual_seed(loop.derive_seed(0, self.counter, 0))
             loss, metrics = loop.compute_loss(ctx, self.denoiser, batch, generator)
-            loop._stop_if_not_finite(accelerator, loss, metrics, self.counter, None)
+            self.watch.observe(loss, metrics, self.counter)
             accelerator.backward(loss)
 
         def step():
@@ -372,6 +373,7 @@ def measure_times(setups: list[Setup], bench: Bench, args) -> dict[str, dict]:
                 wall.setdefault((name, part), []).append(time.perf_counter() - start_wall)
                 cpu.setdefault((name, part), []).append(time.process_time() - start_cpu)
         print(f"  round {round_index + 1}/{args.warmup + args.steps} done", file=sys.stderr, flush=True)
+    bench.watch.check(bench.accelerator, None)  # as the loop does when it logs
     times: dict[str, dict] = {}
     for (name, part), values in wall.items():
         times.setdefault(name, {})[f"{part}_s"] = statistics.median(values)

@@ -19,3 +19,14 @@ app.autodiscover_tasks()
 # the broker if its worker dies (OOM, preemption). The task's status field makes a redelivery
 # harmless.
 GPU_TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True}
+
+
+def enqueue_on_commit(task_name: str, *args) -> None:
+    """Send the task registered as ``task_name`` once the current transaction commits.
+
+    By name, so that a service need not import the tasks module that imports it back. Each app
+    imports its tasks module in ``AppConfig.ready``, so the name is registered by then.
+    """
+    from django.db import transaction
+
+    transaction.on_commit(lambda: app.tasks[task_name].delay(*args))

@@ -9,6 +9,7 @@ turns DEBUG off and refuses to start without ``SECRET_KEY`` and ``ALLOWED_HOSTS`
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -82,6 +83,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "catalog",
     "annotation",
     "training",
     "evaluation",
@@ -159,6 +161,10 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 # Where training runs, preference exports and generated checkpoints live. On a cluster this
 # is shared storage that web, CPU workers and GPU workers all mount at the same path.
 ARTIFACTS_ROOT = Path(os.environ.get("ARTIFACTS_ROOT", VAR_DIR / "artifacts"))
+# Changes to the sampler of generated images (evaluations and preference pools): a JSON object
+# of SampleConfig settings, e.g. {"steps": 30}; the rest keep SampleConfig's defaults (see
+# docs/training.md, "Sampling"). Checked when a gpu worker samples.
+EVALUATION_SAMPLER = json.loads(os.environ.get("EVALUATION_SAMPLER") or "{}")
 
 # The model backend, loading the user with their role memberships (one query per request).
 AUTHENTICATION_BACKENDS = ["annotation.roles.RolesBackend"]

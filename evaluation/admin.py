@@ -7,16 +7,11 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from annotation.models import PromptSet
-from evaluation.management.commands.create_evaluation import describe_missing, describe_start
-from evaluation.models import EvaluationModel, EvaluationRound, GenerationJob
-from evaluation.services import (
-    EvaluationError,
-    evaluation_annotation_create,
-    evaluation_start,
-    generation_jobs_fill_from_existing,
-)
-from training.models import ModelVersion
+from catalog.generation import generation_jobs_fill_from_existing
+from catalog.models import GenerationJob, ModelVersion, PromptSet
+from evaluation.models import EvaluationModel, EvaluationRound
+from evaluation.services import EvaluationError, evaluation_annotation_create, evaluation_start
+from evaluation.summaries import describe_missing, describe_start
 
 
 class EvaluationCreateForm(forms.Form):
@@ -60,7 +55,7 @@ class EvaluationModelInline(admin.TabularInline):
 def fill_and_create_rounds_action(modeladmin, request, queryset):
     for evaluation in queryset:
         try:
-            filled = generation_jobs_fill_from_existing(evaluation=evaluation)
+            filled = generation_jobs_fill_from_existing(batch=evaluation.generation_batch)
             build = evaluation_annotation_create(evaluation=evaluation, created_by=request.user)
         except EvaluationError as exc:
             modeladmin.message_user(request, f"{evaluation}: {exc}", level=messages.ERROR)
@@ -89,8 +84,11 @@ class EvaluationRoundAdmin(admin.ModelAdmin):
         return super().get_queryset(request).select_related("prompt_set").prefetch_related(
             "entries__model_version"
         ).annotate(
-            _jobs=Count("jobs", distinct=True),
-            _done=Count("jobs", filter=Q(jobs__status=GenerationJob.Status.DONE), distinct=True),
+            _jobs=Count("generation_batch__jobs", distinct=True),
+            _done=Count(
+                "generation_batch__jobs", filter=Q(generation_batch__jobs__status=GenerationJob.Status.DONE),
+                distinct=True,
+            ),
         )
 
     @admin.display(description="models (A first)")
@@ -134,12 +132,3 @@ class EvaluationRoundAdmin(admin.ModelAdmin):
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/form_page.html", context)
-
-
-@admin.register(GenerationJob)
-class GenerationJobAdmin(admin.ModelAdmin):
-    list_display = ("id", "evaluation_round", "model_version", "prompt", "seed", "status", "image", "finished_at")
-    list_filter = ("status", "evaluation_round")
-    search_fields = ("prompt__text", "model_version__name", "image__public_id")
-    raw_id_fields = ("evaluation_round", "model_version", "prompt", "image")
-    list_select_related = ("evaluation_round", "model_version", "prompt", "image")

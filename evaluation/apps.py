@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_delete
 
 
 class EvaluationConfig(AppConfig):
@@ -6,7 +7,15 @@ class EvaluationConfig(AppConfig):
     verbose_name = "Evaluation"
 
     def ready(self):
-        from evaluation.receivers import evaluate_new_checkpoint
+        from catalog.signals import generation_batch_done
+        from evaluation import receivers, tasks  # noqa: F401  (registers the task names services enqueue)
         from training.signals import training_run_succeeded
 
-        training_run_succeeded.connect(evaluate_new_checkpoint, dispatch_uid="evaluation.evaluate_new_checkpoint")
+        training_run_succeeded.connect(receivers.evaluate_new_checkpoint, dispatch_uid="evaluation.evaluate_new_checkpoint")
+        generation_batch_done.connect(
+            receivers.annotation_rounds_when_generated, dispatch_uid="evaluation.annotation_rounds_when_generated"
+        )
+        post_delete.connect(
+            receivers.generation_batch_delete, sender=self.get_model("EvaluationRound"),
+            dispatch_uid="evaluation.generation_batch_delete",
+        )

@@ -1,4 +1,4 @@
-"""Evaluation rounds: which models are compared on which prompts, and the images they need."""
+"""Evaluation rounds: which models are compared on which prompts; their images come from a catalog batch."""
 
 from __future__ import annotations
 
@@ -20,13 +20,17 @@ class EvaluationRound(models.Model):
         CLOSED = "closed"
 
     name = models.CharField(max_length=200, unique=True)
-    prompt_set = models.ForeignKey("annotation.PromptSet", on_delete=models.PROTECT, related_name="evaluations")
+    prompt_set = models.ForeignKey("catalog.PromptSet", on_delete=models.PROTECT, related_name="evaluations")
     limit = models.PositiveIntegerField(
         null=True, blank=True, help_text="Prompts drawn from the set (a seeded sample); empty for all of them."
     )
     seed = models.BigIntegerField(default=0, help_text="Derives each prompt's image seed and the prompt sample.")
     k = models.PositiveSmallIntegerField(default=5, help_text="Judgments per item in the annotation rounds.")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.GENERATING, db_index=True)
+    generation_batch = models.OneToOneField(
+        "catalog.GenerationBatch", on_delete=models.PROTECT, related_name="evaluation",
+        help_text="The generation jobs of this evaluation: one per prompt per model.",
+    )
     annotation_rounds = models.ManyToManyField("annotation.Round", blank=True, related_name="evaluations")
     missing_prompts = models.JSONField(
         default=list, blank=True,
@@ -42,6 +46,11 @@ class EvaluationRound(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def jobs(self):
+        """This evaluation's generation jobs: one per prompt per model."""
+        return self.generation_batch.jobs
+
     def ordered_models(self) -> list:
         return [entry.model_version for entry in self.entries.select_related("model_version").order_by("position")]
 
@@ -50,7 +59,7 @@ class EvaluationModel(models.Model):
     """One model under test, at its position in the evaluation's model order (0 = Model A)."""
 
     evaluation_round = models.ForeignKey(EvaluationRound, on_delete=models.CASCADE, related_name="entries")
-    model_version = models.ForeignKey("training.ModelVersion", on_delete=models.PROTECT, related_name="evaluation_entries")
+    model_version = models.ForeignKey("catalog.ModelVersion", on_delete=models.PROTECT, related_name="evaluation_entries")
     position = models.PositiveSmallIntegerField()
 
     class Meta:
@@ -62,55 +71,6 @@ class EvaluationModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.evaluation_round} #{self.position}: {self.model_version}"
-
-
-class GenerationJob(models.Model):
-    """One image to generate: a model, a prompt and a seed (the same seed for every model).
-
-    Jobs of an evaluation round make its comparison images; jobs without one make a pool of
-    images to collect preferences on (e.g. five seeds per prompt for best/worst rounds).
-    """
-
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
-
-    evaluation_round = models.ForeignKey(
-        EvaluationRound, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
-    )
-    model_version = models.ForeignKey("training.ModelVersion", on_delete=models.PROTECT, related_name="generation_jobs")
-    prompt = models.ForeignKey("annotation.Prompt", on_delete=models.PROTECT, related_name="generation_jobs")
-    seed = models.BigIntegerField()
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
-    image = models.ForeignKey(
-        "annotation.Image", null=True, blank=True, on_delete=models.PROTECT, related_name="generation_jobs"
-    )
-    error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["evaluation_round", "prompt", "model_version"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["evaluation_round", "model_version", "prompt"], name="unique_generation_job"
-            ),
-            models.UniqueConstraint(
-                fields=["model_version", "prompt", "seed"], condition=models.Q(evaluation_round__isnull=True),
-                name="unique_pool_generation_job",
-            ),
-            models.CheckConstraint(
-                condition=(models.Q(status="done") & models.Q(image__isnull=False))
-                | (~models.Q(status="done") & models.Q(image__isnull=True)),
-                name="generation_job_image_iff_done",
-            ),
-        ]
-        indexes = [models.Index(fields=["evaluation_round", "status"], name="generation_job_status_idx")]
-
-    def __str__(self) -> str:
-        return f"job {self.pk}: {self.model_version} / prompt {self.prompt_id} / seed {self.seed} ({self.status})"
 
 
 class StoredReport(models.Model):

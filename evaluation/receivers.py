@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from annotation.models import PromptSet
+from catalog.models import GenerationBatch, PromptSet
+from evaluation import tasks
+from evaluation.models import EvaluationRound
 from evaluation.services import evaluation_start
 
 logger = logging.getLogger(__name__)
@@ -24,3 +26,15 @@ def evaluate_new_checkpoint(sender, *, run, model, **kwargs) -> None:
         seed=spec.get("seed") or 0, name=f"{run.name} vs {run.base_model.name}", created_by=run.created_by,
     )
     logger.info("run %s: evaluation %s created with %s generation jobs", run.pk, result.evaluation.pk, result.jobs)
+
+
+def annotation_rounds_when_generated(sender, *, batch, **kwargs) -> None:
+    """An evaluation's last image is done: create its annotation rounds on the default queue."""
+    evaluation = EvaluationRound.objects.filter(generation_batch=batch).first()
+    if evaluation is not None:
+        tasks.evaluation_rounds_create.delay(evaluation.pk)
+
+
+def generation_batch_delete(sender, *, instance, **kwargs) -> None:
+    """Deleting an evaluation deletes its generation jobs (the images stay)."""
+    GenerationBatch.objects.filter(pk=instance.generation_batch_id).delete()

@@ -9,15 +9,18 @@ from django.db.models import Count, Max, Q
 
 from annotation.models import Aggregate, Item, ItemImage, Judgment, Round
 from annotation.services import annotators_excluded, gold_accuracy
-from evaluation.models import EvaluationRound, GenerationJob, StoredReport
+from catalog.models import GenerationJob
+from evaluation.models import EvaluationRound, StoredReport
 
 UNCATEGORIZED = "(no category)"
 
 
 def evaluation_rounds_list():
     return EvaluationRound.objects.select_related("prompt_set", "created_by").annotate(
-        n_jobs=Count("jobs", distinct=True),
-        n_jobs_done=Count("jobs", filter=Q(jobs__status=GenerationJob.Status.DONE), distinct=True),
+        n_jobs=Count("generation_batch__jobs", distinct=True),
+        n_jobs_done=Count(
+            "generation_batch__jobs", filter=Q(generation_batch__jobs__status=GenerationJob.Status.DONE), distinct=True
+        ),
     ).prefetch_related("entries__model_version")
 
 

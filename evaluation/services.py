@@ -1,11 +1,9 @@
-"""Write-side operations of the evaluation app: evaluation rounds, generation jobs, annotation rounds,
+"""Write-side operations of the evaluation app: evaluation rounds, their generation batch, annotation rounds,
 and the stored report."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,11 +13,14 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.models import AlignmentQuestion, Image, Prompt, PromptSet, Round
+from annotation.models import Round
 from annotation.services import AnnotationError, ItemSpec, round_create
+from catalog.generation import generation_batch_create, generation_dispatch, generation_jobs_fill_from_existing
+from catalog.models import AlignmentQuestion, GenerationJob, ModelVersion, Prompt, PromptSet
+from catalog.selectors import prompts_select
+from config.celery import enqueue_on_commit
 from evaluation import reports, selectors
-from evaluation.models import EvaluationModel, EvaluationRound, GenerationJob, StoredReport
-from training.models import ModelVersion
+from evaluation.models import EvaluationModel, EvaluationRound, StoredReport
 
 CRITERIA = (Round.Criterion.VISUAL_FLAWS, Round.Criterion.VISUAL_APPEAL)
 
@@ -31,28 +32,6 @@ class EvaluationError(Exception):
         super().__init__(f"{field}: {detail}" if field else detail)
         self.detail = detail
         self.field = field
-
-
-def prompt_seed(*, seed: int | str, external_id: str) -> int:
-    """The image seed of one prompt: the same for every model, derived from the evaluation seed.
-
-    A hash of (seed, the prompt's stable external id), so it does not depend on database ids
-    and stays below 2**31 (every sampler's generator takes it).
-    """
-    digest = hashlib.sha256(f"{seed}:{external_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF
-
-
-def prompts_select(*, prompt_set: PromptSet, limit: int | None, seed: int) -> list[Prompt]:
-    """The set's prompts, or a sample of ``limit`` of them drawn with ``seed`` (in set order).
-
-    A sample rather than the first N, because prompt files are often sorted by category.
-    """
-    prompts = list(Prompt.objects.filter(prompt_set=prompt_set).order_by("id"))
-    if limit is not None and limit < len(prompts):
-        chosen = set(random.Random(seed).sample(range(len(prompts)), limit))
-        prompts = [p for index, p in enumerate(prompts) if index in chosen]
-    return prompts
 
 
 @transaction.atomic
@@ -76,22 +55,12 @@ def evaluation_create(
     name = name or _default_name(model_versions, prompt_set, seed)
     if EvaluationRound.objects.filter(name=name).exists():
         raise EvaluationError(f"an evaluation named {name!r} already exists", field="name")
+    batch = generation_batch_create(model_versions=model_versions, prompts=prompts, seed=seed, label=f"evaluation {name}")
     evaluation = EvaluationRound.objects.create(
-        name=name, prompt_set=prompt_set, limit=limit, seed=seed, k=k, created_by=created_by,
+        name=name, prompt_set=prompt_set, limit=limit, seed=seed, k=k, generation_batch=batch, created_by=created_by,
     )
     EvaluationModel.objects.bulk_create(
         [EvaluationModel(evaluation_round=evaluation, model_version=m, position=i) for i, m in enumerate(model_versions)]
-    )
-    GenerationJob.objects.bulk_create(
-        [
-            GenerationJob(
-                evaluation_round=evaluation, model_version=model, prompt=prompt,
-                seed=prompt_seed(seed=seed, external_id=prompt.external_id),
-            )
-            for prompt in prompts
-            for model in model_versions
-        ],
-        batch_size=2000,
     )
     return evaluation
 
@@ -102,54 +71,6 @@ def _default_name(model_versions: Sequence[ModelVersion], prompt_set: PromptSet,
     while EvaluationRound.objects.filter(name=name).exists():
         name, n = f"{base} #{n}", n + 1
     return name
-
-
-@transaction.atomic
-def generation_jobs_fill_from_existing(*, evaluation: EvaluationRound) -> int:
-    """Satisfy the round's unfinished jobs with existing images of the same (model, prompt, seed).
-
-    Returns how many jobs were filled. Where several images match, the oldest is used.
-    """
-    jobs = list(
-        GenerationJob.objects.select_for_update()
-        .filter(evaluation_round=evaluation)
-        .exclude(status=GenerationJob.Status.DONE)
-    )
-    if not jobs:
-        return 0
-    candidates = (
-        Image.objects.filter(
-            prompt_id__in={j.prompt_id for j in jobs}, model_version_id__in={j.model_version_id for j in jobs},
-            seed__in={j.seed for j in jobs},
-        )
-        .order_by("id")
-        .values_list("id", "model_version_id", "prompt_id", "seed")
-    )
-    found: dict[tuple[int, int, int], int] = {}
-    for image_id, model_id, prompt_id, seed in candidates:
-        found.setdefault((model_id, prompt_id, seed), image_id)
-    now = timezone.now()
-    filled = []
-    for job in jobs:
-        image_id = found.get((job.model_version_id, job.prompt_id, job.seed))
-        if image_id is not None:
-            job.image_id, job.status, job.error, job.finished_at = image_id, GenerationJob.Status.DONE, "", now
-            filled.append(job)
-    # Small batches: bulk_update builds one CASE per field and row, quadratic in the batch.
-    GenerationJob.objects.bulk_update(filled, ["image", "status", "error", "finished_at"], batch_size=100)
-    return len(filled)
-
-
-def generation_job_complete(*, job: GenerationJob, image: Image) -> GenerationJob:
-    """Record a generated image on its job; a second call with the same image is harmless."""
-    if (image.model_version_id, image.prompt_id, image.seed) != (job.model_version_id, job.prompt_id, job.seed):
-        raise EvaluationError(
-            f"image {image.public_id} is not (model {job.model_version_id}, prompt {job.prompt_id}, seed {job.seed})",
-            field="image",
-        )
-    job.image, job.status, job.error, job.finished_at = image, GenerationJob.Status.DONE, "", timezone.now()
-    job.save(update_fields=["image", "status", "error", "finished_at"])
-    return job
 
 
 @dataclass(frozen=True)
@@ -181,7 +102,7 @@ def evaluation_annotation_create(*, evaluation: EvaluationRound, created_by=None
     models = evaluation.ordered_models()
     images: dict[int, dict[int, int]] = {}
     prompts: dict[int, Prompt] = {}
-    for job in GenerationJob.objects.filter(evaluation_round=evaluation).select_related("prompt").order_by("prompt_id"):
+    for job in evaluation.jobs.select_related("prompt").order_by("prompt_id"):
         prompts[job.prompt_id] = job.prompt
         if job.status == GenerationJob.Status.DONE:
             images.setdefault(job.prompt_id, {})[job.model_version_id] = job.image_id
@@ -260,7 +181,7 @@ def evaluation_start(
     jobs = evaluation.jobs.count()
     filled, build = 0, None
     if from_existing:
-        filled = generation_jobs_fill_from_existing(evaluation=evaluation)
+        filled = generation_jobs_fill_from_existing(batch=evaluation.generation_batch)
         if filled == 0:
             raise EvaluationError(
                 f"no existing image matches any of the {jobs} (model, prompt, seed) jobs", field="from_existing"
@@ -268,9 +189,7 @@ def evaluation_start(
         build = evaluation_annotation_create(evaluation=evaluation, created_by=created_by)
         evaluation.refresh_from_db()
     else:
-        from evaluation.generation import generation_dispatch
-
-        generation_dispatch(evaluation=evaluation)
+        generation_dispatch(batch=evaluation.generation_batch)
     return EvaluationStart(evaluation=evaluation, jobs=jobs, filled=filled, build=build)
 
 
@@ -320,8 +239,6 @@ def report_latest(*, evaluation: EvaluationRound) -> LatestReport:
     The request is sent once per source state (``requested_state``, set by one conditional
     UPDATE, so concurrent page views send one task), and again after ``REPORT_REQUEST_TIMEOUT``.
     """
-    from evaluation import tasks
-
     state = selectors.report_source_state(evaluation=evaluation, n_resamples=reports.bootstrap_resamples())
     stored = selectors.stored_report(evaluation=evaluation)
     fresh = stored is not None and stored.data is not None and stored.source_state == state.key
@@ -333,5 +250,5 @@ def report_latest(*, evaluation: EvaluationRound) -> LatestReport:
             requested_state=state.key, requested_at__gt=now - REPORT_REQUEST_TIMEOUT
         ).update(requested_state=state.key, requested_at=now)
         if asked:
-            transaction.on_commit(lambda: tasks.evaluation_report_refresh.delay(evaluation.pk))
+            enqueue_on_commit("evaluation.tasks.evaluation_report_refresh", evaluation.pk)
     return LatestReport(stored=stored, fresh=fresh, judgment_count=state.judgment_count)

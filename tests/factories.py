@@ -11,8 +11,8 @@ from django.contrib.auth.models import Group
 from django.core.files.base import ContentFile
 from PIL import Image as PILImage
 
-from annotation.models import ANNOTATORS_GROUP, RESEARCHERS_GROUP, AlignmentQuestion, Image, Prompt, PromptSet
-from training.models import ModelVersion
+from annotation.models import ANNOTATORS_GROUP, RESEARCHERS_GROUP
+from catalog.models import AlignmentQuestion, Image, ModelVersion, Prompt, PromptSet
 
 
 class UserFactory(factory.django.DjangoModelFactory):

@@ -96,7 +96,7 @@ def test_tasks_are_routed_by_name_and_serialized_as_json():
 
     router = app.amqp.router
     assert router.route({}, "training.tasks.gpu_train_run")["queue"].name == "gpu"
-    assert router.route({}, "annotation.tasks.gpu_generate_images")["queue"].name == "gpu"
+    assert router.route({}, "catalog.tasks.gpu_generate_images")["queue"].name == "gpu"
     assert router.route({}, "training.tasks.heartbeat")["queue"].name == "default"
     assert app.conf.task_serializer == "json" and app.conf.accept_content == ["json"]
 

@@ -8,20 +8,13 @@ from django.db import transaction
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 
-from annotation.models import PromptSet, Round
+from annotation.models import Round
 from annotation.services import AnnotationError
-from training.engine.config import ConfigError, apply_overrides, read_config_file
-from training.models import ModelVersion, TrainingRun, WorkerHeartbeat
+from catalog.models import ModelVersion, PromptSet
+from training.engine.config import ConfigError, read_settings
+from training.models import TrainingRun, WorkerHeartbeat
 from training.rounds import TrainingRoundError, training_round_launch
 from training.services import RUN_DECIDED
-
-
-@admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("name", "family", "prediction_type", "pipeline_class", "parent", "produced_by", "created_at")
-    list_filter = ("family", "prediction_type")
-    search_fields = ("name", "local_path", "notes")
-    raw_id_fields = ("parent", "produced_by")
 
 
 def config_choices() -> list[tuple[str, str]]:
@@ -49,11 +42,15 @@ class TrainingRoundForm(forms.Form):
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
-    list_display = ("name", "base_model", "source_round", "status", "attempts", "worker", "created_at", "finished_at")
+    list_display = (
+        "name", "base_model", "source_round", "status", "output_model", "attempts", "worker", "created_at", "finished_at",
+    )
     list_filter = ("status", "base_model__family")
     search_fields = ("name", "dataset_path", "error")
     raw_id_fields = ("base_model", "created_by", "source_round")
-    readonly_fields = ("status", "attempts", "worker", "metrics", "error", "created_at", "started_at", "finished_at")
+    readonly_fields = (
+        "status", "output_model", "attempts", "worker", "metrics", "error", "created_at", "started_at", "finished_at",
+    )
 
     def add_view(self, request, form_url="", extra_context=None):
         """Adding a run means launching a training round: export, train on a gpu worker, register."""
@@ -63,8 +60,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
-                config = {k: v for k, v in read_config_file(data["config"]).items() if k not in RUN_DECIDED}
-                config = apply_overrides(config, [line.strip() for line in data["overrides"].splitlines() if line.strip()])
+                config, _ = read_settings(data["config"], data["overrides"].splitlines(), leave_out=RUN_DECIDED)
                 with transaction.atomic():
                     launch = training_round_launch(
                         round_=data["round"], base_model=data["base_model"], config=config, name=data["name"],

@@ -1,45 +1,9 @@
-"""Model versions (local diffusers pipelines) and the training runs that produce them."""
+"""Training runs (which produce the catalog's model versions) and the workers' heartbeats."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-
-
-class ModelFamily(models.TextChoices):
-    UNET = "unet", "U-Net (Stable Diffusion 1.x/2.x)"
-    DIT = "dit", "DiT (PixArt-α/Σ)"
-    FLOW = "flow", "Flow matching (Stable Diffusion 3)"
-
-
-class PredictionType(models.TextChoices):
-    EPSILON = "epsilon", "ε-prediction"
-    V_PREDICTION = "v_prediction", "v-prediction"
-    FLOW = "flow", "flow matching (velocity)"
-
-
-class ModelVersion(models.Model):
-    name = models.CharField(max_length=200, unique=True)
-    family = models.CharField(max_length=10, choices=ModelFamily.choices)
-    prediction_type = models.CharField(max_length=20, choices=PredictionType.choices, default=PredictionType.EPSILON)
-    pipeline_class = models.CharField(max_length=100, blank=True)
-    local_path = models.CharField(max_length=1000, help_text="A diffusers pipeline directory.")
-    parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children",
-        help_text="The model this one was post-trained from.",
-    )
-    produced_by = models.OneToOneField(
-        "TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="output_model",
-        help_text="The training run that produced this checkpoint.",
-    )
-    notes = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return self.name
 
 
 class TrainingRun(models.Model):
@@ -51,7 +15,7 @@ class TrainingRun(models.Model):
         CANCELLED = "cancelled"
 
     name = models.CharField(max_length=200, unique=True)
-    base_model = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="training_runs")
+    base_model = models.ForeignKey("catalog.ModelVersion", on_delete=models.PROTECT, related_name="training_runs")
     dataset_path = models.CharField(max_length=1000, help_text="Preference manifest or SFT image folder.")
     config = models.JSONField(default=dict, help_text="The engine's TrainConfig, as JSON.")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
@@ -60,6 +24,10 @@ class TrainingRun(models.Model):
     error = models.TextField(blank=True)
     worker = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Deliveries to a GPU worker so far.")
+    output_model = models.OneToOneField(
+        "catalog.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="produced_by",
+        help_text="The checkpoint this run produced, registered as a model version.",
+    )
     source_round = models.ForeignKey(
         "annotation.Round", null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs",
         help_text="The annotation round whose winner/loser pairs this run trained on.",

@@ -13,8 +13,9 @@ from pathlib import Path
 from django.conf import settings
 
 from annotation.exports import ExportResult, preferences_export
-from annotation.models import PromptSet, Round
-from training.models import ModelVersion, TrainingRun
+from annotation.models import Round
+from catalog.models import ModelVersion, PromptSet
+from training.models import TrainingRun
 from training.services import training_config_validate, training_run_create
 
 
@@ -41,9 +42,13 @@ def training_round_launch(
 ) -> TrainingRoundLaunch:
     """Export ``round_``'s winner/loser pairs and queue a preference run on them.
 
-    The configuration is checked before anything is written; the export is immutable and
+    The base model's directory and the configuration are checked before anything is written; the export is immutable and
     content-addressed, so launching twice from the same judgments reuses the same dataset.
     """
+    if not Path(base_model.local_path).is_dir():
+        raise TrainingRoundError(
+            f"base model '{base_model.name}': its pipeline directory {base_model.local_path} does not exist"
+        )
     if TrainingRun.objects.filter(name=name).exists() or ModelVersion.objects.filter(name=name).exists():
         raise TrainingRoundError(f"--name: '{name}' is taken by a training run or a model")
     train_config = training_config_validate(base_model=base_model, dataset_path="pairs.jsonl", config=config)

@@ -8,45 +8,11 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
-from training.engine.pipeline_index import PipelineIndexError, read_pipeline_index
-from training.models import ModelVersion, TrainingRun, WorkerHeartbeat
+from catalog.models import ModelVersion
+from catalog.services import RegistrationError, model_register
+from config.celery import enqueue_on_commit
+from training.models import TrainingRun, WorkerHeartbeat
 from training.signals import training_run_succeeded
-
-
-class RegistrationError(ValueError):
-    """A model directory cannot be registered; the message is one line for the user."""
-
-
-@transaction.atomic
-def model_register(
-    *,
-    path: str | Path,
-    name: str,
-    parent: ModelVersion | None = None,
-    produced_by: TrainingRun | None = None,
-    notes: str = "",
-) -> ModelVersion:
-    """Register a local diffusers pipeline directory as a ModelVersion.
-
-    Reads only JSON metadata (no torch). The family comes from the pipeline class and the
-    prediction type from the scheduler config.
-    """
-    try:
-        index = read_pipeline_index(path)
-    except PipelineIndexError as exc:
-        raise RegistrationError(str(exc)) from exc
-    if ModelVersion.objects.filter(name=name).exists():
-        raise RegistrationError(f"a model named '{name}' is already registered")
-    return ModelVersion.objects.create(
-        name=name,
-        family=index.family,
-        prediction_type=index.prediction_type,
-        pipeline_class=index.pipeline_class,
-        local_path=str(index.path.resolve()),
-        parent=parent,
-        produced_by=produced_by,
-        notes=notes,
-    )
 
 
 def worker_heartbeat_record(*, hostname: str, queue: str) -> WorkerHeartbeat:
@@ -64,6 +30,7 @@ def worker_heartbeat_record(*, hostname: str, queue: str) -> WorkerHeartbeat:
 # registering its exported pipeline as a new ModelVersion whose parent is the base model.
 
 MAX_TRAINING_ATTEMPTS = 3
+TRAIN_TASK = "training.tasks.gpu_train_run"
 # Settings a training run decides itself (model, data and output paths).
 RUN_DECIDED = ("pretrained_model", "train_data", "output_dir")
 
@@ -97,8 +64,6 @@ def training_run_create(
     source_round=None, follow_up: dict | None = None,
 ) -> TrainingRun:
     """Create a queued run and send it to a GPU worker once this transaction commits."""
-    from training import tasks
-
     training_config_validate(base_model=base_model, dataset_path=dataset_path, config=config)
     if ModelVersion.objects.filter(name=name).exists():
         raise RegistrationError(f"a model named '{name}' exists; the run's checkpoint would take that name")
@@ -108,7 +73,7 @@ def training_run_create(
     )
     run.output_dir = str(training_run_output_dir(run))
     run.save(update_fields=["output_dir"])
-    transaction.on_commit(lambda: tasks.gpu_train_run.delay(run.pk))
+    enqueue_on_commit(TRAIN_TASK, run.pk)
     return run
 
 
@@ -173,14 +138,14 @@ def training_run_finish(*, run: TrainingRun, model_dir: str | Path, metrics: dic
         path=model_dir,
         name=run.name,
         parent=run.base_model,
-        produced_by=run,
         notes=f"Trained by run '{run.name}' for {steps} steps on {run.dataset_path}.",
     )
+    run.output_model = model
     run.status = TrainingRun.Status.SUCCEEDED
     run.metrics = {key: value for key, value in metrics.items() if isinstance(value, (int, float, str))}
     run.metrics["steps"] = steps
     run.finished_at = timezone.now()
     run.error = ""
-    run.save(update_fields=["status", "metrics", "finished_at", "error"])
+    run.save(update_fields=["output_model", "status", "metrics", "finished_at", "error"])
     transaction.on_commit(lambda: training_run_succeeded.send(sender=TrainingRun, run=run, model=model))
     return model

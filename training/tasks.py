@@ -16,7 +16,7 @@ def heartbeat(self, queue: str = "default") -> str:
     return hostname
 
 
-@shared_task(name="training.tasks.gpu_train_run", bind=True, **GPU_TASK_OPTIONS)
+@shared_task(name=services.TRAIN_TASK, bind=True, **GPU_TASK_OPTIONS)
 def gpu_train_run(self, run_id: int) -> str:
     """Train one run on this GPU worker. Running it again for a finished run does nothing."""
     run, resume = services.training_run_claim(run_id=run_id, worker=self.request.hostname or "unknown")

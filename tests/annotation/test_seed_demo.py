@@ -9,9 +9,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from PIL import Image as PILImage
 
-from annotation.models import Image, Item, Round
+from annotation.models import Item, Round
+from catalog.models import Image, ModelVersion
 from tests.factories import AlignmentQuestionFactory, PromptFactory, PromptSetFactory
-from training.models import ModelVersion
 
 pytestmark = pytest.mark.django_db
 

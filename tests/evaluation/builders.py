@@ -6,8 +6,15 @@ import uuid
 
 from annotation import services as annotation_services
 from annotation.models import Round
-from evaluation.services import prompt_seed
-from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory, PromptSetFactory
+from catalog.generation import prompt_seed
+from tests.factories import (
+    AlignmentQuestionFactory,
+    AnnotatorFactory,
+    ImageFactory,
+    ModelVersionFactory,
+    PromptFactory,
+    PromptSetFactory,
+)
 
 
 def prompt_set_with_images(
@@ -103,7 +110,7 @@ def bulk_prompt_set(
     ``categories`` is a sequence cycled over the prompts, or a function of the prompt index;
     ``with_questions`` gives every prompt two alignment questions, the second depending on the first.
     """
-    from annotation.models import AlignmentQuestion, Image, Prompt
+    from catalog.models import AlignmentQuestion, Image, Prompt
 
     prompt_set = PromptSetFactory(name=set_name)
     versions = [ModelVersionFactory(name=name) for name in models]
@@ -142,7 +149,8 @@ def bulk_judgments(round_: Round, votes_by_item, people) -> int:
     """
     from django.utils import timezone
 
-    from annotation.models import AlignmentAnswer, AlignmentQuestion, ItemImage, Judgment
+    from annotation.models import AlignmentAnswer, ItemImage, Judgment
+    from catalog.models import AlignmentQuestion
 
     images: dict[int, list[tuple[int, str]]] = {}
     for item_id, image_id, public_id in ItemImage.objects.filter(item__round=round_).order_by("item_id", "order").values_list(

@@ -2,11 +2,11 @@
 
 import pytest
 
-from annotation.models import Image, Round
-from evaluation.models import GenerationJob
+from annotation.models import Round
+from catalog.models import GenerationJob, Image
+from catalog.services import model_register
 from evaluation.services import evaluation_start
 from tests.factories import AlignmentQuestionFactory, PromptFactory, PromptSetFactory
-from training.services import model_register
 
 pytestmark = pytest.mark.django_db
 
@@ -24,12 +24,12 @@ def test_generation_fills_every_job_with_same_seed_images_then_creates_the_round
         result = evaluation_start(model_versions=[base, tuned], prompt_set=prompt_set, seed=7)
     evaluation = result.evaluation
 
-    jobs = list(GenerationJob.objects.filter(evaluation_round=evaluation))
+    jobs = list(evaluation.jobs.all())
     assert len(jobs) == 6 and all(job.status == GenerationJob.Status.DONE for job in jobs)
     for prompt in prompts:
         seeds = {job.seed for job in jobs if job.prompt_id == prompt.pk}
         assert len(seeds) == 1  # the same seed for every model
-    images = Image.objects.filter(generation_jobs__evaluation_round=evaluation)
+    images = Image.objects.filter(generation_jobs__batch=evaluation.generation_batch)
     assert images.count() == 6
     image = images.first()
     assert (image.width, image.height) == (32, 32) and image.sampler["steps"] == 2
@@ -45,7 +45,7 @@ def test_generation_fills_every_job_with_same_seed_images_then_creates_the_round
 
 
 def test_a_redelivered_generation_task_changes_nothing(tiny_unet, eager_tasks, django_capture_on_commit_callbacks):
-    from evaluation.generation import generation_run
+    from catalog.generation import generation_run
 
     base = model_register(path=tiny_unet, name="base")
     other = model_register(path=tiny_unet, name="other")
@@ -53,7 +53,7 @@ def test_a_redelivered_generation_task_changes_nothing(tiny_unet, eager_tasks, d
     PromptFactory(prompt_set=prompt_set)
     with django_capture_on_commit_callbacks(execute=True):
         evaluation = evaluation_start(model_versions=[base, other], prompt_set=prompt_set).evaluation
-    assert generation_run(evaluation_id=evaluation.pk, model_version_id=base.pk) == 0
+    assert generation_run(batch_id=evaluation.generation_batch_id, model_version_id=base.pk) == 0
     assert Image.objects.count() == 2
     assert evaluation.annotation_rounds.count() == 2
 
@@ -69,23 +69,3 @@ def test_a_failed_generation_marks_its_jobs_failed(tiny_unet, eager_tasks, djang
             evaluation_start(model_versions=[base, other], prompt_set=prompt_set)
     job = GenerationJob.objects.filter(model_version=base).first()
     assert job.status == GenerationJob.Status.FAILED and "scheduler" in job.error
-
-
-def test_generate_images_makes_a_pool_for_best_worst_rounds(tiny_unet, eager_tasks, django_capture_on_commit_callbacks):
-    from django.core.management import call_command
-
-    model_register(path=tiny_unet, name="base")
-    prompt_set = PromptSetFactory(name="pool-set")
-    prompts = [PromptFactory(prompt_set=prompt_set) for _ in range(2)]
-    with django_capture_on_commit_callbacks(execute=True):
-        call_command("generate_images", "--model", "base", "--prompts", "pool-set", "--images-per-prompt", "3", verbosity=0)
-    jobs = GenerationJob.objects.filter(evaluation_round=None)
-    assert jobs.count() == 6 and not jobs.exclude(status=GenerationJob.Status.DONE).exists()
-    for prompt in prompts:
-        assert len({i.seed for i in Image.objects.filter(prompt=prompt)}) == 3
-    with django_capture_on_commit_callbacks(execute=True):
-        call_command("generate_images", "--model", "base", "--prompts", "pool-set", "--images-per-prompt", "3", verbosity=0)
-    assert Image.objects.count() == 6  # nothing new
-
-    call_command("create_round", "--kind", "best_worst", "--name", "bw", "--models", "base", "--n", "3", verbosity=0)
-    assert Round.objects.get(name="bw").items.count() == 2

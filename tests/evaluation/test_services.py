@@ -8,15 +8,10 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotation.models import Item, Round
-from evaluation.models import EvaluationRound, GenerationJob
-from evaluation.services import (
-    EvaluationError,
-    evaluation_annotation_create,
-    evaluation_create,
-    evaluation_start,
-    generation_jobs_fill_from_existing,
-    prompt_seed,
-)
+from catalog.generation import generation_jobs_fill_from_existing, prompt_seed
+from catalog.models import GenerationBatch, GenerationJob, Image
+from evaluation.models import EvaluationRound
+from evaluation.services import EvaluationError, evaluation_annotation_create, evaluation_create, evaluation_start
 from tests.evaluation.builders import prompt_set_with_images
 
 pytestmark = pytest.mark.django_db
@@ -66,15 +61,15 @@ def test_bad_input_is_refused_with_the_field_named():
 def test_fill_from_existing_matches_model_prompt_and_seed():
     prompt_set, versions, prompts = prompt_set_with_images(models=["base", "pixel"], n_prompts=3, seed=5)
     wrong_seed = evaluation_create(model_versions=versions, prompt_set=prompt_set, seed=6, name="other seed")
-    assert generation_jobs_fill_from_existing(evaluation=wrong_seed) == 0
+    assert generation_jobs_fill_from_existing(batch=wrong_seed.generation_batch) == 0
     evaluation = evaluation_create(model_versions=versions, prompt_set=prompt_set, seed=5)
-    assert generation_jobs_fill_from_existing(evaluation=evaluation) == 6
+    assert generation_jobs_fill_from_existing(batch=evaluation.generation_batch) == 6
     for job in evaluation.jobs.select_related("image"):
         assert job.status == GenerationJob.Status.DONE
         assert (job.image.model_version_id, job.image.prompt_id, job.image.seed) == (
             job.model_version_id, job.prompt_id, job.seed
         )
-    assert generation_jobs_fill_from_existing(evaluation=evaluation) == 0
+    assert generation_jobs_fill_from_existing(batch=evaluation.generation_batch) == 0
 
 
 def test_annotation_rounds_hold_every_pair_in_model_order_and_report_missing_prompts():
@@ -141,3 +136,14 @@ def test_without_from_existing_jobs_wait_for_generation():
     assert evaluation.status == EvaluationRound.Status.GENERATING
     assert evaluation.jobs.filter(status="queued").count() == 4
     assert not evaluation.annotation_rounds.exists()
+
+
+def test_deleting_an_evaluation_deletes_its_generation_jobs_but_keeps_the_images():
+    prompt_set, versions, _ = prompt_set_with_images(models=["base", "pixel"], n_prompts=2)
+    kept = evaluation_create(model_versions=versions, prompt_set=prompt_set, name="kept")
+    gone = evaluation_start(model_versions=versions, prompt_set=prompt_set, name="gone", from_existing=True).evaluation
+    images = Image.objects.count()
+    gone.delete()
+    assert set(GenerationJob.objects.values_list("batch", flat=True)) == {kept.generation_batch_id}
+    assert not GenerationBatch.objects.filter(evaluation=None).exists()
+    assert Image.objects.count() == images

@@ -1,13 +1,16 @@
 """One command takes a finished annotation round to a trained, registered, evaluated model."""
 
+from pathlib import Path
+
 import pytest
 from django.core.management import CommandError, call_command
 
 from annotation.models import Round
-from evaluation.models import EvaluationRound, GenerationJob
+from catalog.models import GenerationJob, ModelVersion
+from catalog.services import model_register
+from evaluation.models import EvaluationRound
 from tests.factories import ImageFactory, PromptFactory, PromptSetFactory
-from training.models import ModelVersion, TrainingRun
-from training.services import model_register
+from training.models import TrainingRun
 
 pytestmark = pytest.mark.django_db
 
@@ -82,6 +85,20 @@ def test_launch_refuses_a_config_without_a_preference_objective(eager_tasks, jud
         call_command("launch_training_round", "prefs", "--base-model", "base", "--config", str(config),
                      "--set", "latent_objective=simpo", "--set", "pixel_crop=2.0", "--name", "x")
     assert not TrainingRun.objects.exists()
+
+
+def test_launch_refuses_a_base_model_whose_directory_is_gone(eager_tasks, judged_round, tmp_path, settings):
+    from tests.factories import ModelVersionFactory
+
+    ModelVersionFactory(name="moved", local_path=str(tmp_path / "no-such-pipeline"))
+    config = tmp_path / "simpo.toml"
+    config.write_text(CONFIG)
+    with pytest.raises(CommandError) as refused:
+        call_command("launch_training_round", "prefs", "--base-model", "moved", "--config", str(config), "--name", "x")
+    message = str(refused.value)
+    assert "\n" not in message and "no-such-pipeline" in message and "nothing was launched" in message
+    assert not TrainingRun.objects.exists()
+    assert not (Path(settings.ARTIFACTS_ROOT) / "preferences").exists()  # no dataset exported either
 
 
 def test_researchers_launch_a_training_round_from_the_admin(judged_round, eager_tasks, client, monkeypatch):

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catalog.models import ModelVersion
+from catalog.services import model_register
 from training import services, tasks
 from training.engine.config import ConfigError
-from training.models import ModelVersion, TrainingRun
+from training.models import TrainingRun
 
 pytestmark = pytest.mark.django_db
 
@@ -21,7 +23,7 @@ TINY_SFT = {
 
 @pytest.fixture
 def base_model(tiny_unet):
-    return services.model_register(path=tiny_unet, name="tiny-base")
+    return model_register(path=tiny_unet, name="tiny-base")
 
 
 @pytest.fixture

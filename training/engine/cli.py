@@ -46,14 +46,39 @@ def _parse_seeds(text: str) -> list[int]:
         raise ValueError(f"--seeds: expected comma-separated integers, got {text!r}") from None
 
 
+def _add_setting_options(parser: argparse.ArgumentParser, model) -> None:
+    """One ``--name`` option per field of ``model``, with its help, allowed values and default."""
+    from training.engine.settings_docs import setting_docs
+
+    group = parser.add_argument_group(f"{model.__name__} settings")
+    for doc in setting_docs(model):
+        group.add_argument(f"--{doc.name.replace('_', '-')}", dest=f"setting_{doc.name}", metavar="VALUE",
+                           help=f"{doc.help} Allowed: {doc.allowed}; default {doc.default}."
+                           .replace("`", "").replace("%", "%%"))
+
+
+def _given_settings(args, model) -> list[str]:
+    """The ``key=value`` overrides of the setting options that were given."""
+    return [f"{name}={getattr(args, f'setting_{name}')}" for name in model.model_fields
+            if getattr(args, f"setting_{name}") is not None]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from training.engine.config import SampleConfig, TrainConfig
+    from training.engine.settings_docs import settings_help
+
     parser = argparse.ArgumentParser(prog="python -m training.engine", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train from a TOML/JSON config plus overrides")
+    train = commands.add_parser(
+        "train", help="train from a TOML/JSON config plus overrides",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings (in the --config file, or --set KEY=VALUE; null/none clears an optional one):\n"
+               + settings_help(TrainConfig).replace("%", "%%"),
+    )
     train.add_argument("--config", type=Path, help="a .toml or .json file of TrainConfig settings")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one setting (repeatable), typed by the setting")
+                       help="override one setting (repeatable), typed by the setting; the settings are listed below")
 
     sample = commands.add_parser("sample", help="sample images from a diffusers pipeline folder")
     sample.add_argument("--model", required=True, type=Path)
@@ -64,16 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seeds", help="comma-separated seeds, one per image")
     seeds.add_argument("--seed-start", type=int, default=0, help="image i gets seed start + i (default 0)")
     sample.add_argument("--out", required=True, type=Path)
-    sample.add_argument("--steps", type=int, default=50)
-    sample.add_argument("--guidance-scale", type=float, default=7.5)
-    sample.add_argument("--scheduler", choices=("ddim", "default"), default="ddim")
-    sample.add_argument("--batch-size", type=int, default=4)
-    sample.add_argument("--height", type=int)
-    sample.add_argument("--width", type=int)
-    sample.add_argument("--negative-prompt")
-    sample.add_argument("--max-sequence-length", type=int)
-    sample.add_argument("--device")
-    sample.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    _add_setting_options(sample, SampleConfig)
 
     tiny = commands.add_parser("tiny-pipeline", help="build a tiny random-init pipeline offline")
     tiny.add_argument("--family", required=True, choices=("unet", "dit", "flow"))
@@ -97,6 +113,7 @@ def _train(args) -> int:
 
 
 def _sample(args) -> int:
+    from training.engine.config import SampleConfig, apply_overrides
     from training.engine.sampling import sample
 
     prompts = list(args.prompt)
@@ -108,10 +125,9 @@ def _sample(args) -> int:
         raise ValueError("--images-per-prompt must be positive")
     prompts = [p for p in prompts for _ in range(args.images_per_prompt)]
     seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed_start + i for i in range(len(prompts))]
-    record = sample(args.model, prompts, seeds, args.out, steps=args.steps, guidance_scale=args.guidance_scale,
-                    scheduler=args.scheduler, batch_size=args.batch_size, height=args.height, width=args.width,
-                    negative_prompt=args.negative_prompt, max_sequence_length=args.max_sequence_length,
-                    device=args.device, dtype=args.dtype)
+    config = SampleConfig.from_dict(apply_overrides(SampleConfig, {}, _given_settings(args, SampleConfig)),
+                                    source="sample options")
+    record = sample(args.model, prompts, seeds, args.out, config)
     print(json.dumps({"out": str(args.out), "images": len(record["images"]), "scheduler": record["scheduler"]}))
     return 0
 

@@ -1,29 +1,30 @@
-"""The training configuration: one validated dataclass for the CLI, Celery and the web side.
+"""The engine's settings: ``TrainConfig`` for training, ``SampleConfig`` for sampling.
 
-This module imports only the standard library so the web process can validate a run's
-configuration without importing torch.
+Every setting is a typed field with its help text and allowed values (``Literal`` choices and
+range constraints); pydantic validates them, and the CLI help and the reference table in
+``docs/training.md`` are generated from the same fields (``training/engine/settings_docs.py``).
+This module imports no torch, so the web process can validate a run's configuration.
 
     cfg = load_config("training/configs/sd15_simpo_pixel.toml", ["pixel_crop=0.5"])
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextvars
 import json
+import re
 import tomllib
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, NamedTuple
 
-OBJECTIVES = ("sft", "dpo", "simpo", "none")
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+Objective = Literal["sft", "dpo", "simpo", "none"]
+OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
 PREFERENCE_OBJECTIVES = ("dpo", "simpo")
-PIXEL_DECODINGS = ("eps", "x0")
-OPTIMIZERS = ("adamw", "adam")
-LR_SCHEDULERS = ("constant", "linear", "cosine")
-MIXED_PRECISIONS = ("no", "fp16", "bf16")
-REPORTERS = ("jsonl", "tensorboard")
+Dtype = Literal["fp32", "fp16", "bf16"]
 
 
 class ConfigError(ValueError):
@@ -34,117 +35,159 @@ class ConfigError(ValueError):
         super().__init__(f"{field_name}: {message}")
 
 
-@dataclass
-class TrainConfig:
-    # Inputs and outputs.
-    pretrained_model: str
-    output_dir: str
-    train_data: str
-    # Data.
-    resolution: int = 512
-    center_crop: bool = True
-    random_flip: bool = False
-    skip_bad_images: bool = False
-    cache_latents: bool = False
-    caption_dropout: float = 0.0
-    # Objectives: L = L_latent + pixel_weight · L_pixel, each term sft | dpo | simpo | none.
-    latent_objective: str = "sft"
-    pixel_objective: str = "none"
-    latent_beta: float = 5000.0
-    pixel_beta: float = 5000.0
-    pixel_weight: float = 8.0
-    pixel_decoding: str = "eps"
-    # Cost of the pixel term.
-    pixel_crop: float = 1.0
-    pixel_decoder: str | None = None
-    vae_gradient_checkpointing: bool = False
-    # LoRA.
-    use_lora: bool = False
-    lora_rank: int = 4
-    lora_alpha: int = 4
-    lora_target_modules: list[str] | None = None
-    # Optimisation.
-    optimizer: str = "adamw"
-    learning_rate: float = 1e-5
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    weight_decay: float = 5e-6
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float | None = 1.0
-    max_train_steps: int = 1000
-    mixed_precision: str = "no"
-    vae_fp32: bool = True
-    gradient_checkpointing: bool = False
-    use_ema: bool = False
-    ema_decay: float = 0.9999
-    seed: int = 0
-    # Checkpoints, logging, export.
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 3
-    resume_from: str | None = None
-    log_every: int = 1
-    report_to: str = "jsonl"
-    export_lora_adapter: bool = False
-    dataloader_num_workers: int = 0
-    max_sequence_length: int | None = None
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
 
-    def __post_init__(self) -> None:
-        _check_types(self)
-        for name in ("pretrained_model", "output_dir", "train_data"):
-            if not getattr(self, name).strip():
-                raise ConfigError(name, "must not be empty")
-        _choice(self, "latent_objective", OBJECTIVES)
-        _choice(self, "pixel_objective", OBJECTIVES)
-        _choice(self, "pixel_decoding", PIXEL_DECODINGS)
-        _choice(self, "optimizer", OPTIMIZERS)
-        _choice(self, "lr_scheduler", LR_SCHEDULERS)
-        _choice(self, "mixed_precision", MIXED_PRECISIONS)
-        _choice(self, "report_to", REPORTERS)
+
+NonEmptyText = Annotated[str, AfterValidator(_not_blank)]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Pixels = Annotated[int, Field(gt=0, multiple_of=8)]
+SEQUENCE_LENGTH_HELP = "Text encoder token length for DiT/flow families (null: the pipeline's default)."
+
+
+class Settings(BaseModel):
+    """Strictly typed settings: ``"512"`` is not an int and ``1`` is not a bool; an int is a float.
+
+    Any invalid value raises ConfigError naming the field.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(exc, _SOURCE.get() or type(self).__name__) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise _config_error(exc, type(self).__name__) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config"):
+        if not isinstance(data, dict):
+            raise ConfigError(source, "expected a table/object of settings")
+        token = _SOURCE.set(source)  # for __init__'s errors
+        try:
+            return cls(**data)
+        finally:
+            _SOURCE.reset(token)
+
+
+# Where the settings being validated came from (a file, EVALUATION_SAMPLER…), for error messages.
+_SOURCE: contextvars.ContextVar[str | None] = contextvars.ContextVar("settings_source", default=None)
+
+
+def _config_error(exc: ValidationError, source: str) -> ConfigError:
+    """The first problem as a ConfigError: unknown keys first, then missing ones, then bad values."""
+    rank = {"extra_forbidden": 0, "missing": 1}
+    error = min(exc.errors(), key=lambda e: rank.get(e["type"], 2))
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):  # a rule between fields names its own field
+        return cause
+    name = str(error["loc"][0]) if error["loc"] else source
+    if error["type"] == "extra_forbidden":
+        return ConfigError(name, f"unknown setting in {source}")
+    if error["type"] == "missing":
+        return ConfigError(name, f"required setting missing from {source}")
+    message = str(cause) if cause is not None else _message(error)
+    return ConfigError(name, f"{message}, got {error['input']!r}")
+
+
+def _message(error: dict) -> str:
+    return re.sub(r"^Input should be", "must be", error["msg"])
+
+
+class TrainConfig(Settings):
+    # Inputs and outputs.
+    pretrained_model: NonEmptyText = Field(description="Local diffusers pipeline folder to start from.")
+    output_dir: NonEmptyText = Field(description="Run folder: checkpoints, metrics, the exported model.")
+    train_data: NonEmptyText = Field(
+        description="An image folder with metadata.jsonl (SFT), or a JSONL manifest / Pick-a-Pic parquet of "
+                    "winner/loser pairs (preference runs).")
+    # Data.
+    resolution: Pixels = Field(512, description="Training image side in pixels.")
+    center_crop: bool = Field(True, description="Crop images at the centre (false: a random crop).")
+    random_flip: bool = Field(False, description="Flip images horizontally at random.")
+    skip_bad_images: bool = Field(False, description="Skip and count missing or corrupt images instead of stopping.")
+    cache_latents: bool = Field(False, description="Encode each image once and train on the cached latents.")
+    caption_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Probability of replacing a caption by \"\" (classifier-free guidance).")
+    # Objectives: L = L_latent + pixel_weight · L_pixel, each term sft | dpo | simpo | none.
+    latent_objective: Objective = Field("sft", description="Objective of the latent term.")
+    pixel_objective: Objective = Field("none", description="Objective of the pixel term (decoded by the VAE).")
+    latent_beta: PositiveFloat = Field(5000.0, description="β of a DPO/SimPO latent term.")
+    pixel_beta: PositiveFloat = Field(5000.0, description="β of a DPO/SimPO pixel term.")
+    pixel_weight: float = Field(8.0, ge=0.0, description="Weight of the pixel term: λ (SFT) or μ (preference).")
+    pixel_decoding: Literal["eps", "x0"] = Field(
+        "eps", description="What the pixel term decodes: `eps` D(z_t) vs D(ẑ_t) (eq. 2), `x0` the clean latents (eq. 8).")
+    # Cost of the pixel term.
+    pixel_crop: float = Field(
+        1.0, gt=0.0, le=1.0, description="Side of the random latent crop the pixel term sees, as a fraction.")
+    pixel_decoder: str | None = Field(
+        None, description="An AutoencoderTiny folder to decode the pixel term with (null: the pipeline's VAE).")
+    vae_gradient_checkpointing: bool = Field(
+        False, description="Recompute the decoder's activations in the backward pass (less memory, more time).")
+    # LoRA.
+    use_lora: bool = Field(False, description="Train LoRA adapters instead of the whole denoiser.")
+    lora_rank: PositiveInt = Field(4, description="LoRA rank.")
+    lora_alpha: PositiveInt = Field(4, description="LoRA alpha (scale = alpha / rank).")
+    lora_target_modules: Annotated[list[str], Field(min_length=1)] | None = Field(
+        None, description="Module names that get adapters (null: the family's attention projections).")
+    # Optimisation.
+    optimizer: Literal["adamw", "adam"] = Field("adamw", description="Optimizer.")
+    learning_rate: PositiveFloat = Field(1e-5, description="Peak learning rate.")
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam β1.")
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="Adam β2.")
+    adam_epsilon: PositiveFloat = Field(1e-8, description="Adam ε.")
+    weight_decay: float = Field(5e-6, ge=0.0, description="Weight decay.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule after the warm-up.")
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    train_batch_size: PositiveInt = Field(1, description="Images or pairs per process per micro-step.")
+    gradient_accumulation_steps: PositiveInt = Field(1, description="Micro-steps per optimizer step.")
+    max_grad_norm: PositiveFloat | None = Field(1.0, description="Gradient clipping norm (null: no clipping).")
+    max_train_steps: PositiveInt = Field(1000, description="Optimizer steps to train for.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="Compute precision of the denoiser and text encoders.")
+    vae_fp32: bool = Field(True, description="Keep the VAE (and pixel decoder) in fp32 under mixed precision.")
+    gradient_checkpointing: bool = Field(False, description="Recompute the denoiser's activations in the backward pass.")
+    use_ema: bool = Field(False, description="Keep an exponential moving average of the weights and export it.")
+    ema_decay: float = Field(0.9999, gt=0.0, lt=1.0, description="EMA decay per step.")
+    seed: int = Field(0, description="Seed of every random draw (data order, noise, timesteps, crops).")
+    # Checkpoints, logging, export.
+    checkpointing_steps: PositiveInt = Field(500, description="Save a checkpoint every this many steps.")
+    checkpoints_total_limit: PositiveInt | None = Field(
+        3, description="Keep this many latest checkpoints (null: keep every checkpoint).")
+    resume_from: NonEmptyText | None = Field(
+        None, description="A checkpoint folder or `latest` to continue a run (null: a fresh run).")
+    log_every: PositiveInt = Field(
+        1, description="Write metrics (and check the loss is finite) every this many steps.")
+    report_to: Literal["jsonl", "tensorboard"] = Field(
+        "jsonl", description="Metrics sink besides metrics.jsonl: `tensorboard` also writes output_dir/tensorboard.")
+    export_lora_adapter: bool = Field(False, description="Also export the LoRA adapter alone (needs use_lora).")
+    dataloader_num_workers: int = Field(
+        0, ge=0, description="Data loading worker processes (0: exactly reproducible augmentation).")
+    max_sequence_length: PositiveInt | None = Field(
+        None, description=SEQUENCE_LENGTH_HELP)
+
+    @model_validator(mode="after")
+    def _rules_between_fields(self) -> "TrainConfig":
         if self.latent_objective == "none" and self.pixel_objective == "none":
             raise ConfigError("latent_objective", "both latent_objective and pixel_objective are 'none'")
-        if self.resolution <= 0 or self.resolution % 8:
-            raise ConfigError("resolution", f"must be a positive multiple of 8, got {self.resolution}")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise ConfigError("caption_dropout", f"must be in [0, 1), got {self.caption_dropout}")
-        for name in ("latent_beta", "pixel_beta", "learning_rate", "adam_epsilon"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
-        if self.pixel_weight < 0:
-            raise ConfigError("pixel_weight", f"must be >= 0, got {self.pixel_weight}")
         if self.pixel_objective != "none" and self.pixel_weight == 0:
             raise ConfigError("pixel_weight", "is 0 but pixel_objective is set; use pixel_objective = 'none'")
-        if not 0.0 < self.pixel_crop <= 1.0:
-            raise ConfigError("pixel_crop", f"must be in (0, 1], got {self.pixel_crop}")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ConfigError("weight_decay", f"must be >= 0, got {self.weight_decay}")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ConfigError("ema_decay", f"must be in (0, 1), got {self.ema_decay}")
-        for name in ("lora_rank", "lora_alpha", "train_batch_size", "gradient_accumulation_steps",
-                     "max_train_steps", "checkpointing_steps", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(name, f"must be > 0, got {getattr(self, name)}")
-        for name in ("lr_warmup_steps", "dataloader_num_workers"):
-            if getattr(self, name) < 0:
-                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ConfigError("max_grad_norm", f"must be > 0 (or null to disable), got {self.max_grad_norm}")
-        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit <= 0:
-            raise ConfigError("checkpoints_total_limit", "must be > 0 (or null to keep every checkpoint)")
-        if self.max_sequence_length is not None and self.max_sequence_length <= 0:
-            raise ConfigError("max_sequence_length", f"must be > 0, got {self.max_sequence_length}")
-        if self.lora_target_modules is not None and not self.lora_target_modules:
-            raise ConfigError("lora_target_modules", "must name at least one module (or be null for the default)")
         if self.export_lora_adapter and not self.use_lora:
             raise ConfigError("export_lora_adapter", "needs use_lora = true")
-        if self.resume_from is not None and not self.resume_from.strip():
-            raise ConfigError("resume_from", "must be a checkpoint path, 'latest' or null")
+        return self
 
     @property
     def is_preference(self) -> bool:
@@ -160,112 +203,75 @@ class TrainConfig:
     def uses_pixel_term(self) -> bool:
         return self.pixel_objective != "none"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "TrainConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(source, "expected a table/object of settings")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(key, f"unknown setting in {source}")
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                   and f.name not in data]
-        if missing:
-            raise ConfigError(missing[0], f"required setting missing from {source}")
-        return cls(**data)
+class SampleConfig(Settings):
+    """Sampler settings; the defaults are the paper's evaluation setting (DDIM, 50 steps, CFG 7.5)."""
 
+    model_config = ConfigDict(frozen=True)
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
+    scheduler: Literal["ddim", "default"] = Field(
+        "ddim", description="`ddim`, or `default` for the pipeline's own scheduler (flow pipelines always keep theirs).")
+    steps: PositiveInt = Field(50, description="Denoising steps.")
+    guidance_scale: float = Field(7.5, ge=0.0, description="Classifier-free guidance scale (≤ 1: no guidance).")
+    batch_size: PositiveInt = Field(4, description="Images per forward pass (the images do not depend on it).")
+    height: Pixels | None = Field(None, description="Image height in pixels (null: the model's default).")
+    width: Pixels | None = Field(None, description="Image width in pixels (null: the model's default).")
+    negative_prompt: str | None = Field(None, description="Negative prompt for every image.")
+    max_sequence_length: PositiveInt | None = Field(
+        None, description=SEQUENCE_LENGTH_HELP)
+    device: str | None = Field(None, description="Torch device (null: cuda when available, else cpu).")
+    dtype: Dtype = Field("fp32", description="Weights' dtype while sampling.")
 
 
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], len(args) != len(typing.get_args(tp))
-    return tp, False
+# --------------------------------------------------------------------------------------
+# Files and --set overrides
 
 
-def _check_types(config: TrainConfig) -> None:
-    for name, tp in _field_types().items():
-        value = getattr(config, name)
-        base, optional = _unwrap_optional(tp)
-        if value is None:
-            if optional:
-                continue
-            raise ConfigError(name, "must not be null")
-        if base is float and isinstance(value, int) and not isinstance(value, bool):
-            setattr(config, name, float(value))
-            continue
-        origin = typing.get_origin(base)
-        if origin is list:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(name, f"expected a list of strings, got {value!r}")
-            continue
-        if origin is dict:
-            if not isinstance(value, dict):
-                raise ConfigError(name, f"expected a table, got {value!r}")
-            continue
-        if base is int and isinstance(value, bool) or not isinstance(value, base):
-            raise ConfigError(name, f"expected {base.__name__}, got {type(value).__name__} {value!r}")
+_NULLS = ("none", "null", "")
 
 
-def _choice(config: TrainConfig, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(config, name)
-    if value not in choices:
-        raise ConfigError(name, f"must be one of {', '.join(choices)}; got {value!r}")
+def _accepts(annotation: Any, kind: Any) -> bool:
+    """Whether ``kind`` (None or list) is one of the types an annotation allows."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(_accepts(arg, kind) for arg in typing.get_args(annotation))
+    if typing.get_origin(annotation) is Annotated:
+        return _accepts(typing.get_args(annotation)[0], kind)
+    return annotation is kind or typing.get_origin(annotation) is kind
 
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
-def parse_value(name: str, text: str) -> Any:
-    """Parse a ``--set`` value by the type of the field ``name``."""
-    types_by_name = _field_types()
-    if name not in types_by_name:
+def parse_value(model: type[Settings], name: str, text: str) -> Any:
+    """Parse a ``--set`` value by the type of the field ``name`` (constraints are checked later)."""
+    if name not in model.model_fields:
         raise ConfigError(name, "unknown setting")
-    base, optional = _unwrap_optional(types_by_name[name])
+    annotation = model.model_fields[name].annotation
     stripped = text.strip()
-    if optional and stripped.lower() in ("none", "null", ""):
+    if _accepts(annotation, type(None)) and stripped.lower() in _NULLS:
         return None
-    try:
-        if base is bool:
-            if stripped.lower() in _TRUE:
-                return True
-            if stripped.lower() in _FALSE:
-                return False
-            raise ValueError
-        if base is int:
-            return int(stripped)
-        if base is float:
-            return float(stripped)
-        if typing.get_origin(base) is list:
-            if stripped.startswith("["):
+    value: Any = stripped
+    if _accepts(annotation, list):
+        if stripped.startswith("["):
+            try:
                 value = json.loads(stripped)
-            else:
-                value = [part.strip() for part in stripped.split(",") if part.strip()]
-            return value
-        if typing.get_origin(base) is dict:
-            return json.loads(stripped)
-    except (ValueError, json.JSONDecodeError):
-        raise ConfigError(name, f"cannot parse {text!r} as {getattr(base, '__name__', base)}") from None
-    return text
+            except json.JSONDecodeError:
+                raise ConfigError(name, f"cannot parse {text!r} as a JSON list") from None
+        else:
+            value = [part.strip() for part in stripped.split(",") if part.strip()]
+    try:
+        return TypeAdapter(annotation).validate_python(value, strict=False)
+    except ValidationError as exc:
+        raise ConfigError(name, f"cannot parse {text!r}: {_message(exc.errors()[0])}") from None
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides (typed by the dataclass field) to a settings dict."""
+def apply_overrides(model: type[Settings], data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (typed by the model's field) to a settings dict."""
     merged = dict(data)
     for item in overrides:
+        if not item.strip():
+            continue
         if "=" not in item:
-            raise ConfigError(item, "override must look like key=value")
+            raise ConfigError(item.strip(), "override must look like key=value")
         key, value = item.split("=", 1)
-        key = key.strip()
-        merged[key] = parse_value(key, value)
+        merged[key.strip()] = parse_value(model, key.strip(), value)
     return merged
 
 
@@ -293,8 +299,26 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class ConfigSettings(NamedTuple):
+    values: dict[str, Any]
+    left_out: list[str]  # keys of the file that ``leave_out`` dropped
+
+
+def read_settings(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                  leave_out: tuple[str, ...] = ()) -> ConfigSettings:
+    """A config file's settings plus ``key=value`` overrides, as a dict (not yet validated as a whole).
+
+    ``leave_out`` drops keys that the caller decides itself (a training run sets its own model,
+    data and output paths) from the file; overrides are kept, so naming one of them is refused
+    where the run is validated.
+    """
+    data = read_config_file(path) if path is not None else {}
+    left_out = sorted(key for key in leave_out if key in data)
+    data = {key: value for key, value in data.items() if key not in left_out}
+    return ConfigSettings(apply_overrides(TrainConfig, data, overrides or []), left_out)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Build a TrainConfig from an optional file plus ``key=value`` overrides."""
-    data = read_config_file(path) if path is not None else {}
-    data = apply_overrides(data, overrides or [])
-    return TrainConfig.from_dict(data, source=str(path) if path is not None else "overrides")
+    values, _ = read_settings(path, overrides)
+    return TrainConfig.from_dict(values, source=str(path) if path is not None else "overrides")

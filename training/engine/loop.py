@@ -404,13 +404,8 @@ def train(config: TrainConfig) -> TrainResult:
     from accelerate.utils import ProjectConfiguration
     from tqdm.auto import tqdm
 
-    from accelerate.state import AcceleratorState, GradientState
-
     output_dir = Path(config.output_dir)
-    # accelerate keeps its settings in process-wide singletons; a long-lived worker that trains
-    # several runs (say bf16, then fp32) needs them cleared. The process group is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    reset_accelerate_state()
     # A multi-process launch on a machine without GPUs trains on CPUs over gloo.
     cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
@@ -511,6 +506,7 @@ def train(config: TrainConfig) -> TrainResult:
     bar = tqdm(total=config.max_train_steps, initial=global_step, desc="train",
                disable=not accelerator.is_local_main_process)
     last_checkpoint = list_checkpoints(output_dir)[-1] if list_checkpoints(output_dir) else None
+    watch = NonFiniteWatch(device)
     last_metrics: dict = {}
     batches = iter(loader)
     try:
@@ -526,7 +522,7 @@ def train(config: TrainConfig) -> TrainResult:
                 generator = torch.Generator().manual_seed(seed)
                 with accelerator.accumulate(denoiser):
                     loss, metrics = compute_loss(ctx, denoiser, batch, generator)
-                    _stop_if_not_finite(accelerator, loss, metrics, global_step + 1, last_checkpoint)
+                    watch.observe(loss, metrics, global_step + 1)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or math.inf)
@@ -543,6 +539,7 @@ def train(config: TrainConfig) -> TrainResult:
             bar.update(1)
 
             if global_step % config.log_every == 0 or global_step == config.max_train_steps:
+                watch.check(accelerator, last_checkpoint)
                 means = {key: torch.stack(values).mean() for key, values in step_metrics.items()}
                 reduced = {key: float(accelerator.reduce(value.to(device), reduction="mean"))
                            for key, value in sorted(means.items())}
@@ -554,7 +551,9 @@ def train(config: TrainConfig) -> TrainResult:
                 writer.write(last_metrics)
                 bar.set_postfix(loss=f"{reduced['loss']:.4g}")
             if global_step % config.checkpointing_steps == 0:
+                watch.check(accelerator, last_checkpoint)  # never save weights a non-finite loss reached
                 last_checkpoint = _save_checkpoint(accelerator, config, global_step)
+        watch.check(accelerator, last_checkpoint)  # nor export them
     finally:
         bar.close()
         writer.close()
@@ -580,7 +579,8 @@ def train(config: TrainConfig) -> TrainResult:
             "global_step": global_step, "model_dir": str(model_dir),
             "adapter_dir": str(adapter_dir) if adapter_dir else None,
             "resumed_from": str(resumed_from) if resumed_from else None,
-            "num_processes": world, "replica_checksums": checksums, "last_metrics": last_metrics,
+            "num_processes": world, "mixed_precision": accelerator.mixed_precision,
+            "replica_checksums": checksums, "last_metrics": last_metrics,
             "dataset": getattr(getattr(dataset, "report", None), "summary", lambda: None)(),
         }
         tmp = output_dir / ".train_summary.json.tmp"
@@ -593,15 +593,60 @@ def train(config: TrainConfig) -> TrainResult:
                        resumed_from=resumed_from)
 
 
-def _stop_if_not_finite(accelerator, loss, metrics, step: int, last_checkpoint: Path | None) -> None:
-    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, reduction="sum")  # every process stops together
-    if bad.item() == 0:
-        return
-    terms = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
-    kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
-    raise NonFiniteLossError(
-        f"non-finite loss at step {step} ({terms}); stopping, {kept}. "
-        "Lower learning_rate or beta, or train in bf16/fp32 instead of fp16."
-    )
+def reset_accelerate_state() -> None:
+    """Clear accelerate's process-wide settings so that the next Accelerator takes this run's.
+
+    accelerate keeps them in singletons and has no public reset; a long-lived worker that trains
+    several runs (say bf16, then fp32) needs them cleared. The process group is kept. This is the
+    only call into accelerate's private API; a test checks that it still exists and works.
+    """
+    import accelerate
+    from accelerate.state import AcceleratorState, GradientState
+
+    for singleton in (AcceleratorState, GradientState):
+        if not callable(getattr(singleton, "_reset_state", None)):
+            raise TrainingError(
+                f"accelerate {accelerate.__version__} has no {singleton.__name__}._reset_state; "
+                "reset_accelerate_state in training/engine/loop.py needs updating"
+            )
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+class NonFiniteWatch:
+    """Remembers the first non-finite loss on the device, without waiting for it.
+
+    ``observe`` runs every micro-step and only queues device work; ``check`` (one host sync and
+    one gather) runs when the loss is logged, before each checkpoint and before export, and stops
+    every process together, naming the step the loss first went bad and that step's terms. Weights
+    a non-finite loss reached are therefore never checkpointed or exported.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_bad_step = torch.zeros((), dtype=torch.long, device=device)  # 0: every loss finite
+        self._keys: list[str] = []
+        self._terms: torch.Tensor | None = None  # the metrics of the first bad micro-step
+
+    def observe(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], step: int) -> None:
+        newly_bad = ~torch.isfinite(loss.detach()).all() & (self.first_bad_step == 0)
+        self.first_bad_step = torch.where(newly_bad, step, self.first_bad_step)
+        if sorted(metrics) != self._keys:  # the first call (a run's terms do not change)
+            self._keys, self._terms = sorted(metrics), None
+        terms = torch.stack([metrics[key].detach().float().reshape(()) for key in self._keys])
+        self._terms = torch.where(newly_bad, terms, self._terms if self._terms is not None else terms)
+
+    def check(self, accelerator, last_checkpoint: Path | None) -> None:
+        steps = accelerator.gather(self.first_bad_step.reshape(1))
+        bad = steps[steps > 0]
+        if bad.numel() == 0:
+            return
+        step = int(bad.min())
+        if int(self.first_bad_step) == step and self._terms is not None:
+            terms = ", ".join(f"{key}={value:.4g}" for key, value in zip(self._keys, self._terms.tolist()))
+        else:
+            terms = "on another process"
+        kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} ({terms}); stopping, {kept}. "
+            "Lower learning_rate or beta, or train in bf16/fp32 instead of fp16."
+        )

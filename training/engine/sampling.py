@@ -1,8 +1,8 @@
 """Batched, seeded sampling from a local diffusers pipeline, with a record of every setting.
 
-The default is the paper's evaluation setting: DDIM, 50 steps, classifier-free guidance 7.5.
-Each image has its own seed and its own ``torch.Generator``, so an image depends only on its
-prompt and seed, never on which batch it landed in.
+The settings are a ``SampleConfig`` (training/engine/config.py), whose defaults are the paper's
+evaluation setting. Each image has its own seed and its own ``torch.Generator``, so an image
+depends only on its prompt and seed, never on which batch it landed in.
 
 Flow-matching pipelines (SD3) sample with their own flow-matching Euler scheduler: DDIM
 integrates the DDPM noise schedule, which a flow model was not trained on, so ``scheduler =
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from training.engine.config import SampleConfig
 from training.engine.pipeline_index import read_pipeline_index
 
-SCHEDULERS = ("ddim", "default")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
@@ -40,17 +41,7 @@ def sample(
     prompts: list[str],
     seeds: list[int],
     out_dir: str | Path,
-    *,
-    steps: int = 50,
-    guidance_scale: float = 7.5,
-    scheduler: str = "ddim",
-    batch_size: int = 4,
-    height: int | None = None,
-    width: int | None = None,
-    negative_prompt: str | None = None,
-    max_sequence_length: int | None = None,
-    device: str | None = None,
-    dtype: str = "fp32",
+    config: SampleConfig = SampleConfig(),
 ) -> dict:
     """Generate one image per (prompt, seed) pair into ``out_dir``; returns the JSON record.
 
@@ -65,25 +56,18 @@ def sample(
         raise ValueError(f"seeds: got {len(seeds)} seeds for {len(prompts)} prompts (one seed per prompt)")
     if not prompts:
         raise ValueError("prompts: nothing to sample")
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler: must be one of {', '.join(SCHEDULERS)}; got {scheduler!r}")
-    if steps <= 0 or batch_size <= 0:
-        raise ValueError("steps and batch_size must be positive")
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if dtype not in dtypes:
-        raise ValueError(f"dtype: must be one of {', '.join(dtypes)}; got {dtype!r}")
     index = read_pipeline_index(model_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    pipeline = DiffusionPipeline.from_pretrained(index.path, dtype=dtypes[dtype], local_files_only=True)
-    if scheduler == "ddim" and index.family != "flow":
+    pipeline = DiffusionPipeline.from_pretrained(index.path, dtype=_DTYPES[config.dtype], local_files_only=True)
+    if config.scheduler == "ddim" and index.family != "flow":
         pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
 
     extra: dict = {}
-    if index.family != "unet" and max_sequence_length is not None:
-        extra["max_sequence_length"] = max_sequence_length
+    if index.family != "unet" and config.max_sequence_length is not None:
+        extra["max_sequence_length"] = config.max_sequence_length
     if index.family == "dit":
         extra["use_resolution_binning"] = False  # sample at exactly the requested size
         extra["clean_caption"] = False
@@ -91,16 +75,17 @@ def sample(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images_record = []
+    batch_size = config.batch_size
     for start in range(0, len(prompts), batch_size):
         batch_prompts = prompts[start:start + batch_size]
         batch_seeds = seeds[start:start + batch_size]
         # Generators on the CPU: the same seed gives the same initial noise on any device.
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in batch_seeds]
-        if negative_prompt is not None:
-            extra["negative_prompt"] = [negative_prompt] * len(batch_prompts)
+        if config.negative_prompt is not None:
+            extra["negative_prompt"] = [config.negative_prompt] * len(batch_prompts)
         images = pipeline(
-            batch_prompts, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
-            height=height, width=width, **extra,
+            batch_prompts, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+            generator=generators, height=config.height, width=config.width, **extra,
         ).images
         for offset, (image, prompt, seed) in enumerate(zip(images, batch_prompts, batch_seeds)):
             name = f"{start + offset:05d}.png"
@@ -114,16 +99,16 @@ def sample(
         "family": index.family,
         "prediction_type": index.prediction_type,
         "scheduler": type(pipeline.scheduler).__name__,
-        "scheduler_requested": scheduler,
+        "scheduler_requested": config.scheduler,
         "scheduler_config": dict(pipeline.scheduler.config),
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "negative_prompt": negative_prompt,
+        "steps": config.steps,
+        "guidance_scale": config.guidance_scale,
+        "negative_prompt": config.negative_prompt,
         "height": first[1],
         "width": first[0],
         "batch_size": batch_size,
-        "max_sequence_length": max_sequence_length,
-        "dtype": dtype,
+        "max_sequence_length": config.max_sequence_length,
+        "dtype": config.dtype,
         "device": str(device),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "images": images_record,

@@ -23,6 +23,15 @@ TEXT_LENGTH = 16  # tokenizer and text-encoder sequence length
 CLIP_HIDDEN = 32
 T5_HIDDEN = 32
 LATENT_CHANNELS = 4
+# PixArt-α's block settings, whatever the size: adaLN-single, biased attention, tanh GELU.
+PIXART_ALPHA_BLOCKS = dict(
+    attention_bias=True,
+    activation_fn="gelu-approximate",
+    num_embeds_ada_norm=1000,
+    norm_type="ada_norm_single",
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -40,12 +49,17 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in chars)))
 
 
+def byte_alphabet() -> list[str]:
+    """The 256 characters byte-level BPE (GPT-2, CLIP) writes bytes as."""
+    return list(_bytes_to_unicode().values())
+
+
 def tiny_clip_tokenizer():
     """A byte-level BPE CLIPTokenizer over single bytes (with and without the ``</w>`` suffix)."""
     from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in _bytes_to_unicode().values():
+    for char in byte_alphabet():
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))
     # A handful of merges so that common letter pairs become one token.
@@ -158,12 +172,7 @@ def _tiny_dit_pipeline(prediction_type: str):
         in_channels=LATENT_CHANNELS,
         cross_attention_dim=32,
         out_channels=2 * LATENT_CHANNELS,  # learned sigma, as in PixArt-α/Σ
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
+        **PIXART_ALPHA_BLOCKS,
     )
     tokenizer = tiny_t5_tokenizer()
     text_encoder = _tiny_t5_encoder(len(tokenizer), T5_HIDDEN)
@@ -223,6 +232,11 @@ def build_tiny_pipeline(family: str, out_dir: str | Path, *, prediction_type: st
         pipeline = _tiny_dit_pipeline(prediction_type)
     else:
         pipeline = _tiny_flow_pipeline()
+    return save_pipeline(pipeline, out_dir)
+
+
+def save_pipeline(pipeline, out_dir: str | Path) -> Path:
+    """Save a pipeline in diffusers layout (safetensors) atomically: a reader never sees half a folder."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))

@@ -7,8 +7,8 @@ from collections import defaultdict
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation import services
-from annotation.models import AlignmentQuestion, Image, Round
-from training.models import ModelVersion
+from annotation.models import Round
+from catalog.models import AlignmentQuestion, Image, ModelVersion
 
 
 class Command(BaseCommand):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.exports import preferences_export
-from annotation.management.commands._rounds import round_get
+from annotation.selectors import round_by_id_or_name
 from annotation.services import AnnotationError
 
 
@@ -18,7 +18,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-recompute", action="store_true", help="use the stored aggregates as they are")
 
     def handle(self, *args, **opts):
-        round_ = round_get(opts["round"])
+        round_ = round_by_id_or_name(opts["round"])
+        if round_ is None:
+            raise CommandError(f"no round with id or name {opts['round']!r}")
         try:
             result = preferences_export(round_=round_, out_dir=opts["out"], recompute=not opts["no_recompute"])
         except AnnotationError as exc:

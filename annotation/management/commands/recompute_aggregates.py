@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from annotation.management.commands._rounds import round_get
+from annotation.selectors import round_by_id_or_name
 from annotation.services import round_aggregate
 
 
@@ -15,7 +15,10 @@ class Command(BaseCommand):
         parser.add_argument("round", help="round id or name")
 
     def handle(self, *args, **opts):
-        summary = round_aggregate(round_=round_get(opts["round"]))
+        round_ = round_by_id_or_name(opts["round"])
+        if round_ is None:
+            raise CommandError(f"no round with id or name {opts['round']!r}")
+        summary = round_aggregate(round_=round_)
         self.stdout.write(
             f"{summary.complete}/{summary.items} items complete: {summary.pairs} pairs, {summary.ties} ties, "
             f"{summary.no_majority} without majority, {summary.ambiguous} ambiguous; {summary.judgments} judgments, "

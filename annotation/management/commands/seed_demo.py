@@ -20,9 +20,10 @@ from django.db.models import Count
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
-from annotation.models import Image, Prompt, PromptSet, Round
-from annotation.services import PROMPT_PRESETS, ItemSpec, image_create, round_create
-from training.models import ModelVersion
+from annotation.models import Round
+from annotation.services import ItemSpec, round_create
+from catalog.models import Image, ModelVersion, Prompt, PromptSet
+from catalog.services import PROMPT_PRESETS, image_create
 
 SIZE = 512
 SEEDS = range(5)  # five images per prompt and model: a best/worst grid

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.management.commands._rounds import round_get
 from annotation.models import Round
+from annotation.selectors import round_by_id_or_name
 from annotation.services import round_summary
 from annotation.simulation import Policy, round_simulate, synthetic_annotators
-from training.models import ModelVersion
+from catalog.models import ModelVersion
 
 
 class Command(BaseCommand):
@@ -24,7 +24,9 @@ class Command(BaseCommand):
         parser.add_argument("--prefix", default="synthetic", help="account names: PREFIX-001, PREFIX-002, ...")
 
     def handle(self, *args, **opts):
-        round_ = round_get(opts["round"])
+        round_ = round_by_id_or_name(opts["round"])
+        if round_ is None:
+            raise CommandError(f"no round with id or name {opts['round']!r}")
         if round_.status != Round.Status.OPEN:
             raise CommandError(f"round {round_.pk} is {round_.status}, not open")
         if opts["annotators"] < 1:

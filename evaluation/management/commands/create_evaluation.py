@@ -1,38 +1,9 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.models import PromptSet
+from catalog.models import ModelVersion, PromptSet
 from evaluation.services import EvaluationError, evaluation_start
-from training.models import ModelVersion
-
-
-def describe_start(result) -> list[str]:
-    """Lines that say what ``evaluation_start`` made (shared with the admin)."""
-    evaluation = result.evaluation
-    lines = [
-        f"evaluation {evaluation.pk} '{evaluation.name}': {result.jobs} generation jobs, "
-        f"{result.filled} filled from existing images"
-    ]
-    build = result.build
-    if build is None:
-        lines.append("images: sent to the gpu queue; the annotation rounds are created when the last one is done")
-        return lines
-    for round_ in build.rounds:
-        label = round_.criterion or round_.kind
-        lines.append(f"round {round_.pk} '{round_.name}': {build.items[label]} items ({label})")
-    lines.append(f"prompts used: {build.prompts_used}")
-    if build.prompts_without_questions:
-        lines.append(f"prompts without alignment questions (no alignment items): {build.prompts_without_questions}")
-    return lines
-
-
-def describe_missing(missing: list[dict], limit: int = 20) -> list[str]:
-    lines = [f"{len(missing)} prompts left out: an image is missing"] if missing else []
-    for entry in missing[:limit]:
-        lines.append(f"  prompt {entry['prompt']}: no image from {', '.join(entry['models'])}")
-    if len(missing) > limit:
-        lines.append(f"  ... and {len(missing) - limit} more (the evaluation lists them all)")
-    return lines
+from evaluation.summaries import describe_missing, describe_start
 
 
 class Command(BaseCommand):

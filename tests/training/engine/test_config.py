@@ -121,3 +121,40 @@ def test_example_configs_are_valid():
     for path in configs:
         cfg = load_config(path)
         assert cfg.pixel_objective != "none", path
+
+
+def test_read_settings_leaves_out_what_the_caller_decides(tmp_path):
+    from training.engine.config import read_settings
+
+    path = tmp_path / "run.toml"
+    path.write_text('pretrained_model = "/m"\noutput_dir = "/o"\nlatent_objective = "simpo"\n')
+    values, left_out = read_settings(path, ["pixel_crop=0.5", "", "output_dir=/mine"],
+                                     leave_out=("pretrained_model", "output_dir", "train_data"))
+    assert left_out == ["output_dir", "pretrained_model"]
+    # An override is kept: a caller that decides output_dir refuses it when it validates the run.
+    assert values == {"latent_objective": "simpo", "pixel_crop": 0.5, "output_dir": "/mine"}
+    with pytest.raises(ConfigError) as info:
+        read_settings(path, ["pixel_crop"])
+    assert info.value.field == "pixel_crop"
+
+
+def test_sample_config_defaults_and_field_errors():
+    from training.engine.config import SampleConfig
+
+    assert SampleConfig().scheduler == "ddim" and SampleConfig().steps == 50
+    assert SampleConfig().guidance_scale == 7.5
+    assert SampleConfig.from_dict({"steps": 2}) == SampleConfig(steps=2)
+    with pytest.raises(ConfigError) as info:
+        SampleConfig.from_dict({"stpes": 2}, source="EVALUATION_SAMPLER")
+    assert info.value.field == "stpes" and "EVALUATION_SAMPLER" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        SampleConfig(guidance_scale=-1)
+    assert str(info.value).startswith("guidance_scale: must be greater than or equal to 0")
+
+
+def test_assignment_is_validated_too():
+    cfg = TrainConfig(**BASE)
+    cfg.output_dir = "/runs/b"
+    with pytest.raises(ConfigError) as info:
+        cfg.resolution = 30
+    assert info.value.field == "resolution"

@@ -37,10 +37,11 @@ def component_weights(model_dir, component) -> dict[str, torch.Tensor]:
 def sample_one(model_dir, out_dir):
     from PIL import Image
 
+    from training.engine.config import SampleConfig
     from training.engine.sampling import sample
 
-    record = sample(model_dir, ["a red cat"], [0], out_dir, steps=2, height=32, width=32, max_sequence_length=16,
-                    device="cpu")
+    record = sample(model_dir, ["a red cat"], [0], out_dir,
+                    SampleConfig(steps=2, height=32, width=32, max_sequence_length=16, device="cpu"))
     with Image.open(out_dir / record["images"][0]["file"]) as image:
         return image.size
 
@@ -205,6 +206,20 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     assert not (tmp_path / "run" / "model").exists()
 
 
+@pytest.mark.parametrize(("bad_call", "checkpoints"), [(3, ["checkpoint-2"]), (5, ["checkpoint-2", "checkpoint-4"])])
+def test_a_nan_between_logged_steps_is_caught_before_the_next_checkpoint_or_the_export(
+    tiny_pipelines, sft_folder, tmp_path, monkeypatch, bad_call, checkpoints
+):
+    # The loss is checked when it is logged, before a checkpoint and before export, not every step.
+    _fail_at(monkeypatch, bad_call, lambda loss, metrics: (loss * float("nan"), metrics))
+    cfg = make_config(tiny_pipelines, sft_folder, tmp_path, max_train_steps=5, checkpointing_steps=2,
+                      log_every=100)
+    with pytest.raises(loop.NonFiniteLossError, match=rf"non-finite loss at step {bad_call} \(.*loss=.*{checkpoints[-1]}"):
+        loop.train(cfg)
+    assert [p.name for p in loop.list_checkpoints(cfg.output_dir)] == checkpoints
+    assert not (tmp_path / "run" / "model").exists()
+
+
 def test_checkpoint_rotation_and_refusing_to_overwrite_a_run(tiny_pipelines, sft_folder, tmp_path):
     cfg = make_config(tiny_pipelines, sft_folder, tmp_path, max_train_steps=4, checkpointing_steps=1,
                       checkpoints_total_limit=2)
@@ -262,3 +277,34 @@ def test_one_process_can_train_several_runs_with_different_precisions(tiny_pipel
                                    max_train_steps=1))
     second = loop.train(make_config(tiny_pipelines, sft_folder, tmp_path / "fp32", max_train_steps=1))
     assert first.global_step == second.global_step == 1
+    precisions = [json.loads((result.output_dir / "train_summary.json").read_text())["mixed_precision"]
+                  for result in (first, second)]
+    assert precisions == ["bf16", "no"]
+
+
+def test_resetting_accelerate_lets_the_next_accelerator_take_another_precision():
+    # reset_accelerate_state is the one call into accelerate's private API: fail loudly when it changes.
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    assert callable(AcceleratorState._reset_state) and callable(GradientState._reset_state)
+    loop.reset_accelerate_state()
+    assert Accelerator(mixed_precision="bf16", gradient_accumulation_steps=2).mixed_precision == "bf16"
+    with pytest.raises(ValueError, match="already been initialized"):
+        Accelerator(mixed_precision="no")  # without the reset accelerate refuses the change
+    loop.reset_accelerate_state()
+    accelerator = Accelerator(mixed_precision="no")
+    assert accelerator.mixed_precision == "no" and AcceleratorState().mixed_precision == "no"
+    assert accelerator.gradient_accumulation_steps == 1
+    loop.reset_accelerate_state()
+
+
+def test_watching_the_loss_never_reads_a_value_back_to_the_host():
+    # Tensors on the meta device have no values: any .item(), bool() or float() on them raises.
+    watch = loop.NonFiniteWatch(torch.device("meta"))
+    for step in (1, 2, 3):
+        loss = torch.empty((), device="meta")
+        watch.observe(loss, {"loss": loss, "latent_loss": torch.empty((), device="meta")}, step)
+    assert watch.first_bad_step.device.type == "meta"
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        bool(watch.first_bad_step)  # what check() does, once, when the loss is logged

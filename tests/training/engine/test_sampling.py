@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from training.engine.config import ConfigError, SampleConfig
 from training.engine.sampling import sample
 
 
@@ -18,8 +19,10 @@ def pixels(path):
 
 def test_sampling_is_deterministic_per_seed_and_independent_of_batching(tiny_pipelines, tmp_path):
     prompts, seeds = ["a red cat", "a blue dog", "a red cat"], [11, 12, 13]
-    first = sample(tiny_pipelines["unet"], prompts, seeds, tmp_path / "a", steps=3, batch_size=2, height=32, width=32)
-    second = sample(tiny_pipelines["unet"], prompts, seeds, tmp_path / "b", steps=3, batch_size=1, height=32, width=32)
+    first = sample(tiny_pipelines["unet"], prompts, seeds, tmp_path / "a",
+                   SampleConfig(steps=3, batch_size=2, height=32, width=32))
+    second = sample(tiny_pipelines["unet"], prompts, seeds, tmp_path / "b",
+                    SampleConfig(steps=3, batch_size=1, height=32, width=32))
     for a, b in zip(first["images"], second["images"]):
         assert np.array_equal(pixels(tmp_path / "a" / a["file"]), pixels(tmp_path / "b" / b["file"]))
     # Same prompt, different seed: a different image.
@@ -37,8 +40,8 @@ def test_sampling_is_deterministic_per_seed_and_independent_of_batching(tiny_pip
 @pytest.mark.parametrize(("family", "scheduler"), [("flow", "FlowMatchEulerDiscreteScheduler"),
                                                    ("dit", "DDIMScheduler")])
 def test_other_families_sample_with_the_right_scheduler(tiny_pipelines, tmp_path, family, scheduler):
-    record = sample(tiny_pipelines[family], ["a red cat"], [5], tmp_path, steps=2, height=32, width=32,
-                    max_sequence_length=16)
+    record = sample(tiny_pipelines[family], ["a red cat"], [5], tmp_path,
+                    SampleConfig(steps=2, height=32, width=32, max_sequence_length=16))
     assert record["scheduler"] == scheduler
     assert record["scheduler_requested"] == "ddim"
     assert pixels(tmp_path / "00000.png").shape == (32, 32, 3)
@@ -47,5 +50,7 @@ def test_other_families_sample_with_the_right_scheduler(tiny_pipelines, tmp_path
 def test_bad_sampling_arguments_are_named(tiny_pipelines, tmp_path):
     with pytest.raises(ValueError, match="seeds"):
         sample(tiny_pipelines["unet"], ["a", "b"], [1], tmp_path)
-    with pytest.raises(ValueError, match="scheduler"):
-        sample(tiny_pipelines["unet"], ["a"], [1], tmp_path, scheduler="euler")
+    with pytest.raises(ConfigError, match="^scheduler: must be 'ddim' or 'default'"):
+        SampleConfig(scheduler="euler")
+    with pytest.raises(ConfigError, match="^height: must be a multiple of 8"):
+        SampleConfig(height=30)

@@ -2,11 +2,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from annotation.management.commands._rounds import round_get
-from annotation.models import PromptSet
+from annotation.selectors import round_by_id_or_name
 from annotation.services import AnnotationError
-from training.engine.config import ConfigError, apply_overrides, read_config_file
-from training.models import ModelVersion
+from catalog.models import ModelVersion, PromptSet
+from training.engine.config import ConfigError, read_settings
 from training.rounds import TrainingRoundError, training_round_launch
 from training.services import RUN_DECIDED
 
@@ -31,7 +30,9 @@ class Command(BaseCommand):
         parser.add_argument("--user", help="Username recorded as the creator.")
 
     def handle(self, *args, **opts):
-        round_ = round_get(opts["round"])
+        round_ = round_by_id_or_name(opts["round"])
+        if round_ is None:
+            raise CommandError(f"no round with id or name {opts['round']!r}")
         base = ModelVersion.objects.filter(name=opts["base_model"]).first()
         if base is None:
             raise CommandError(f"--base-model: no model version named {opts['base_model']!r}")
@@ -46,9 +47,7 @@ class Command(BaseCommand):
             if user is None:
                 raise CommandError(f"--user: no user named {opts['user']!r}")
         try:
-            config = read_config_file(opts["config"])
-            ignored = sorted(key for key in RUN_DECIDED if key in config)
-            config = apply_overrides({k: v for k, v in config.items() if k not in RUN_DECIDED}, opts["overrides"])
+            config, ignored = read_settings(opts["config"], opts["overrides"], leave_out=RUN_DECIDED)
             if ignored:
                 self.stderr.write(f"ignoring {', '.join(ignored)} from {opts['config']}: the round decides them")
             with transaction.atomic():

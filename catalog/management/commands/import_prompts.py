@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.prompt_import import FORMATS, PromptImportError
-from annotation.services import PROMPT_PRESETS, prompt_preset_path, prompts_import
+from catalog.prompt_import import FORMATS, PromptImportError
+from catalog.services import PROMPT_PRESETS, prompt_preset_path, prompts_import
 
 
 class Command(BaseCommand):

@@ -1,9 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation.models import PromptSet
-from evaluation.generation import pool_generation_create
-from evaluation.services import prompts_select
-from training.models import ModelVersion
+from catalog.generation import pool_generation_create
+from catalog.models import ModelVersion, PromptSet
+from catalog.selectors import prompts_select
 
 
 class Command(BaseCommand):

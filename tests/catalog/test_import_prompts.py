@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotation.models import AlignmentQuestion, Prompt, PromptSet
-from annotation.prompt_import import PromptImportError, parse_prompt_file
-from annotation.services import prompts_import
+from catalog.models import AlignmentQuestion, Prompt, PromptSet
+from catalog.prompt_import import PromptImportError, parse_prompt_file
+from catalog.services import prompts_import
 
 pytestmark = pytest.mark.django_db
 
@@ -134,7 +134,7 @@ def test_ten_megabyte_file_broken_at_line_40000_leaves_database_unchanged(tmp_pa
 
 
 def test_failure_during_write_rolls_back_everything(tmp_path, monkeypatch):
-    from annotation import services
+    from catalog import services
 
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from training.models import ModelVersion
+from catalog.models import ModelVersion
 
 pytestmark = pytest.mark.django_db
 

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from training.models import ModelVersion
-from training.services import RegistrationError, model_register
+from catalog.models import ModelVersion
+from catalog.services import RegistrationError, model_register
 
 
 class Command(BaseCommand):

@@ -1,0 +1,211 @@
+"""Image generation: GenerationJobs become Images on a `gpu` worker.
+
+The web process dispatches one `gpu` task per (batch, model); the task samples every queued
+job of that model in batches with the engine's ``SampleConfig`` (the paper's evaluation setting
+unless ``settings.EVALUATION_SAMPLER`` overrides some of it) and the same per-prompt seed for
+every model. When the last job of
+a batch has finished, ``generation_batch_done`` is sent: whoever made the batch (e.g. an
+evaluation) takes it from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from catalog.models import GenerationBatch, GenerationJob, Image, ModelVersion, Prompt
+from catalog.services import generation_job_complete, image_create
+from catalog.signals import generation_batch_done
+from config.celery import enqueue_on_commit
+from training.engine.config import SampleConfig
+
+GENERATE_TASK = "catalog.tasks.gpu_generate_images"
+
+
+def sampler_settings() -> SampleConfig:
+    """The sampler for generated images: SampleConfig's defaults, updated by EVALUATION_SAMPLER.
+
+    Raises ConfigError naming the setting when EVALUATION_SAMPLER holds a bad one.
+    """
+    return SampleConfig.from_dict(dict(settings.EVALUATION_SAMPLER), source="EVALUATION_SAMPLER")
+
+
+def prompt_seed(*, seed: int | str, external_id: str) -> int:
+    """The image seed of one prompt: the same for every model, derived from the request's seed.
+
+    A hash of (seed, the prompt's stable external id), so it does not depend on database ids
+    and stays below 2**31 (every sampler's generator takes it).
+    """
+    digest = hashlib.sha256(f"{seed}:{external_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF
+
+
+@transaction.atomic
+def generation_batch_create(
+    *, model_versions: Sequence[ModelVersion], prompts: Sequence[Prompt], seed: int, label: str = ""
+) -> GenerationBatch:
+    """A batch of one job per prompt per model, each prompt's seed the same for every model."""
+    batch = GenerationBatch.objects.create(label=label)
+    GenerationJob.objects.bulk_create(
+        [
+            GenerationJob(
+                batch=batch, model_version=model, prompt=prompt,
+                seed=prompt_seed(seed=seed, external_id=prompt.external_id),
+            )
+            for prompt in prompts
+            for model in model_versions
+        ],
+        batch_size=2000,
+    )
+    return batch
+
+
+def generation_dispatch(*, batch: GenerationBatch | None) -> list[int]:
+    """Send one `gpu` task per model that still has queued jobs, after the transaction commits.
+
+    ``batch=None`` dispatches the pool jobs (images not tied to a batch).
+    """
+    batch_id = batch.pk if batch is not None else None
+    queued = GenerationJob.objects.filter(batch_id=batch_id, status=GenerationJob.Status.QUEUED)
+    model_ids = sorted(set(queued.values_list("model_version_id", flat=True)))
+    for model_id in model_ids:
+        enqueue_on_commit(GENERATE_TASK, batch_id, model_id)
+    return model_ids
+
+
+@transaction.atomic
+def generation_jobs_fill_from_existing(*, batch: GenerationBatch) -> int:
+    """Satisfy the batch's unfinished jobs with existing images of the same (model, prompt, seed).
+
+    Returns how many jobs were filled. Where several images match, the oldest is used.
+    """
+    jobs = list(
+        GenerationJob.objects.select_for_update().filter(batch=batch).exclude(status=GenerationJob.Status.DONE)
+    )
+    if not jobs:
+        return 0
+    candidates = (
+        Image.objects.filter(
+            prompt_id__in={j.prompt_id for j in jobs}, model_version_id__in={j.model_version_id for j in jobs},
+            seed__in={j.seed for j in jobs},
+        )
+        .order_by("id")
+        .values_list("id", "model_version_id", "prompt_id", "seed")
+    )
+    found: dict[tuple[int, int, int], int] = {}
+    for image_id, model_id, prompt_id, seed in candidates:
+        found.setdefault((model_id, prompt_id, seed), image_id)
+    now = timezone.now()
+    filled = []
+    for job in jobs:
+        image_id = found.get((job.model_version_id, job.prompt_id, job.seed))
+        if image_id is not None:
+            job.image_id, job.status, job.error, job.finished_at = image_id, GenerationJob.Status.DONE, "", now
+            filled.append(job)
+    # Small batches: bulk_update builds one CASE per field and row, quadratic in the batch.
+    GenerationJob.objects.bulk_update(filled, ["image", "status", "error", "finished_at"], batch_size=100)
+    return len(filled)
+
+
+@transaction.atomic
+def pool_generation_create(
+    *, model_version: ModelVersion, prompts: list[Prompt], images_per_prompt: int, seed: int = 0
+) -> tuple[int, int]:
+    """Queue ``images_per_prompt`` images per prompt for collecting preferences; returns (new, existing).
+
+    Seeds derive from (seed, prompt, index), so running the same request again queues nothing
+    new, and an image that already exists for a (model, prompt, seed) is reused.
+    """
+    if images_per_prompt < 1:
+        raise ValueError("images_per_prompt: must be at least 1")
+    wanted = [
+        (prompt, prompt_seed(seed=f"{seed}.{index}", external_id=prompt.external_id))
+        for prompt in prompts
+        for index in range(images_per_prompt)
+    ]
+    existing_jobs = set(
+        GenerationJob.objects.filter(batch=None, model_version=model_version, prompt__in=prompts)
+        .values_list("prompt_id", "seed")
+    )
+    existing_images = {
+        (prompt_id, image_seed): image_id
+        for image_id, prompt_id, image_seed in Image.objects.filter(model_version=model_version, prompt__in=prompts)
+        .order_by("-id").values_list("id", "prompt_id", "seed")
+    }
+    new = []
+    for prompt, image_seed in wanted:
+        if (prompt.pk, image_seed) in existing_jobs:
+            continue
+        image_id = existing_images.get((prompt.pk, image_seed))
+        new.append(GenerationJob(
+            batch=None, model_version=model_version, prompt=prompt, seed=image_seed, image_id=image_id,
+            status=GenerationJob.Status.DONE if image_id else GenerationJob.Status.QUEUED,
+        ))
+    GenerationJob.objects.bulk_create(new, batch_size=1000)
+    generation_dispatch(batch=None)
+    return len(new), len(wanted) - len(new)
+
+
+def _jobs_claim(*, batch_id: int | None, model_version_id: int) -> list[GenerationJob]:
+    """Queued jobs, and jobs left running by a worker that died, become this worker's."""
+    with transaction.atomic():
+        jobs = list(
+            GenerationJob.objects.select_for_update(skip_locked=True)
+            .filter(
+                batch_id=batch_id,
+                model_version_id=model_version_id,
+                status__in=[GenerationJob.Status.QUEUED, GenerationJob.Status.RUNNING],
+            )
+            .select_related("prompt")
+            .order_by("id")
+        )
+        GenerationJob.objects.filter(pk__in=[job.pk for job in jobs]).update(status=GenerationJob.Status.RUNNING)
+    return jobs
+
+
+def generation_run(*, batch_id: int | None, model_version_id: int) -> int:
+    """Sample every claimed job of one model; returns how many images were made. Imports torch."""
+    from training.engine.sampling import sample
+
+    jobs = _jobs_claim(batch_id=batch_id, model_version_id=model_version_id)
+    if not jobs:
+        return 0
+    model = ModelVersion.objects.get(pk=model_version_id)
+    try:
+        with tempfile.TemporaryDirectory(prefix="generate-") as tmp:
+            record = sample(
+                model.local_path, [job.prompt.text for job in jobs], [job.seed for job in jobs], tmp,
+                sampler_settings(),
+            )
+            stored_sampler = {key: record[key] for key in ("scheduler", "steps", "guidance_scale", "height", "width", "dtype")}
+            for job, entry in zip(jobs, record["images"], strict=True):
+                with transaction.atomic():
+                    image = image_create(
+                        prompt=job.prompt, model_version=model, seed=job.seed, sampler=stored_sampler,
+                        data=(Path(tmp) / entry["file"]).read_bytes(),
+                    )
+                    generation_job_complete(job=job, image=image)
+    except Exception as exc:
+        GenerationJob.objects.filter(pk__in=[j.pk for j in jobs], status=GenerationJob.Status.RUNNING).update(
+            status=GenerationJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:10_000]
+        )
+        raise
+    finally:
+        if batch_id is not None:
+            _batch_done_when_over(batch_id)
+    return len(jobs)
+
+
+def _batch_done_when_over(batch_id: int) -> None:
+    pending = GenerationJob.objects.filter(
+        batch_id=batch_id, status__in=[GenerationJob.Status.QUEUED, GenerationJob.Status.RUNNING]
+    )
+    if not pending.exists():
+        batch = GenerationBatch.objects.get(pk=batch_id)
+        transaction.on_commit(lambda: generation_batch_done.send(sender=GenerationBatch, batch=batch))

@@ -1,0 +1,26 @@
+"""Read-side queries of the catalog."""
+
+from __future__ import annotations
+
+import random
+
+from django.urls import reverse
+
+from catalog.models import Prompt, PromptSet
+
+
+def image_url(public_id: str) -> str:
+    """The opaque URL of an image's bytes (served, behind login and lease checks, by the annotation app)."""
+    return reverse("annotation-image", kwargs={"public_id": public_id})
+
+
+def prompts_select(*, prompt_set: PromptSet, limit: int | None, seed: int) -> list[Prompt]:
+    """The set's prompts, or a sample of ``limit`` of them drawn with ``seed`` (in set order).
+
+    A sample rather than the first N, because prompt files are often sorted by category.
+    """
+    prompts = list(Prompt.objects.filter(prompt_set=prompt_set).order_by("id"))
+    if limit is not None and limit < len(prompts):
+        chosen = set(random.Random(seed).sample(range(len(prompts)), limit))
+        prompts = [p for index, p in enumerate(prompts) if index in chosen]
+    return prompts

@@ -1,0 +1,100 @@
+"""The pixel oracle: right on renders, right when the render shows another scene, and a texture
+measure that ranks degraded renders below clean ones."""
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from toyworld import oracle
+from toyworld.questions import scene_questions, true_answer
+from toyworld.scenes import COLOURS, SHAPES, SIZES, TEXTURES, Scene, render, sample_scene, to_uint8
+
+
+def _scenes(seed, count):
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng) for _ in range(count)]
+
+
+def test_every_question_is_answered_yes_on_the_ground_truth_render():
+    answers = total = 0
+    for scene in _scenes(11, 150):
+        result = oracle.answer_questions(to_uint8(render(scene)), scene.caption)
+        answers += sum(result.values())
+        total += len(result)
+    assert answers / total >= 0.99
+
+
+def _perturbed(scene: Scene, rng) -> Scene:
+    used = {o.shape for o in scene.objects}
+    objects = []
+    for obj in scene.objects:
+        changes = {}
+        free = [s for s in SHAPES if s not in used]
+        if free and rng.random() < 0.3:
+            changes["shape"] = free[int(rng.integers(len(free)))]
+            used.add(changes["shape"])
+        if rng.random() < 0.3:
+            changes["colour"] = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        if rng.random() < 0.3:
+            changes["texture"] = TEXTURES[int(rng.integers(len(TEXTURES)))]
+        if rng.random() < 0.3:
+            changes["size"] = SIZES[int(rng.integers(len(SIZES)))]
+        objects.append(dataclasses.replace(obj, **changes))
+    return Scene(objects=tuple(objects), background=scene.background)
+
+
+def test_answers_follow_the_pixels_not_the_caption():
+    """Render a scene with some attributes changed; the oracle must say "no" where they changed."""
+    rng = np.random.default_rng(5)
+    right = total = noes = 0
+    for asked in _scenes(12, 200):
+        shown = _perturbed(asked, rng)
+        result = oracle.answer_questions(to_uint8(render(shown)), asked.caption)
+        for question in scene_questions(asked):
+            truth = true_answer(question, asked, shown)
+            right += result[question.order] == truth
+            noes += not truth
+            total += 1
+    assert noes > 0.25 * total  # the test really asks questions whose answer is "no"
+    assert right / total >= 0.97
+
+
+def _degrade(image: np.ndarray, how: str) -> np.ndarray:
+    picture = Image.fromarray(to_uint8(image))
+    if how == "blur":
+        return np.asarray(picture.filter(ImageFilter.GaussianBlur(0.8)))
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=25)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+@pytest.mark.parametrize("how", ["blur", "jpeg"])
+def test_texture_fidelity_ranks_degraded_renders_below_the_clean_one(how):
+    for scene in _scenes(13, 60):
+        clean = render(scene)
+        assert oracle.texture_fidelity(clean, scene.caption) == pytest.approx(1.0)
+        assert oracle.texture_fidelity(_degrade(clean, how), scene.caption) < oracle.texture_fidelity(
+            to_uint8(clean), scene.caption)
+
+
+def test_invented_detail_costs_fidelity_too():
+    scene = _scenes(14, 1)[0]
+    noisy = np.clip(render(scene) + np.random.default_rng(0).normal(0, 0.2, (64, 64, 3)), 0, 1)
+    assert oracle.texture_fidelity(noisy, scene.caption) < 0.9
+
+
+def test_shape_and_colour_check_reads_the_image():
+    scene = Scene(objects=_scenes(15, 1)[0].objects[:1], background="plain")
+    scene = Scene(objects=(dataclasses.replace(scene.objects[0], position="center"),), background="plain")
+    assert oracle.shape_and_colour_correct(render(scene), scene.caption)
+    other_colour = next(c for c in COLOURS if c != scene.objects[0].colour)
+    wrong = Scene(objects=(dataclasses.replace(scene.objects[0], colour=other_colour),), background="plain")
+    assert not oracle.shape_and_colour_correct(render(wrong), scene.caption)
+
+
+def test_images_of_the_wrong_size_are_refused():
+    with pytest.raises(ValueError, match="64×64"):
+        oracle.answer_questions(np.zeros((32, 32, 3), np.uint8), _scenes(16, 1)[0].caption)
