@@ -250,5 +250,6 @@ def report_latest(*, evaluation: EvaluationRound) -> LatestReport:
             requested_state=state.key, requested_at__gt=now - REPORT_REQUEST_TIMEOUT
         ).update(requested_state=state.key, requested_at=now)
         if asked:
+            stored.requested_state, stored.requested_at = state.key, now
             enqueue_on_commit("evaluation.tasks.evaluation_report_refresh", evaluation.pk)
     return LatestReport(stored=stored, fresh=fresh, judgment_count=state.judgment_count)

@@ -46,6 +46,7 @@ def test_first_view_asks_a_worker_once_and_shows_the_report_when_it_is_stored(
         again = researcher.get(f"/evaluation/{evaluation.pk}/")
     assert page.status_code == again.status_code == 200
     assert "The report is being computed" in page.content.decode()
+    assert "Asked for 0\xa0minutes ago" in page.content.decode()
     assert 'id="paper-table"' not in page.content.decode()
     assert len(asked) == 1  # two views of one state send one task
     download = researcher.get(f"/evaluation/{evaluation.pk}/report.csv")
