@@ -7,7 +7,6 @@ say how many of their votes are simulated.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import uuid
 from dataclasses import dataclass
@@ -17,64 +16,128 @@ from django.contrib.auth.models import Group
 
 from annotation import services
 from annotation.models import ANNOTATORS_GROUP, AnnotatorProfile, Lease, Round
-from catalog.models import Image
+from catalog.models import Image, Prompt
 
 
-def _unit(*parts) -> float:
-    """A stable pseudo-random number in [0, 1) from its parts: the hidden 'truth' of the oracle."""
-    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+class PolicyError(ValueError):
+    """A policy that cannot judge this round (for example noisy_oracle on images from outside the toy world)."""
 
 
 @dataclass
 class Policy:
+    """How a synthetic annotator answers.
+
+    - ``random``: uniform choices (a pairwise tie one time in five, yes/no at even odds).
+    - ``prefer_model:NAME``: always for NAME's images; other choices random.
+    - ``noisy_oracle``: the toy world's pixel oracle (``toyworld.oracle``) judges each image from
+      its pixels and caption, and the annotator slips with probability ``noise``. Visual flaws:
+      the higher texture fidelity wins (a tie within ``TIE_MARGIN``); visual appeal: the higher
+      ``Judgement.appeal`` (a stated mix of fidelity and alignment accuracy); best/worst: fewest
+      flaws first, by fidelity; alignment: the oracle's answer to each question. A slip picks the
+      other image, swaps best and worst, or flips one answer. Toy-world images only.
+    """
+
     kind: str  # random | prefer_model | noisy_oracle
     model: str = ""
     noise: float = 0.2
 
+    TIE_MARGIN = 0.02
+
     @classmethod
     def parse(cls, text: str, *, noise: float = 0.2) -> Policy:
+        if not 0.0 <= noise <= 1.0:
+            raise PolicyError(f"--noise must be between 0 and 1, not {noise}")
         if text == "random":
             return cls("random", noise=noise)
         if text == "noisy_oracle":
             return cls("noisy_oracle", noise=noise)
         if text.startswith("prefer_model:") and text.split(":", 1)[1]:
             return cls("prefer_model", model=text.split(":", 1)[1], noise=noise)
-        raise ValueError(f"--policy must be random, prefer_model:NAME or noisy_oracle, not {text!r}")
+        raise PolicyError(f"--policy must be random, prefer_model:NAME or noisy_oracle, not {text!r}")
+
+    def check_round(self, round_: Round) -> None:
+        """Refuse, before any judgment, a round this policy cannot judge."""
+        if self.kind != "noisy_oracle":
+            return
+        from toyworld.scenes import CaptionError, parse_caption
+
+        texts = Prompt.objects.filter(annotation_items__round=round_).values_list("text", flat=True).distinct()
+        for text in texts:
+            try:
+                parse_caption(text)
+            except CaptionError:
+                raise PolicyError(
+                    f"noisy_oracle judges toy-world images only; round {round_.pk} has the prompt {text[:80]!r}"
+                ) from None
 
     def answer(self, lease: Lease, rng: random.Random) -> dict:
         layout = list(lease.layout)
         kind = lease.round.kind
         if kind == Round.Kind.ALIGNMENT:
-            return {"answers": [{"question": q, "answer": "yes" if self._yes(lease, q, rng) else "no"}
-                                for q in lease.item.prompt.questions.values_list("pk", flat=True)]}
-        ranked = self._rank(layout, rng)  # best first
+            return {"answers": self._alignment(lease, rng)}
+        if kind == Round.Kind.PAIRWISE and self.kind == "noisy_oracle":
+            return self._pairwise_oracle(lease, layout, rng)
+        ranked = self._rank(lease, layout, rng)  # best first
         if kind == Round.Kind.PAIRWISE:
             if self.kind == "random" and rng.random() < 0.2:
                 return {"outcome": "tie"}
             return {"outcome": "win", "winner": ranked[0]}
         return {"best": ranked[0], "worst": ranked[-1]}
 
-    def _rank(self, layout: list[str], rng: random.Random) -> list[str]:
+    def _rank(self, lease: Lease, layout: list[str], rng: random.Random) -> list[str]:
         if self.kind == "random":
             return rng.sample(layout, len(layout))
         if self.kind == "prefer_model":
             models = dict(Image.objects.filter(public_id__in=layout).values_list("public_id", "model_version__name"))
             return sorted(layout, key=lambda pid: (models[pid] != self.model, rng.random()))
-        ranked = sorted(layout, key=lambda pid: -_unit("quality", pid))
+        views = _judgements(layout)
+        ranked = sorted(layout, key=lambda pid: -views[pid].fidelity)
         if rng.random() < self.noise:  # a slip: the two ends trade places
             ranked[0], ranked[-1] = ranked[-1], ranked[0]
         return ranked
 
-    def _yes(self, lease: Lease, question: int, rng: random.Random) -> bool:
+    def _pairwise_oracle(self, lease: Lease, layout: list[str], rng: random.Random) -> dict:
+        views = _judgements(layout)
+        score = (lambda pid: views[pid].appeal) if lease.round.criterion == Round.Criterion.VISUAL_APPEAL else (
+            lambda pid: views[pid].fidelity)
+        first, second = layout
+        if abs(score(first) - score(second)) < self.TIE_MARGIN:
+            return {"outcome": "tie"}
+        winner, loser = (first, second) if score(first) > score(second) else (second, first)
+        if rng.random() < self.noise:
+            winner = loser
+        return {"outcome": "win", "winner": winner}
+
+    def _alignment(self, lease: Lease, rng: random.Random) -> list[dict]:
+        questions = list(lease.item.prompt.questions.values_list("pk", "order"))
         image = lease.layout[0]
-        if self.kind == "random":
-            return rng.random() < 0.5
-        if self.kind == "prefer_model":
+        if self.kind == "noisy_oracle":
+            answers = _judgements([image])[image].answers
+            yes = {pk: answers.get(order, False) != (rng.random() < self.noise) for pk, order in questions}
+        elif self.kind == "prefer_model":
             model = Image.objects.filter(public_id=image).values_list("model_version__name", flat=True).first()
-            return model == self.model or rng.random() < 0.5
-        truth = _unit("aligned", image, question) < 0.7
-        return truth != (rng.random() < self.noise)
+            yes = {pk: model == self.model or rng.random() < 0.5 for pk, _ in questions}
+        else:
+            yes = {pk: rng.random() < 0.5 for pk, _ in questions}
+        return [{"question": pk, "answer": "yes" if yes[pk] else "no"} for pk, _ in questions]
+
+
+def _judgements(public_ids: list[str]) -> dict:
+    """The toy oracle's judgement of each image, read from its stored file."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from toyworld.oracle import judge
+
+    views = {}
+    for image in Image.objects.filter(public_id__in=public_ids).select_related("prompt"):
+        with image.file.open("rb") as handle:
+            pixels = np.asarray(PILImage.open(handle).convert("RGB"))
+        try:
+            views[image.public_id] = judge(pixels, image.prompt.text)
+        except ValueError as exc:
+            raise PolicyError(f"noisy_oracle cannot judge image {image.public_id}: {exc}") from exc
+    return views
 
 
 def synthetic_annotators(*, count: int, prefix: str = "synthetic") -> list:
@@ -103,6 +166,7 @@ def round_simulate(
     *, round_: Round, annotators: list, policy: Policy, seed: int = 0, max_judgments: int | None = None,
 ) -> SimulationResult:
     """Annotators take turns asking for their next item and answering it until nothing is left."""
+    policy.check_round(round_)
     rng = random.Random(seed)
     done = 0
     active = list(annotators)
@@ -114,7 +178,7 @@ def round_simulate(
                 continue
             lease.round = round_
             services.judgment_submit(
-                annotator=user, lease_id=lease.pk, client_uuid=uuid.UUID(int=rng.getrandbits(128)),
+                annotator=user, lease_id=lease.pk, client_uuid=uuid.uuid4(),  # fresh per judgment: a second run never reuses one
                 answer=policy.answer(lease, rng), elapsed_ms=rng.randint(800, 6000),
                 # Simulated people answer far faster than the human rate limit allows.
                 enforce_rate_limit=False,

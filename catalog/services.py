@@ -97,7 +97,21 @@ PROMPT_PRESETS = {
         "set": "DSG-1k",
         "source": "DSG-1k (j-min/DSG, Apache-2.0)",
     },
+    "toy-train": {
+        "path": "data/prompts/toy/toy-train.jsonl",
+        "format": "jsonl",
+        "set": "toy-train",
+        "source": "toy world, training split (python -m toyworld.prompts)",
+    },
+    "toy-eval": {
+        "path": "data/prompts/toy/toy-eval.jsonl",
+        "format": "jsonl",
+        "set": "toy-eval",
+        "source": "toy world, evaluation split (python -m toyworld.prompts)",
+    },
 }
+# A preset that names several: `--preset toy` imports both toy splits.
+PROMPT_PRESET_GROUPS = {"toy": ("toy-train", "toy-eval")}
 
 
 @dataclass(frozen=True)

@@ -216,12 +216,6 @@ def _answer(question: Question, scene: Scene, blobs: dict[str, Blob], image) -> 
     return getattr(found, question.attribute) == question.value
 
 
-def alignment_accuracy(image, caption: str) -> float:
-    """The share of the caption's questions the oracle answers "yes" for ``image``."""
-    answers = answer_questions(image, caption)
-    return sum(answers.values()) / len(answers)
-
-
 def _luminance_highpass(image: np.ndarray) -> np.ndarray:
     luminance = image @ np.array([0.299, 0.587, 0.114], np.float32)
     return luminance - _box3(luminance)
@@ -259,3 +253,31 @@ def shape_and_colour_correct(image, caption: str) -> bool:
     scene = parse_caption(caption)
     blobs = look(image, scene)
     return all(blobs[o.position].shape == o.shape and blobs[o.position].colour == o.colour for o in scene.objects)
+
+
+# What the simulated annotators weigh (annotation.simulation's noisy_oracle policy):
+# visual flaws by texture fidelity alone; visual appeal by this mix of fidelity and alignment.
+APPEAL_FIDELITY_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The oracle's view of one image of a caption."""
+
+    fidelity: float
+    alignment: float
+    answers: dict[int, bool]
+
+    @property
+    def appeal(self) -> float:
+        return APPEAL_FIDELITY_WEIGHT * self.fidelity + (1.0 - APPEAL_FIDELITY_WEIGHT) * self.alignment
+
+
+def judge(image, caption: str) -> Judgement:
+    """Fidelity, alignment accuracy and per-question answers of ``image`` for ``caption``."""
+    answers = answer_questions(image, caption)
+    return Judgement(
+        fidelity=texture_fidelity(image, caption),
+        alignment=sum(answers.values()) / len(answers),
+        answers=answers,
+    )

@@ -22,7 +22,7 @@ def researcher_client():
 
 def test_admin_pages_show_rounds_items_aggregates_and_judgments(researcher_client):
     round_ = pairwise_round(n_items=2, k=3)
-    round_simulate(round_=round_, annotators=synthetic_annotators(count=3), policy=Policy.parse("noisy_oracle"))
+    round_simulate(round_=round_, annotators=synthetic_annotators(count=3), policy=Policy.parse("random"))
     for url in ("/admin/annotation/round/", "/admin/annotation/item/", "/admin/annotation/judgment/",
                 "/admin/annotation/aggregate/", "/admin/annotation/lease/", "/admin/annotation/annotatorprofile/",
                 "/admin/annotation/aggregate/?no_majority__exact=1", "/admin/annotation/item/?q=photo"):
@@ -36,7 +36,7 @@ def test_admin_pages_show_rounds_items_aggregates_and_judgments(researcher_clien
 def test_export_action(researcher_client, settings, tmp_path):
     settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
     round_ = pairwise_round(n_items=2, k=3)
-    round_simulate(round_=round_, annotators=synthetic_annotators(count=3), policy=Policy.parse("noisy_oracle"))
+    round_simulate(round_=round_, annotators=synthetic_annotators(count=3), policy=Policy.parse("random"))
     response = researcher_client.post("/admin/annotation/round/", {
         "action": "export_preferences_action", "_selected_action": [round_.pk],
     }, follow=True)

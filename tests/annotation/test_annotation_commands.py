@@ -84,7 +84,7 @@ def test_simulated_annotators_complete_a_round_and_are_flagged(gallery, capsys):
 @pytest.mark.parametrize("kind, extra", [
     ("best_worst", ["--models", "base"]), ("alignment", ["--models", "base", "tuned"]),
 ])
-@pytest.mark.parametrize("policy", ["random", "noisy_oracle"])
+@pytest.mark.parametrize("policy", ["random", "prefer_model:base"])
 def test_simulation_works_every_kind(gallery, kind, extra, policy):
     call_command("create_round", "--kind", kind, "--name", "r", "--k", "3", *extra)
     call_command("simulate_annotators", "r", "--annotators", "3", "--policy", policy)

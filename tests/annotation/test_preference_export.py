@@ -23,7 +23,7 @@ from tests.annotation.builders import alignment_round, annotators, best_worst_ro
 pytestmark = pytest.mark.django_db
 
 
-def judged_pairwise_round(n_items=6, k=3, policy="noisy_oracle"):
+def judged_pairwise_round(n_items=6, k=3, policy="prefer_model:pixel-dpo-secret"):
     round_ = pairwise_round(n_items=n_items, k=k)
     round_simulate(round_=round_, annotators=synthetic_annotators(count=k), policy=Policy.parse(policy), seed=7)
     return round_
@@ -82,9 +82,9 @@ def test_same_bytes_on_a_rerun(tmp_path):
 def test_new_votes_make_a_new_version(tmp_path):
     round_ = pairwise_round(n_items=2, k=1)
     people = synthetic_annotators(count=1)
-    round_simulate(round_=round_, annotators=people, policy=Policy.parse("noisy_oracle"), max_judgments=1)
+    round_simulate(round_=round_, annotators=people, policy=Policy.parse("random"), max_judgments=1)
     first = exports.preferences_export(round_=round_, out_dir=tmp_path / "out")
-    round_simulate(round_=round_, annotators=people, policy=Policy.parse("noisy_oracle"))
+    round_simulate(round_=round_, annotators=people, policy=Policy.parse("random"))
     second = exports.preferences_export(round_=round_, out_dir=tmp_path / "out")
     assert first.path != second.path and (first.pairs, second.pairs) == (1, 2)
     assert first.path.exists()  # the earlier dataset is left as it was
@@ -114,7 +114,7 @@ def test_a_changed_image_file_is_refused(tmp_path):
 
 def test_best_worst_pairs_export_and_alignment_rounds_are_refused(tmp_path):
     round_ = best_worst_round(n_items=2, k=3)
-    round_simulate(round_=round_, annotators=synthetic_annotators(count=3), policy=Policy.parse("noisy_oracle"), seed=1)
+    round_simulate(round_=round_, annotators=synthetic_annotators(count=3), policy=Policy.parse("random"), seed=1)
     result = exports.preferences_export(round_=round_, out_dir=tmp_path / "out")
     assert result.pairs + result.ambiguous == 2
     with pytest.raises(exports.InvalidAnswer, match="alignment"):

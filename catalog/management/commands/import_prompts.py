@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from catalog.prompt_import import FORMATS, PromptImportError
-from catalog.services import PROMPT_PRESETS, prompt_preset_path, prompts_import
+from catalog.services import PROMPT_PRESET_GROUPS, PROMPT_PRESETS, prompt_preset_path, prompts_import
 
 
 class Command(BaseCommand):
@@ -11,9 +11,16 @@ class Command(BaseCommand):
         parser.add_argument("path", nargs="?", help="PartiPrompts TSV, DSG-1k CSV, or a JSONL/CSV prompt file.")
         parser.add_argument("--set", dest="set_name", help="Prompt set to import into (created if missing).")
         parser.add_argument("--format", dest="fmt", choices=FORMATS, help="Defaults to a guess from the file.")
-        parser.add_argument("--preset", choices=sorted(PROMPT_PRESETS), help="Import a prompt set shipped with the project.")
+        parser.add_argument("--preset", choices=sorted([*PROMPT_PRESETS, *PROMPT_PRESET_GROUPS]),
+                            help="Import a prompt set shipped with the project (toy: both toy-world splits).")
 
     def handle(self, *args, path, set_name, fmt, preset, **options):
+        if preset in PROMPT_PRESET_GROUPS:
+            if path or set_name:
+                raise CommandError(f"--preset {preset} imports several sets; give no PATH or --set with it")
+            for member in PROMPT_PRESET_GROUPS[preset]:
+                self.handle(path=None, set_name=None, fmt=None, preset=member, **options)
+            return
         if preset:
             if path:
                 raise CommandError("give either PATH or --preset, not both")
