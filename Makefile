@@ -15,8 +15,8 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-## Run the app on embedded defaults (SQLite + filesystem broker under var/): a worker, the toy world's
-## two trained pipelines generating on it, rounds of every kind, then the web server on :8000.
+## Run the app on embedded defaults (SQLite + filesystem broker under var/): a worker per queue, the toy world's
+## two trained pipelines generating on the gpu one, rounds of every kind, then the web server on :8000.
 demo: install
 	$(BIN)/python manage.py migrate -v0
 	$(BIN)/python manage.py import_prompts --preset partiprompts

@@ -16,7 +16,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Avg, Count, F, Sum
 from django.utils import timezone
 
-from annotation import majority
+from annotation import voting
 from annotation.conf import setting
 from annotation.models import Aggregate, AlignmentAnswer, AnnotatorProfile, Item, ItemImage, Judgment, Lease, Round
 from catalog.models import AlignmentQuestion, Image
@@ -775,27 +775,27 @@ def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate
         votes = []
         for j in counted:
             if j.outcome == Judgment.Outcome.WIN:
-                votes.append(majority.A if j.winner_id == image_a else majority.B)
+                votes.append(voting.A if j.winner_id == image_a else voting.B)
             else:
-                votes.append(majority.TIE if j.outcome == Judgment.Outcome.TIE else majority.REJECT)
-        result = majority.pairwise_majority(votes, k=round_.k, no_majority_rule=round_.no_majority_rule)
+                votes.append(voting.TIE if j.outcome == Judgment.Outcome.TIE else voting.REJECT)
+        result = voting.pairwise_majority(votes, k=round_.k, no_majority_rule=round_.no_majority_rule)
         aggregate.counts = result.counts
-        aggregate.n_rejected = result.counts[majority.REJECT]
-        used = [j for j, v in zip(counted, votes) if v != majority.REJECT]
+        aggregate.n_rejected = result.counts[voting.REJECT]
+        used = [j for j, v in zip(counted, votes) if v != voting.REJECT]
         aggregate.no_majority = result.no_majority
         if result.outcome is None:
             aggregate.outcome = Aggregate.Outcome.PENDING
-        elif result.outcome == majority.TIE:
+        elif result.outcome == voting.TIE:
             aggregate.outcome = Aggregate.Outcome.TIE
         else:
             aggregate.outcome = Aggregate.Outcome.WINNER
             aggregate.winner_id, aggregate.loser_id = (
-                (image_a, image_b) if result.outcome == majority.A else (image_b, image_a)
+                (image_a, image_b) if result.outcome == voting.A else (image_b, image_a)
             )
             aggregate.margin = result.margin
     elif kind == Round.Kind.BEST_WORST:
         images = [image.pk for image in _item_images(item)]
-        result = majority.best_worst_majority([(j.winner_id, j.loser_id) for j in counted], images=images)
+        result = voting.best_worst_majority([(j.winner_id, j.loser_id) for j in counted], images=images)
         public = {image.pk: image.public_id for image in _item_images(item)}
         aggregate.counts = {
             "best": {public[i]: n for i, n in result.best_counts.items()},
@@ -819,7 +819,9 @@ def item_aggregate(*, item: Item, excluded: set[int] | None = None) -> Aggregate
         ):
             answers[judgment_id][question_id] = value
         answer_sets = [answers[j.id] for j in counted]
-        result = majority.alignment_majority(answer_sets, questions=[q.pk for q in questions], parents=parents)
+        result = voting.alignment_majority(
+            answer_sets, questions=[q.pk for q in questions], parents=parents, k=round_.k
+        )
         aggregate.counts = {"yes": {str(q): n for q, n in result.yes_counts.items()}, "votes": result.n_votes}
         aggregate.question_results = {str(q): yes for q, yes in result.answers.items()}
         aggregate.alignment_score = result.score

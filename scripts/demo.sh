@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Start a Celery worker for both queues, seed the toy-world demo through it, then the web server.
-# Ctrl-C stops both.
+# Start one Celery worker per queue, seed the toy-world demo through them, then the web server.
+# Two workers, so that reports (default queue) are computed while a training run holds the gpu one.
+# Ctrl-C stops all three.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 PORT=${PORT:-8000}
 mkdir -p var
-"$BIN/celery" -A config worker -Q default,gpu -P solo -n demo@%h --loglevel INFO > var/worker.log 2>&1 &
-WORKER=$!
-trap 'kill $WORKER 2>/dev/null; wait $WORKER 2>/dev/null' EXIT
-echo "worker started (log: var/worker.log)"
+"$BIN/celery" -A config worker -Q default -P solo -n default@%h --loglevel INFO > var/worker-default.log 2>&1 &
+DEFAULT_WORKER=$!
+"$BIN/celery" -A config worker -Q gpu -P solo -n gpu@%h --loglevel INFO > var/worker-gpu.log 2>&1 &
+GPU_WORKER=$!
+trap 'kill $DEFAULT_WORKER $GPU_WORKER 2>/dev/null; wait $DEFAULT_WORKER $GPU_WORKER 2>/dev/null' EXIT
+echo "workers started (logs: var/worker-default.log, var/worker-gpu.log)"
 "$BIN/python" manage.py seed_demo --wait
 cat <<NEXT
 

@@ -108,5 +108,5 @@ class Command(BaseCommand):
                 return
             if time.monotonic() > deadline:
                 raise CommandError(f"timed out after {timeout} s with {done}/{total} images: is the worker running? "
-                                   "(see var/worker.log)")
+                                   "(see var/worker-gpu.log)")
             time.sleep(1.0)
