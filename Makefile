@@ -15,13 +15,12 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-## Run the app on embedded defaults (SQLite + filesystem broker under var/): web on :8000 plus a worker,
-## with demo rounds of every kind (procedural images, placeholder models) ready for the annotator accounts.
+## Run the app on embedded defaults (SQLite + filesystem broker under var/): a worker per queue, the toy world's
+## two trained pipelines generating on the gpu one, rounds of every kind, then the web server on :8000.
 demo: install
 	$(BIN)/python manage.py migrate -v0
 	$(BIN)/python manage.py import_prompts --preset partiprompts
 	$(BIN)/python manage.py import_prompts --preset dsg1k
-	$(BIN)/python manage.py seed_demo
 	$(BIN)/python manage.py create_demo_accounts
 	BIN=$(BIN) scripts/demo.sh
 

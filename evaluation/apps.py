@@ -8,7 +8,7 @@ class EvaluationConfig(AppConfig):
 
     def ready(self):
         from catalog.signals import generation_batch_done
-        from evaluation import receivers
+        from evaluation import receivers, tasks  # noqa: F401  (registers the task names services enqueue)
         from training.signals import training_run_succeeded
 
         training_run_succeeded.connect(receivers.evaluate_new_checkpoint, dispatch_uid="evaluation.evaluate_new_checkpoint")

@@ -71,3 +71,27 @@ class EvaluationModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.evaluation_round} #{self.position}: {self.model_version}"
+
+
+class StoredReport(models.Model):
+    """The last computed report of an evaluation, so that no page view computes one.
+
+    ``data`` is ``EvaluationReport.to_dict()`` at the default settings; ``source_state`` says
+    what it was computed from (``selectors.report_source_state``). A view that finds the
+    evaluation's state moved on asks for a recompute once (``requested_state``) and shows this
+    one meanwhile.
+    """
+
+    evaluation = models.OneToOneField(
+        EvaluationRound, on_delete=models.CASCADE, primary_key=True, related_name="stored_report"
+    )
+    data = models.JSONField(null=True, blank=True, help_text="The report's numbers; empty until first computed.")
+    source_state = models.CharField(max_length=200, blank=True)
+    judgment_count = models.PositiveIntegerField(default=0, help_text="Judgments (not undone) when computed.")
+    computed_at = models.DateTimeField(null=True, blank=True)
+    compute_seconds = models.FloatField(null=True, blank=True)
+    requested_state = models.CharField(max_length=200, blank=True, help_text="The state a recompute was asked for.")
+    requested_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"report of {self.evaluation_id} ({self.judgment_count} judgments, {self.computed_at})"

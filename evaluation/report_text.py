@@ -5,23 +5,25 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from evaluation import report_format
-from evaluation.reports import CRITERION_TITLES, EvaluationReport
+from evaluation.reports import CRITERION_TITLES
 
 FORMATS = ("table", "csv", "json", "latex")
 
 
-def report_render(report: EvaluationReport, fmt: str) -> str:
-    """The report in ``fmt``: ``table`` (text with every section), ``csv``, ``json`` (everything), ``latex``."""
+def report_render(report: Mapping[str, Any], fmt: str) -> str:
+    """The report (``EvaluationReport.to_dict()``, as stored) in ``fmt``: ``table`` (text with every
+    section), ``csv``, ``json`` (everything), ``latex``."""
     if fmt == "csv":
-        return report_format.render_csv(report.table)
+        return report_format.render_csv(report["table"])
     if fmt == "latex":
-        evaluation = report.evaluation
+        evaluation = report["evaluation"]
         return report_format.render_latex(
-            report.table,
+            report["table"],
             caption=(
                 f"Human evaluation on {evaluation['prompt_set']}: majority of {evaluation['k']} votes per prompt; "
                 "95% intervals in brackets (Wilson; bootstrap over prompts for text alignment); "
@@ -30,9 +32,9 @@ def report_render(report: EvaluationReport, fmt: str) -> str:
             label=f"tab:evaluation-{evaluation['id']}",
         )
     if fmt == "json":
-        return json.dumps(report.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        return json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     if fmt == "table":
-        return _text(report.to_dict())
+        return _text(report)
     raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 

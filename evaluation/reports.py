@@ -4,8 +4,10 @@
 and hands per-prompt labels, vote tables and alignment answers to ``evaluation.stats``. The unit
 is the prompt: within one comparison each prompt has one item per criterion, and its label is
 that item's stored majority ("A" when the aggregate's winner image is Model A's, "B" when it is
-Model B's, "tie"). Only complete items (K judgments) count; the report says how many are still
-open. Every undefined number is ``None`` with a message, never NaN.
+Model B's, "tie"); its alignment answers are the stored per-question results. The report never
+votes: ``annotation.voting`` decided every outcome when the aggregates were stored. Only
+complete items (K judgments) count; the report says how many are still open. Every undefined
+number is ``None`` with a message, never NaN.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from annotation.models import Aggregate
 from evaluation import stats
 from evaluation.models import EvaluationRound
 from evaluation.selectors import EvaluationData, PairwiseItem, evaluation_data
-from evaluation.stats_alignment import alignment_steps
 
 CRITERIA = stats.CRITERIA
 CRITERION_TITLES = {c.value: c.label for c in Criterion}
@@ -114,7 +115,7 @@ def report_from_data(
     else:
         alignment_outcomes = _alignment_outcomes(data)
         for model_pk, _ in data.models:
-            steps.append(alignment_steps(alignment_outcomes.get(model_pk, {}), confidence))
+            steps.append(stats.alignment_steps(alignment_outcomes.get(model_pk, {}), confidence))
             slots.append(("alignment_model", model_pk, None))
         for pair in pairs:
             steps.append(stats.alignment_comparison_steps(
@@ -281,19 +282,12 @@ def _with_notes(summary, detail) -> Any:
 
 
 def _alignment_outcomes(data: EvaluationData) -> dict[int, dict[str, dict[str, bool]]]:
-    """Per model: prompt -> question -> final yes/no (majority, then the DSG rule), complete items only."""
-    per_model: dict[int, dict[str, list[stats.AlignmentQuestion]]] = defaultdict(dict)
+    """Per model: prompt -> question -> final yes/no as stored by aggregation, complete items only."""
+    per_model: dict[int, dict[str, dict[str, bool]]] = defaultdict(dict)
     for item in data.alignment or []:
-        if not item.complete or not item.votes:
-            continue
-        per_model[item.model][str(item.prompt_id)] = [
-            stats.AlignmentQuestion(
-                question_id=str(question), votes=tuple(votes),
-                parents=tuple(str(p) for p in data.parents.get(question, ()) if p in item.votes),
-            )
-            for question, votes in sorted(item.votes.items())
-        ]
-    return {model: stats.prompt_alignment_scores(prompts) for model, prompts in per_model.items()}
+        if item.complete and item.answers:
+            per_model[item.model][str(item.prompt_id)] = dict(item.answers)
+    return dict(per_model)
 
 
 def _annotator_scores(data: EvaluationData, confidence: float) -> list[dict[str, Any]]:

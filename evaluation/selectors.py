@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from django.db.models import Count, Q
+from django.db.models import Count, Max, Q
 
-from annotation import majority
+from annotation import voting
 from annotation.kinds.pairwise import Pairwise
-from annotation.models import Aggregate, AlignmentAnswer, Item, ItemImage, Judgment, Round
+from annotation.models import Aggregate, Item, ItemImage, Judgment, Round
 from annotation.selectors import annotators_excluded, gold_accuracy
-from catalog.models import AlignmentQuestion, GenerationJob
-from evaluation.models import EvaluationRound
+from catalog.models import GenerationJob
+from evaluation.models import EvaluationRound, StoredReport
 
 UNCATEGORIZED = "(no category)"
 
@@ -24,6 +24,36 @@ def evaluation_rounds_list():
             "generation_batch__jobs", filter=Q(generation_batch__jobs__status=GenerationJob.Status.DONE), distinct=True
         ),
     ).prefetch_related("entries__model_version")
+
+
+@dataclass(frozen=True)
+class ReportSourceState:
+    """What an evaluation's report is computed from, in a few numbers: equal states, equal reports."""
+
+    key: str
+    judgment_count: int
+
+
+def report_source_state(*, evaluation: EvaluationRound, n_resamples: int) -> ReportSourceState:
+    """The evaluation's status, rounds, judgments (submitted and undone) and latest aggregate change.
+
+    Any submission, undo, or aggregate recompute (gold answers, exclusions) changes the key, and
+    so does the bootstrap setting the report is computed with.
+    """
+    rounds = sorted(evaluation.annotation_rounds.values_list("pk", flat=True))
+    judgments = Judgment.objects.filter(round_id__in=rounds).aggregate(
+        total=Count("id"), live=Count("id", filter=Q(undone_at__isnull=True))
+    )
+    latest = Aggregate.objects.filter(round_id__in=rounds).aggregate(latest=Max("updated_at"))["latest"]
+    key = "|".join([
+        evaluation.status, ",".join(map(str, rounds)), str(judgments["total"]), str(judgments["live"]),
+        latest.isoformat() if latest else "-", str(n_resamples),
+    ])
+    return ReportSourceState(key=key, judgment_count=judgments["live"])
+
+
+def stored_report(*, evaluation: EvaluationRound) -> StoredReport | None:
+    return StoredReport.objects.filter(evaluation=evaluation).first()
 
 
 @dataclass
@@ -48,12 +78,14 @@ class PairwiseItem:
 
 @dataclass
 class AlignmentItem:
+    """One non-gold alignment item and its stored result: question id -> final yes (majority, then DSG)."""
+
     item_id: int
     prompt_id: int
     category: str
     model: int
     complete: bool = False
-    votes: dict[int, list[bool]] = field(default_factory=dict)  # question id -> yes votes
+    answers: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,7 +96,6 @@ class EvaluationData:
     models: list[tuple[int, str]]
     pairwise: dict[str, list[PairwiseItem]]  # criterion -> items
     alignment: list[AlignmentItem] | None  # None: the evaluation has no alignment round
-    parents: dict[int, list[int]]  # alignment question id -> the question ids it depends on
     annotators: dict[int, dict]  # annotator id -> {"username", "synthetic", "judgments"}
     gold: dict[int, tuple[float, int]]  # annotator id -> (mean gold score, gold judgments)
     judgments_total: int
@@ -73,10 +104,12 @@ class EvaluationData:
 
 
 def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
-    """Read an evaluation's items, aggregates, counted judgments and alignment answers.
+    """Read an evaluation's items, their stored aggregates and the counted judgments.
 
-    Judgments that were undone, and those of annotators the round excludes for their gold
-    accuracy, are not counted, matching the stored aggregates.
+    Outcomes come from the aggregates only (``annotation.voting`` decided them); the judgments
+    give vote tables, screen positions and annotator scores. Judgments that were undone, and
+    those of annotators the round excludes for their gold accuracy, are not counted, matching
+    the stored aggregates.
     """
     models = [(m.pk, m.name) for m in evaluation.ordered_models()]
     rounds = list(evaluation.annotation_rounds.all())
@@ -109,11 +142,10 @@ def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
         items = Item.objects.filter(round=round_, is_gold=False).values_list("id", "prompt_id", "prompt__category")
         reader = _ROUND_READERS.get(round_.kind)
         if reader is not None:  # rounds of other kinds are no part of a report
-            reader(collected, round_, items, judgments, excluded)
+            reader(collected, round_, items, judgments)
 
     return EvaluationData(
         evaluation=evaluation, models=models, pairwise=collected.pairwise, alignment=collected.alignment,
-        parents=collected.parents,
         annotators=annotators,
         gold={a: (total / n, int(n)) for a, (total, n) in gold_totals.items() if n},
         judgments_total=judgments_total, judgments_synthetic=judgments_synthetic,
@@ -127,23 +159,21 @@ class _Collected:
 
     pairwise: dict[str, list[PairwiseItem]] = field(default_factory=dict)
     alignment: list[AlignmentItem] | None = None
-    parents: dict[int, list[int]] = field(default_factory=dict)
 
 
-def _pairwise_read(collected: _Collected, round_: Round, items, judgments: list[dict], excluded: set[int]) -> None:
+def _pairwise_read(collected: _Collected, round_: Round, items, judgments: list[dict]) -> None:
     collected.pairwise[round_.criterion] = _pairwise_items(round_, items, judgments)
 
 
-def _alignment_read(collected: _Collected, round_: Round, items, judgments: list[dict], excluded: set[int]) -> None:
-    collected.alignment, parents = _alignment_items(round_, items, excluded)
-    collected.parents.update(parents)
+def _alignment_read(collected: _Collected, round_: Round, items, judgments: list[dict]) -> None:
+    collected.alignment = _alignment_items(round_, items)
 
 
 # What each kind of round contributes to a report (evaluations create pairwise and alignment rounds).
 _ROUND_READERS = {Round.Kind.PAIRWISE: _pairwise_read, Round.Kind.ALIGNMENT: _alignment_read}
 
-# The pairwise majority's votes, as the report's statistics name them.
-_VOTE_LABELS = {majority.A: "A", majority.B: "B", majority.TIE: "tie", majority.REJECT: "reject"}
+# The pairwise votes (``Pairwise.vote``), as the report's vote tables name them.
+_VOTE_LABELS = {voting.A: "A", voting.B: "B", voting.TIE: "tie", voting.REJECT: "reject"}
 
 
 def _pairwise_items(round_: Round, items, judgments: list[dict]) -> list[PairwiseItem]:
@@ -179,7 +209,7 @@ def _pairwise_items(round_: Round, items, judgments: list[dict]) -> list[Pairwis
     return list(by_id.values())
 
 
-def _alignment_items(round_: Round, items, excluded: set[int]) -> tuple[list[AlignmentItem], dict[int, list[int]]]:
+def _alignment_items(round_: Round, items) -> list[AlignmentItem]:
     models = dict(
         ItemImage.objects.filter(item__round=round_, order=0).values_list("item_id", "image__model_version_id")
     )
@@ -187,21 +217,8 @@ def _alignment_items(round_: Round, items, excluded: set[int]) -> tuple[list[Ali
         item_id: AlignmentItem(item_id=item_id, prompt_id=prompt_id, category=category or UNCATEGORIZED, model=models[item_id])
         for item_id, prompt_id, category in items
     }
-    for item_id, complete in Aggregate.objects.filter(round=round_, item_id__in=by_id).values_list("item_id", "complete"):
-        by_id[item_id].complete = complete
-    answers = (
-        AlignmentAnswer.objects.filter(judgment__round=round_, judgment__undone_at__isnull=True)
-        .exclude(judgment__annotator_id__in=excluded)
-        .values_list("judgment__item_id", "question_id", "answer")
-    )
-    for item_id, question_id, answer in answers:
-        if item_id in by_id:
-            by_id[item_id].votes.setdefault(question_id, []).append(answer)
-    prompt_ids = {record.prompt_id for record in by_id.values()}
-    parents: dict[int, list[int]] = defaultdict(list)
-    through = AlignmentQuestion.parents.through
-    for child, parent in through.objects.filter(from_alignmentquestion__prompt_id__in=prompt_ids).values_list(
-        "from_alignmentquestion_id", "to_alignmentquestion_id"
+    for item_id, complete, answers in Aggregate.objects.filter(round=round_, item_id__in=by_id).values_list(
+        "item_id", "complete", "question_results"
     ):
-        parents[child].append(parent)
-    return list(by_id.values()), dict(parents)
+        by_id[item_id].complete, by_id[item_id].answers = complete, answers or {}
+    return list(by_id.values())

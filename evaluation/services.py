@@ -1,12 +1,17 @@
-"""Write-side operations of the evaluation app: evaluation rounds, their generation batch, annotation rounds."""
+"""Write-side operations of the evaluation app: evaluation rounds, their generation batch, annotation rounds,
+and the stored report."""
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from annotation.criteria import Criterion
 from annotation.errors import AnnotationError
@@ -15,7 +20,9 @@ from annotation.services.rounds import ItemSpec, round_create
 from catalog.generation import generation_batch_create, generation_dispatch, generation_jobs_fill_from_existing
 from catalog.models import AlignmentQuestion, GenerationJob, ModelVersion, Prompt, PromptSet
 from catalog.selectors import prompts_select
-from evaluation.models import EvaluationModel, EvaluationRound
+from config.celery import enqueue_on_commit
+from evaluation import reports, selectors
+from evaluation.models import EvaluationModel, EvaluationRound, StoredReport
 
 
 class EvaluationError(Exception):
@@ -184,3 +191,65 @@ def evaluation_start(
     else:
         generation_dispatch(batch=evaluation.generation_batch)
     return EvaluationStart(evaluation=evaluation, jobs=jobs, filled=filled, build=build)
+
+
+# --- the stored report ---------------------------------------------------------------------
+
+# A recompute asked for this long ago without a result is asked for again (its worker may be gone).
+REPORT_REQUEST_TIMEOUT = timedelta(minutes=10)
+
+
+def report_refresh(*, evaluation: EvaluationRound) -> StoredReport:
+    """Compute the report at the default settings and store it, unless the stored one is current.
+
+    The source state is read before the judgments, so a judgment that arrives meanwhile makes
+    the stored report look stale (and recomputed), never current. Running it twice is harmless.
+    """
+    n_resamples = reports.bootstrap_resamples()
+    state = selectors.report_source_state(evaluation=evaluation, n_resamples=n_resamples)
+    stored = selectors.stored_report(evaluation=evaluation)
+    if stored is not None and stored.data is not None and stored.source_state == state.key:
+        return stored
+    started = time.perf_counter()
+    data = reports.evaluation_report_build(evaluation=evaluation, n_resamples=n_resamples).to_dict()
+    stored, _ = StoredReport.objects.update_or_create(evaluation=evaluation, defaults={
+        "data": data, "source_state": state.key, "judgment_count": state.judgment_count,
+        "computed_at": timezone.now(), "compute_seconds": time.perf_counter() - started,
+    })
+    return stored
+
+
+@dataclass(frozen=True)
+class LatestReport:
+    """What a page or download can show: the stored row (its ``data`` empty until first computed),
+    whether it is current, and the judgments there are now."""
+
+    stored: StoredReport
+    fresh: bool
+    judgment_count: int
+
+    @property
+    def data(self) -> dict[str, Any] | None:
+        return self.stored.data
+
+
+def report_latest(*, evaluation: EvaluationRound) -> LatestReport:
+    """The last computed report; when the evaluation has moved on, a `default` worker is asked to recompute it.
+
+    The request is sent once per source state (``requested_state``, set by one conditional
+    UPDATE, so concurrent page views send one task), and again after ``REPORT_REQUEST_TIMEOUT``.
+    """
+    state = selectors.report_source_state(evaluation=evaluation, n_resamples=reports.bootstrap_resamples())
+    stored = selectors.stored_report(evaluation=evaluation)
+    fresh = stored is not None and stored.data is not None and stored.source_state == state.key
+    if not fresh:
+        now = timezone.now()
+        if stored is None:
+            stored, _ = StoredReport.objects.get_or_create(evaluation=evaluation)
+        asked = StoredReport.objects.filter(evaluation=evaluation).exclude(
+            requested_state=state.key, requested_at__gt=now - REPORT_REQUEST_TIMEOUT
+        ).update(requested_state=state.key, requested_at=now)
+        if asked:
+            stored.requested_state, stored.requested_at = state.key, now
+            enqueue_on_commit("evaluation.tasks.evaluation_report_refresh", evaluation.pk)
+    return LatestReport(stored=stored, fresh=fresh, judgment_count=state.judgment_count)

@@ -1,8 +1,9 @@
 """Statistics of an evaluation round: pure numpy/scipy/statsmodels functions, no Django.
 
-The unit of analysis is the prompt. Each prompt's votes (5 per item) are first reduced to one
-majority label (``reduce_votes``); every rate, interval and test below counts prompts, and
-every bootstrap resamples prompts, so a prompt's votes always travel together.
+The unit of analysis is the prompt. Each prompt's label ("A", "tie", "B") is its item's
+stored majority, decided by ``annotation.voting``: nothing here votes. Every rate, interval
+and test below counts prompts, and every bootstrap resamples prompts, so a prompt's votes
+always travel together.
 
 Pairwise results (``summarize_pairwise``): counts and rates of "A" wins, ties and "B" wins,
 Wilson and simultaneous Goodman intervals, the net win rate (W − L)/N with a bootstrap CI,
@@ -18,8 +19,8 @@ No output holds NaN: a number that is undefined is ``None`` and ``message`` says
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -40,13 +41,11 @@ from evaluation.stats_agreement import (
 )
 from evaluation.stats_alignment import (
     AlignmentComparison,
-    AlignmentQuestion,
     AlignmentSummary,
+    PromptOutcomes,
     alignment_comparison_steps,
-    apply_dsg_dependencies,
+    alignment_steps,
     compare_alignment,
-    prompt_alignment_scores,
-    question_majority,
     summarize_alignment,
 )
 from evaluation.stats_core import (
@@ -69,7 +68,6 @@ from evaluation.stats_ranking import (
 __all__ = [
     "AgreementSummary",
     "AlignmentComparison",
-    "AlignmentQuestion",
     "AlignmentSummary",
     "AnnotatorScore",
     "BootstrapInterval",
@@ -77,19 +75,19 @@ __all__ = [
     "CategoryIntervals",
     "CRITERIA",
     "ComparisonRow",
-    "ComparisonVotes",
     "Interval",
     "LABELS",
-    "MajorityReduction",
     "PairCounts",
     "PairwiseSummary",
     "PositionBias",
+    "PromptOutcomes",
     "PromptBootstrap",
-    "ReportStatistics",
     "Steps",
     "adjust_p_values",
+    "agreement_steps",
+    "alignment_comparison_steps",
+    "alignment_steps",
     "annotator_majority_agreement",
-    "apply_dsg_dependencies",
     "bootstrap_interval",
     "bradley_terry",
     "bradley_terry_strengths",
@@ -101,16 +99,11 @@ __all__ = [
     "pairwise_steps",
     "paper_table_rows",
     "position_bias_test",
-    "prompt_alignment_scores",
     "prompts_needed",
-    "question_majority",
-    "reduce_votes",
     "run_with_bootstrap",
     "summarize_agreement",
     "summarize_alignment",
     "summarize_pairwise",
-    "summarize_pairwise_votes",
-    "summarize_report",
     "vote_table",
     "wilson_interval",
 ]
@@ -118,58 +111,6 @@ __all__ = [
 LABELS: tuple[str, str, str] = ("A", "tie", "B")
 _SCORE = {"A": 1, "tie": 0, "B": -1}
 SMALL_N = 5
-
-NoMajorityRule = Literal["tie", "mean_score"]
-
-
-# --- majority reduction --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MajorityReduction:
-    """Per-prompt majority labels and how many prompts had no majority."""
-
-    labels: tuple[str, ...]
-    no_majority: int
-    rule: NoMajorityRule
-
-
-def reduce_votes(
-    votes: Sequence[Sequence[str]], *, no_majority_rule: NoMajorityRule = "tie"
-) -> MajorityReduction:
-    """Reduce each prompt's votes in {"A", "tie", "B"} to one label.
-
-    A label is the majority when it has more than half of the prompt's votes (with 5 votes and
-    3 labels this is the same as a unique plurality). Without one, ``no_majority_rule`` decides:
-    ``"tie"`` (default) records a tie; ``"mean_score"`` scores A = +1, tie = 0, B = −1 and
-    takes the sign of the mean (0 → tie). Either way the prompt is counted in ``no_majority``.
-    """
-    if no_majority_rule not in ("tie", "mean_score"):
-        raise ValueError(f"no_majority_rule must be 'tie' or 'mean_score', got {no_majority_rule!r}")
-    labels: list[str] = []
-    no_majority = 0
-    for index, prompt_votes in enumerate(votes):
-        if isinstance(prompt_votes, str):
-            raise TypeError(
-                f"prompt {index}: votes must be a list of labels, got the string {prompt_votes!r}"
-            )
-        _check_labels(prompt_votes, where=f"prompt {index}")
-        if not prompt_votes:
-            raise ValueError(f"prompt {index}: has no votes")
-        counts = {label: 0 for label in LABELS}
-        for vote in prompt_votes:
-            counts[vote] += 1
-        winner = next((label for label in LABELS if 2 * counts[label] > len(prompt_votes)), None)
-        if winner is None:
-            no_majority += 1
-            if no_majority_rule == "tie":
-                winner = "tie"
-            else:
-                total = counts["A"] - counts["B"]
-                winner = "A" if total > 0 else "B" if total < 0 else "tie"
-        labels.append(winner)
-    return MajorityReduction(tuple(labels), no_majority, no_majority_rule)
-
 
 # --- pairwise summary ----------------------------------------------------------------------
 
@@ -236,7 +177,7 @@ def summarize_pairwise(
     - When that test is not significant at 1 − ``confidence`` and the net win rate is not 0:
       the prompts needed to detect the observed net win rate at ``power`` (``prompts_needed``).
 
-    ``no_majority`` is carried through for the report (``summarize_pairwise_votes`` fills it).
+    ``no_majority`` (prompts decided by the round's no-majority rule) is carried through for the report.
     """
     bootstrap = bootstrap if bootstrap is not None else PromptBootstrap()
     steps = pairwise_steps(labels, confidence, no_majority=no_majority, power=power)
@@ -333,37 +274,6 @@ def pairwise_steps(
         sign_test_p=sign_test_p, prompts_needed=needed, no_majority=no_majority,
         confidence=confidence, message=" ".join(messages) or None,
     )
-
-
-def summarize_pairwise_votes(
-    votes: Sequence[Sequence[str]],
-    confidence: float = 0.95,
-    *,
-    no_majority_rule: NoMajorityRule = "tie",
-    bootstrap: PromptBootstrap | None = None,
-    power: float = 0.8,
-) -> PairwiseSummary:
-    """``summarize_pairwise`` from per-prompt vote lists, reduced by ``reduce_votes`` first.
-
-    The bootstrap resamples prompts, so a prompt's votes stay together in every resample.
-    """
-    reduction = reduce_votes(votes, no_majority_rule=no_majority_rule)
-    summary = summarize_pairwise(
-        reduction.labels, confidence, bootstrap=bootstrap, no_majority=reduction.no_majority,
-        power=power,
-    )
-    return _with_no_majority_note(summary, reduction)
-
-
-def _with_no_majority_note(summary: PairwiseSummary, reduction: MajorityReduction) -> PairwiseSummary:
-    if not reduction.no_majority:
-        return summary
-    counted_as = "a tie" if reduction.rule == "tie" else "the sign of the mean vote"
-    note = (
-        f"{reduction.no_majority} prompt{'s' if reduction.no_majority != 1 else ''} had no "
-        f"majority and counted as {counted_as}."
-    )
-    return replace(summary, message=f"{summary.message} {note}" if summary.message else note)
 
 
 # --- multiple testing, position bias, power ------------------------------------------------
@@ -573,128 +483,7 @@ def _alignment_cells(
     }
 
 
-# --- a whole report ------------------------------------------------------------------------
-
 CRITERIA: tuple[str, ...] = tuple(c.value for c in Criterion)
-
-
-@dataclass(frozen=True)
-class ComparisonVotes:
-    """The raw judgments of one comparison: per-prompt vote lists and alignment questions."""
-
-    model_a: str
-    model_b: str
-    visual_flaws: Sequence[Sequence[str]] | None = None
-    visual_appeal: Sequence[Sequence[str]] | None = None
-    alignment_a: Mapping[str, Sequence[AlignmentQuestion]] | None = None
-    alignment_b: Mapping[str, Sequence[AlignmentQuestion]] | None = None
-
-
-@dataclass(frozen=True)
-class ReportStatistics:
-    """Every number of an evaluation report.
-
-    ``rows`` hold each comparison's summaries and agreement, ``table`` the paper's layout
-    (``paper_table_rows``), ``leaderboards`` a Bradley–Terry leaderboard per criterion when at
-    least three models are compared, and ``messages`` anything that could not be computed.
-    """
-
-    rows: tuple[ComparisonRow, ...]
-    table: list[dict[str, Any]]
-    leaderboards: dict[str, list[BradleyTerryEntry]]
-    messages: tuple[str, ...]
-
-
-def summarize_report(
-    comparisons: Sequence[ComparisonVotes],
-    confidence: float = 0.95,
-    *,
-    n_resamples: int = 10_000,
-    seed: int | None = 0,
-    no_majority_rule: NoMajorityRule = "tie",
-    p_adjust: Literal["holm", "fdr_bh"] = "holm",
-    power: float = 0.8,
-) -> ReportStatistics:
-    """All statistics of a report, from raw votes, with one shared prompt bootstrap.
-
-    Per comparison and criterion: ``reduce_votes`` then ``summarize_pairwise`` and
-    ``summarize_agreement``; per comparison: ``compare_alignment``; then ``paper_table_rows``
-    (p-values adjusted over the whole table) and ``bradley_terry`` per criterion. The same
-    numbers as calling those functions one by one with a ``PromptBootstrap(n_resamples, seed)``,
-    but every bootstrap sum of the report is one matrix product per number of prompts.
-    """
-    bootstrap = PromptBootstrap(n_resamples=n_resamples, seed=seed)
-    steps: list[Steps[Any]] = []
-    slots: list[tuple[int, str]] = []
-    reductions: dict[tuple[int, str], MajorityReduction] = {}
-    outcomes: dict[int, dict[str, dict[str, bool]]] = {}
-
-    def alignment_outcomes(prompts: Mapping[str, Sequence[AlignmentQuestion]]) -> dict[str, dict[str, bool]]:
-        # A model's questions usually appear in several comparisons; resolve them once.
-        if id(prompts) not in outcomes:
-            outcomes[id(prompts)] = prompt_alignment_scores(prompts)
-        return outcomes[id(prompts)]
-
-    for index, comparison in enumerate(comparisons):
-        for criterion in CRITERIA:
-            votes = getattr(comparison, criterion)
-            if votes is None:
-                continue
-            try:
-                reduction = reduce_votes(votes, no_majority_rule=no_majority_rule)
-            except (TypeError, ValueError) as error:
-                raise ValueError(
-                    f"{comparison.model_a} vs {comparison.model_b}, {criterion}: {error}"
-                ) from None
-            reductions[(index, criterion)] = reduction
-            steps.append(pairwise_steps(
-                reduction.labels, confidence, no_majority=reduction.no_majority, power=power
-            ))
-            slots.append((index, criterion))
-            steps.append(agreement_steps(vote_table(votes, LABELS), confidence))
-            slots.append((index, f"{criterion}_agreement"))
-        if comparison.alignment_a is not None and comparison.alignment_b is not None:
-            steps.append(alignment_comparison_steps(
-                alignment_outcomes(comparison.alignment_a),
-                alignment_outcomes(comparison.alignment_b),
-                confidence, power=power,
-            ))
-            slots.append((index, "text_alignment"))
-
-    fields: list[dict[str, Any]] = [{} for _ in comparisons]
-    for (index, name), result in zip(slots, run_with_bootstrap(steps, bootstrap)):
-        if name in CRITERIA:
-            result = _with_no_majority_note(result, reductions[(index, name)])
-        fields[index][name] = result
-    rows = tuple(
-        ComparisonRow(
-            model_a=comparison.model_a, model_b=comparison.model_b,
-            visual_flaws=row.get("visual_flaws"), visual_appeal=row.get("visual_appeal"),
-            text_alignment=row.get("text_alignment"),
-            visual_flaws_agreement=row.get("visual_flaws_agreement"),
-            visual_appeal_agreement=row.get("visual_appeal_agreement"),
-        )
-        for comparison, row in zip(comparisons, fields)
-    )
-
-    leaderboards: dict[str, list[BradleyTerryEntry]] = {}
-    messages: list[str] = []
-    for criterion in CRITERIA:
-        pairs = [
-            PairCounts(row.model_a, row.model_b, summary.wins, summary.ties, summary.losses)
-            for row in rows
-            if (summary := getattr(row, criterion)) is not None and summary.n > 0
-        ]
-        models = {p.model_a for p in pairs} | {p.model_b for p in pairs}
-        if len(models) < 3:
-            continue
-        try:
-            leaderboards[criterion] = bradley_terry(
-                pairs, confidence, n_resamples=n_resamples, seed=seed
-            )
-        except ValueError as error:
-            messages.append(f"{criterion}: no leaderboard: {error}")
-    return ReportStatistics(rows, paper_table_rows(rows, p_adjust=p_adjust), leaderboards, tuple(messages))
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -1,14 +1,14 @@
 """Text alignment statistics: yes/no questions per prompt (DSG, Cho et al. 2024, ICLR).
 
-Each question's votes are reduced to a majority answer, the DSG dependency rule is applied
-(a question counts as "no" when any question it depends on is "no"), the answers are
-averaged within each prompt, and the prompt scores are averaged over prompts. Public names
-are re-exported from ``evaluation.stats``.
+The input is each prompt's final answers, question -> yes, as ``annotation.voting`` decides
+them (majority of K per question, then the DSG rule) and aggregation stores them; nothing here
+votes. The answers are averaged within each prompt, and the prompt scores over prompts.
+Public names are re-exported from ``evaluation.stats``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,98 +26,16 @@ from evaluation.stats_core import (
 
 __all__ = [
     "AlignmentComparison",
-    "AlignmentQuestion",
     "AlignmentSummary",
+    "PromptOutcomes",
     "alignment_comparison_steps",
     "alignment_steps",
-    "apply_dsg_dependencies",
     "compare_alignment",
-    "prompt_alignment_scores",
-    "question_majority",
     "summarize_alignment",
 ]
 
-PromptQuestions = Mapping[str, Sequence["AlignmentQuestion"]]
-
-
-@dataclass(frozen=True)
-class AlignmentQuestion:
-    """One alignment question of one prompt for one model's image, with its yes/no votes.
-
-    ``parents`` are the ids of the questions (of the same prompt) it depends on in the DSG.
-    """
-
-    question_id: str
-    votes: tuple[bool, ...]
-    parents: tuple[str, ...] = ()
-
-
-def question_majority(votes: Sequence[bool]) -> bool:
-    """Majority answer of one question: "yes" when more than half of the votes say yes.
-
-    An even split counts as "no": the image has not shown that it satisfies the question.
-    """
-    if len(votes) == 0:
-        raise ValueError("a question needs at least one vote")
-    return 2 * sum(map(bool, votes)) > len(votes)
-
-
-def apply_dsg_dependencies(
-    answers: Mapping[str, bool], parents: Mapping[str, Sequence[str]]
-) -> dict[str, bool]:
-    """DSG dependency rule (Cho et al. 2024, §3): a child is "no" when any ancestor is "no".
-
-    Applied transitively: a "no" grandparent makes the parent "no" and hence the child "no".
-    Raises ``ValueError`` naming the question for an unknown parent or a dependency cycle.
-    """
-    resolved: dict[str, bool] = {}
-    visiting: set[str] = set()
-
-    def resolve(question_id: str) -> bool:
-        if question_id in resolved:
-            return resolved[question_id]
-        if question_id in visiting:
-            raise ValueError(f"question {question_id!r}: its dependencies form a cycle")
-        visiting.add(question_id)
-        answer = answers[question_id]
-        for parent in parents.get(question_id, ()):
-            if parent not in answers:
-                raise ValueError(f"question {question_id!r}: depends on unknown question {parent!r}")
-            answer = resolve(parent) and answer
-        visiting.discard(question_id)
-        resolved[question_id] = answer
-        return answer
-
-    for question_id in answers:
-        resolve(question_id)
-    return resolved
-
-
-def prompt_alignment_scores(prompts: PromptQuestions) -> dict[str, dict[str, bool]]:
-    """Final yes/no outcome of every question of every prompt (majority, then the DSG rule).
-
-    Prompts without questions map to an empty dict. Question ids must be unique per prompt.
-    """
-    outcomes: dict[str, dict[str, bool]] = {}
-    for prompt_id, questions in prompts.items():
-        answers: dict[str, bool] = {}
-        parents: dict[str, Sequence[str]] = {}
-        for question in questions:
-            if question.question_id in answers:
-                raise ValueError(
-                    f"prompt {prompt_id!r}: question {question.question_id!r} appears twice"
-                )
-            if len(question.votes) == 0:
-                raise ValueError(
-                    f"prompt {prompt_id!r}, question {question.question_id!r}: has no votes"
-                )
-            answers[question.question_id] = question_majority(question.votes)
-            parents[question.question_id] = question.parents
-        try:
-            outcomes[prompt_id] = apply_dsg_dependencies(answers, parents)
-        except ValueError as error:
-            raise ValueError(f"prompt {prompt_id!r}: {error}") from None
-    return outcomes
+# prompt -> question -> final answer (True = yes), as annotation.voting decides it.
+PromptOutcomes = Mapping[str, Mapping[str, bool]]
 
 
 @dataclass(frozen=True)
@@ -138,7 +56,7 @@ class AlignmentSummary:
 
 
 def summarize_alignment(
-    prompts: PromptQuestions,
+    outcomes: PromptOutcomes,
     confidence: float = 0.95,
     *,
     bootstrap: PromptBootstrap | None = None,
@@ -148,14 +66,12 @@ def summarize_alignment(
     Prompts without questions are left out and counted; with none left the rate is ``None``.
     """
     bootstrap = bootstrap if bootstrap is not None else PromptBootstrap()
-    steps = alignment_steps(prompt_alignment_scores(prompts), confidence)
+    steps = alignment_steps(outcomes, confidence)
     return run_with_bootstrap([steps], bootstrap)[0]
 
 
-def alignment_steps(
-    outcomes: Mapping[str, Mapping[str, bool]], confidence: float = 0.95
-) -> Steps[AlignmentSummary]:
-    """``summarize_alignment`` from ``prompt_alignment_scores`` output, as ``Steps``."""
+def alignment_steps(outcomes: PromptOutcomes, confidence: float = 0.95) -> Steps[AlignmentSummary]:
+    """``summarize_alignment`` as ``Steps``, so that a report can batch its bootstrap sums."""
     scores = np.array(
         [sum(o.values()) / len(o) for o in outcomes.values() if o], dtype=np.float64
     )
@@ -204,8 +120,8 @@ class AlignmentComparison:
 
 
 def compare_alignment(
-    model_a: PromptQuestions,
-    model_b: PromptQuestions,
+    model_a: PromptOutcomes,
+    model_b: PromptOutcomes,
     confidence: float = 0.95,
     *,
     bootstrap: PromptBootstrap | None = None,
@@ -226,20 +142,18 @@ def compare_alignment(
       (``minimal_detectable_difference`` of the per-prompt differences).
     """
     bootstrap = bootstrap if bootstrap is not None else PromptBootstrap()
-    steps = alignment_comparison_steps(
-        prompt_alignment_scores(model_a), prompt_alignment_scores(model_b), confidence, power=power
-    )
+    steps = alignment_comparison_steps(model_a, model_b, confidence, power=power)
     return run_with_bootstrap([steps], bootstrap)[0]
 
 
 def alignment_comparison_steps(
-    outcomes_a: Mapping[str, Mapping[str, bool]],
-    outcomes_b: Mapping[str, Mapping[str, bool]],
+    outcomes_a: PromptOutcomes,
+    outcomes_b: PromptOutcomes,
     confidence: float = 0.95,
     *,
     power: float = 0.8,
 ) -> Steps[AlignmentComparison]:
-    """``compare_alignment`` from ``prompt_alignment_scores`` output, as ``Steps``."""
+    """``compare_alignment`` as ``Steps``."""
     paired_prompts = [
         prompt_id for prompt_id in outcomes_a
         if outcomes_a[prompt_id] and outcomes_b.get(prompt_id)

@@ -1,9 +1,10 @@
 """Item kinds as a registry: one class per kind, in one module each.
 
 A kind validates a round's and an item's spec, builds items from images (``create_round``),
-parses an answer, scores it against a gold answer, aggregates votes (through the majority
-rules) and builds its part of the annotator's task. Adding a kind: a ``Round.Kind`` value,
-one module here registered in ``KINDS``, and its page template (and JS page module).
+parses an answer, scores it against a gold answer, aggregates votes (through the vote rules of
+``annotation.voting``) and builds its part of the annotator's task. Adding a kind: a
+``Round.Kind`` value, one module here registered in ``KINDS``, and its page template (and JS
+page module).
 """
 
 from __future__ import annotations

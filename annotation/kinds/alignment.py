@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from annotation import majority, sql
+from annotation import sql, voting
 from annotation.errors import InvalidAnswer, InvalidRoundSpec
 from annotation.kinds.base import ImageRow, ItemContext, ItemKind, ItemSpec, KindAggregate, ParsedAnswer
 from annotation.models import Aggregate, AlignmentAnswer, Judgment, Round
@@ -71,8 +71,8 @@ class Alignment(ItemKind):
             "judgment_id", "question_id", "answer"
         ):
             answers[judgment_id][question_id] = value
-        result = majority.alignment_majority(
-            [answers[v.id] for v in votes], questions=[q.pk for q in questions], parents=parents
+        result = voting.alignment_majority(
+            [answers[v.id] for v in votes], questions=[q.pk for q in questions], parents=parents, k=item.round.k
         )
         return KindAggregate(
             outcome=Aggregate.Outcome.ALIGNMENT if votes else Aggregate.Outcome.PENDING, used=votes,

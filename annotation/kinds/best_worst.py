@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from annotation import majority, sql
+from annotation import sql, voting
 from annotation.errors import InvalidAnswer, InvalidRoundSpec
 from annotation.kinds.base import ImageRow, ItemContext, ItemKind, ItemSpec, KindAggregate, ParsedAnswer
 from annotation.models import Aggregate, Judgment, Round
@@ -58,7 +58,7 @@ class BestWorst(ItemKind):
 
     def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow]) -> KindAggregate:
         images = item.images()
-        result = majority.best_worst_majority([(v.winner_id, v.loser_id) for v in votes], images=[i.id for i in images])
+        result = voting.best_worst_majority([(v.winner_id, v.loser_id) for v in votes], images=[i.id for i in images])
         public = {image.id: image.public_id for image in images}
         aggregate = KindAggregate(
             outcome=Aggregate.Outcome.PENDING, used=votes,

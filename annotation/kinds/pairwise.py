@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from annotation import majority, sql
+from annotation import sql, voting
 from annotation.criteria import Criterion
 from annotation.errors import InvalidAnswer
 from annotation.kinds.base import ImageRow, ItemContext, ItemKind, ItemSpec, KindAggregate, ParsedAnswer
@@ -62,25 +62,25 @@ class Pairwise(ItemKind):
     def vote(*, outcome: str, winner_id: int | None, image_a: int) -> str:
         """A judgment as a majority vote relative to the item's first image: A, B, TIE or REJECT."""
         if outcome == Judgment.Outcome.WIN:
-            return majority.A if winner_id == image_a else majority.B
-        return majority.TIE if outcome == Judgment.Outcome.TIE else majority.REJECT
+            return voting.A if winner_id == image_a else voting.B
+        return voting.TIE if outcome == Judgment.Outcome.TIE else voting.REJECT
 
     def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow]) -> KindAggregate:
         image_a, image_b = [image.id for image in item.images()]
         labels = [self.vote(outcome=v.outcome, winner_id=v.winner_id, image_a=image_a) for v in votes]
         round_ = item.round
-        result = majority.pairwise_majority(labels, k=round_.k, no_majority_rule=round_.no_majority_rule)
+        result = voting.pairwise_majority(labels, k=round_.k, no_majority_rule=round_.no_majority_rule)
         aggregate = KindAggregate(
             outcome=Aggregate.Outcome.PENDING, counts=result.counts, no_majority=result.no_majority,
-            used=[v for v, label in zip(votes, labels) if label != majority.REJECT],
-            n_rejected=result.counts[majority.REJECT],
+            used=[v for v, label in zip(votes, labels) if label != voting.REJECT],
+            n_rejected=result.counts[voting.REJECT],
         )
-        if result.outcome == majority.TIE:
+        if result.outcome == voting.TIE:
             aggregate.outcome = Aggregate.Outcome.TIE
         elif result.outcome is not None:
             aggregate.outcome = Aggregate.Outcome.WINNER
             aggregate.winner_id, aggregate.loser_id = (
-                (image_a, image_b) if result.outcome == majority.A else (image_b, image_a)
+                (image_a, image_b) if result.outcome == voting.A else (image_b, image_a)
             )
             aggregate.margin = result.margin
         return aggregate

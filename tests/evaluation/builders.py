@@ -45,7 +45,7 @@ def prompt_set_with_images(
 
 
 def annotate_round(round_: Round, people, choose) -> int:
-    """Every person judges every item they are given; ``choose(lease, person)`` returns the answer.
+    """Every person judges every item they are given; ``choose(task, person)`` returns the answer.
 
     Goes through the annotation services (assignment, then submission), like the API does.
     Returns the number of judgments stored.
@@ -53,11 +53,11 @@ def annotate_round(round_: Round, people, choose) -> int:
     stored = 0
     for person in people:
         while True:
-            lease = assignment.item_next_for_annotator(round_=round_, annotator=person)
-            if lease is None:
+            task = assignment.item_next_for_annotator(round_=round_, annotator=person)
+            if task is None:
                 break
             submission.judgment_submit(
-                annotator=person, lease_id=lease.lease.id, client_uuid=uuid.uuid4(), answer=choose(lease, person),
+                annotator=person, lease_id=task.lease.id, client_uuid=uuid.uuid4(), answer=choose(task, person),
                 elapsed_ms=1200,
             )
             stored += 1
@@ -101,20 +101,91 @@ def set_pairwise_outcomes(evaluation, criterion: str, labels: list[str], *, no_m
     )
 
 
-def bulk_prompt_set(*, models: list[str], n_prompts: int, seed: int = 0, set_name: str = "bulk"):
-    """Many prompts and image rows at once (no files): for reports at the paper's scale."""
-    from catalog.models import Image, Prompt
+def bulk_prompt_set(
+    *, models: list[str], n_prompts: int, seed: int = 0, set_name: str = "bulk", categories=("Animals", "People"),
+    with_questions: bool = False,
+):
+    """Many prompts and image rows at once (no files): for reports at the paper's scale.
+
+    ``categories`` is a sequence cycled over the prompts, or a function of the prompt index;
+    ``with_questions`` gives every prompt two alignment questions, the second depending on the first.
+    """
+    from catalog.models import AlignmentQuestion, Image, Prompt
 
     prompt_set = PromptSetFactory(name=set_name)
     versions = [ModelVersionFactory(name=name) for name in models]
+    category = categories if callable(categories) else (lambda n: categories[n % len(categories)])
     Prompt.objects.bulk_create([
-        Prompt(prompt_set=prompt_set, external_id=f"{set_name}-{n}", text=f"prompt {n}", category=("Animals", "People")[n % 2])
+        Prompt(prompt_set=prompt_set, external_id=f"{set_name}-{n}", text=f"prompt {n}", category=category(n))
         for n in range(n_prompts)
     ])
     prompts = list(Prompt.objects.filter(prompt_set=prompt_set).order_by("id"))
+    if with_questions:
+        AlignmentQuestion.objects.bulk_create([
+            AlignmentQuestion(prompt=p, order=order, text=text)
+            for p in prompts for order, text in ((1, "Is there a bird?"), (2, "Is the bird blue?"))
+        ])
+        by_prompt: dict[int, dict[int, int]] = {}
+        for pk, prompt_id, order in AlignmentQuestion.objects.filter(prompt__in=prompts).values_list("pk", "prompt_id", "order"):
+            by_prompt.setdefault(prompt_id, {})[order] = pk
+        AlignmentQuestion.parents.through.objects.bulk_create([
+            AlignmentQuestion.parents.through(from_alignmentquestion_id=q[2], to_alignmentquestion_id=q[1])
+            for q in by_prompt.values()
+        ])
     Image.objects.bulk_create([
         Image(prompt=p, model_version=v, seed=prompt_seed(seed=seed, external_id=p.external_id),
               file=f"images/x/{p.pk}-{v.pk}.png", sha256="0" * 64, width=16, height=16)
         for p in prompts for v in versions
     ], batch_size=2000)
     return prompt_set, versions, prompts
+
+
+def bulk_judgments(round_: Round, votes_by_item, people) -> int:
+    """Judgment rows as submissions store them, in bulk; the aggregates are left to ``round_aggregate``.
+
+    ``votes_by_item`` maps an item id to its votes, the n-th from ``people[n]``: "A", "B", "tie" or
+    "reject" on pairwise items (A is the item's first image), a tuple of yes/no answers in question
+    order on alignment items. Returns the number of judgments stored.
+    """
+    from django.utils import timezone
+
+    from annotation.models import AlignmentAnswer, ItemImage, Judgment
+    from catalog.models import AlignmentQuestion
+
+    images: dict[int, list[tuple[int, str]]] = {}
+    for item_id, image_id, public_id in ItemImage.objects.filter(item__round=round_).order_by("item_id", "order").values_list(
+        "item_id", "image_id", "image__public_id"
+    ):
+        images.setdefault(item_id, []).append((image_id, public_id))
+    questions: dict[int, list[int]] = {}
+    if round_.kind == Round.Kind.ALIGNMENT:
+        by_prompt: dict[int, list[int]] = {}
+        prompt_of = dict(round_.items.values_list("pk", "prompt_id"))
+        for prompt_id, question_id in AlignmentQuestion.objects.filter(prompt_id__in=set(prompt_of.values())).order_by(
+            "order"
+        ).values_list("prompt_id", "pk"):
+            by_prompt.setdefault(prompt_id, []).append(question_id)
+        questions = {item_id: by_prompt.get(prompt_id, []) for item_id, prompt_id in prompt_of.items()}
+    now = timezone.now()
+    judgments, answers = [], []
+    for item_id, votes in votes_by_item.items():
+        pair = images[item_id]
+        for person, vote in zip(people, votes):
+            judgment = Judgment(
+                client_uuid=uuid.uuid4(), round=round_, item_id=item_id, annotator=person,
+                layout=[public_id for _, public_id in pair], elapsed_ms=1000, created_at=now,
+                outcome=Judgment.Outcome.ALIGNMENT,
+            )
+            if round_.kind == Round.Kind.PAIRWISE:
+                (a, _), (b, _) = pair
+                judgment.outcome = {"A": "win", "B": "win", "tie": "tie", "reject": "cannot_compare"}[vote]
+                judgment.winner_id, judgment.loser_id = {"A": (a, b), "B": (b, a)}.get(vote, (None, None))
+            else:
+                answers.append((judgment, questions[item_id], vote))
+            judgments.append(judgment)
+    Judgment.objects.bulk_create(judgments, batch_size=2000)
+    AlignmentAnswer.objects.bulk_create([
+        AlignmentAnswer(judgment=judgment, question_id=q, answer=value)
+        for judgment, question_ids, values in answers for q, value in zip(question_ids, values)
+    ], batch_size=5000)
+    return len(judgments)

@@ -15,7 +15,7 @@ from statsmodels.stats.proportion import proportion_confint
 from annotation.models import Aggregate
 from evaluation.report_text import report_render
 from evaluation.reports import evaluation_report_build
-from evaluation.services import evaluation_start
+from evaluation.services import evaluation_start, report_refresh
 from tests.evaluation.builders import bulk_prompt_set, prompt_set_with_images, set_pairwise_outcomes
 from tests.factories import ResearcherFactory
 
@@ -30,7 +30,7 @@ def no_nan(text: str):
 
 
 def all_formats(report):
-    outputs = {fmt: report_render(report, fmt) for fmt in ("table", "csv", "json", "latex")}
+    outputs = {fmt: report_render(report.to_dict(), fmt) for fmt in ("table", "csv", "json", "latex")}
     for fmt, text in outputs.items():
         assert "nan" not in text.lower().replace("nance", ""), fmt
     return outputs, no_nan(outputs["json"])
@@ -137,6 +137,7 @@ def test_three_models_get_every_pair_and_a_leaderboard():
     for criterion in ("visual_flaws", "visual_appeal"):
         ranking = [entry["model"] for entry in data["leaderboards"][criterion]]
         assert ranking == ["pixel", "sft", "base"]
+    report_refresh(evaluation=evaluation)
     client = Client()
     client.force_login(ResearcherFactory())
     html = client.get(f"/evaluation/{evaluation.pk}/").content.decode()

@@ -19,7 +19,6 @@ from evaluation.report_format import (
     render_text,
 )
 from evaluation.stats import (
-    AlignmentQuestion,
     ComparisonRow,
     PromptBootstrap,
     compare_alignment,
@@ -32,15 +31,12 @@ def labels(wins: int, ties: int, losses: int) -> list[str]:
     return ["A"] * wins + ["tie"] * ties + ["B"] * losses
 
 
-def question(question_id: str, yes: int) -> AlignmentQuestion:
-    return AlignmentQuestion(question_id, (True,) * yes + (False,) * (5 - yes))
-
-
 @pytest.fixture(scope="module")
 def table() -> list[dict]:
     bootstrap = PromptBootstrap(300)
-    model_a = {f"p{i}": [question("q0", 4), question("q1", 3 if i % 3 else 1)] for i in range(30)}
-    model_b = {f"p{i}": [question("q0", 4 if i % 2 else 2), question("q1", 2)] for i in range(30)}
+    # Each prompt's final answers (question -> yes), as aggregation stores them.
+    model_a = {f"p{i}": {"q0": True, "q1": i % 3 != 0} for i in range(30)}
+    model_b = {f"p{i}": {"q0": i % 2 == 1, "q1": False} for i in range(30)}
     rows = [
         ComparisonRow(
             "sft_pixel", "sft",

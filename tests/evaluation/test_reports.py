@@ -28,20 +28,20 @@ def no_nan(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def _image_order(lease):
+def _image_order(task):
     """Public ids of the item's images in storage order: Model A's first."""
-    return [image.public_id for image in lease.item.images()]
+    return [image.public_id for image in task.item.images()]
 
 
 def make_choose(truth_by_criterion, prompt_index, pixel_questions_no):
-    def choose(lease, person):
-        round_ = lease.round
-        index = prompt_index[lease.item.prompt_id]
+    def choose(task, person):
+        round_ = task.round
+        index = prompt_index[task.item.prompt_id]
         if round_.kind == Round.Kind.ALIGNMENT:
-            (image,) = lease.item.images()
+            (image,) = task.item.images()
             model = Image.objects.get(pk=image.id).model_version.name
             answers = []
-            for question in lease.item.questions():
+            for question in task.item.questions():
                 no = model == "pixel" and question.order == 2 and index in pixel_questions_no
                 answers.append({"question": question.pk, "answer": "no" if no else "yes"})
             return {"answers": answers}
@@ -51,7 +51,7 @@ def make_choose(truth_by_criterion, prompt_index, pixel_questions_no):
             truth = "B" if truth == "tie" else "tie"
         if truth == "tie":
             return {"outcome": "tie"}
-        image_a, image_b = _image_order(lease)
+        image_a, image_b = _image_order(task)
         return {"outcome": "win", "winner": image_a if truth == "A" else image_b}
 
     return choose

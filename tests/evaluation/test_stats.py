@@ -17,15 +17,13 @@ from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kap
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import multinomial_proportions_confint, proportion_confint
 
+from annotation.voting import dsg_apply, question_majority
 from evaluation.stats import (
-    AlignmentQuestion,
     ComparisonRow,
-    ComparisonVotes,
     PairCounts,
     PromptBootstrap,
     adjust_p_values,
     annotator_majority_agreement,
-    apply_dsg_dependencies,
     bootstrap_interval,
     bradley_terry,
     bradley_terry_strengths,
@@ -36,15 +34,10 @@ from evaluation.stats import (
     minimal_detectable_difference,
     paper_table_rows,
     position_bias_test,
-    prompt_alignment_scores,
     prompts_needed,
-    question_majority,
-    reduce_votes,
     summarize_agreement,
     summarize_alignment,
     summarize_pairwise,
-    summarize_pairwise_votes,
-    summarize_report,
     vote_table,
     wilson_interval,
 )
@@ -178,53 +171,6 @@ def test_resample_counts_keep_the_number_of_prompts():
     counts = PromptBootstrap(n_resamples=50, seed=1).counts(40)
     assert counts.shape == (50, 40)
     assert np.all(counts.sum(axis=1) == 40)
-
-
-# --- majority reduction --------------------------------------------------------------------
-
-
-def test_reduce_votes_majority_and_no_majority_rules():
-    votes = [
-        ["A", "A", "A", "B", "tie"],   # majority A
-        ["B", "B", "B", "B", "A"],     # majority B
-        ["A", "A", "tie", "tie", "B"],  # no majority, mean +0.2
-        ["A", "A", "B", "B", "tie"],   # no majority, mean 0
-        ["B", "B", "tie", "tie", "A"],  # no majority, mean −0.2
-    ]
-    as_tie = reduce_votes(votes)
-    assert as_tie.labels == ("A", "B", "tie", "tie", "tie")
-    assert as_tie.no_majority == 3
-    by_mean = reduce_votes(votes, no_majority_rule="mean_score")
-    assert by_mean.labels == ("A", "B", "A", "tie", "B")
-    assert by_mean.no_majority == 3
-
-
-def test_majority_needs_more_than_half_of_the_votes():
-    # 2 of 4 is not a majority, 3 of 4 is.
-    assert reduce_votes([["A", "A", "B", "tie"], ["A", "A", "A", "B"]]).labels == ("tie", "A")
-
-
-def test_reduce_votes_rejects_unknown_labels_with_the_prompt_index():
-    with pytest.raises(ValueError, match=r"prompt 1\[2\]: 'left' is not one of"):
-        reduce_votes([["A", "A", "A"], ["A", "B", "left"]])
-
-
-def test_summarize_pairwise_votes_counts_no_majority_prompts():
-    votes = [["A"] * 5] * 8 + [["A", "A", "B", "B", "tie"]] * 2 + [["B"] * 3 + ["A"] * 2] * 3
-    summary = summarize_pairwise_votes(votes, bootstrap=PromptBootstrap(300))
-    assert (summary.wins, summary.ties, summary.losses) == (8, 2, 3)
-    assert summary.no_majority == 2
-    assert "2 prompts had no majority" in summary.message
-
-
-def test_resampling_votes_keeps_a_prompts_votes_together():
-    # Resampling prompts of vote lists gives the interval of resampling their majority labels.
-    votes = [["A"] * 4 + ["B"]] * 30 + [["B"] * 3 + ["tie"] * 2] * 10 + [["tie"] * 5] * 20
-    from_votes = summarize_pairwise_votes(votes, bootstrap=PromptBootstrap(1000, seed=5))
-    from_labels = summarize_pairwise(
-        reduce_votes(votes).labels, bootstrap=PromptBootstrap(1000, seed=5)
-    )
-    assert from_votes.net_win_ci == from_labels.net_win_ci
 
 
 # --- edge cases: a message, never a NaN ----------------------------------------------------
@@ -380,41 +326,17 @@ def test_minimal_detectable_difference_by_hand():
 # --- text alignment ------------------------------------------------------------------------
 
 
-def question(question_id: str, yes: int, no: int, parents: tuple[str, ...] = ()) -> AlignmentQuestion:
-    return AlignmentQuestion(question_id, (True,) * yes + (False,) * no, parents)
+def question(question_id: str, yes: int, no: int, parents: tuple[str, ...] = ()):
+    return question_id, (True,) * yes + (False,) * no, parents
 
 
-def test_question_majority_and_even_split():
-    assert question_majority([True, True, True, False, False])
-    assert not question_majority([True, True, False, False, False])
-    assert not question_majority([True, False])  # an even split has not shown a "yes"
-
-
-def test_dsg_rule_child_is_no_when_a_parent_is_no():
-    answers = {"cat": False, "cat_black": True, "dog": True, "dog_running": True}
-    parents = {"cat_black": ["cat"], "dog_running": ["dog"]}
-    assert apply_dsg_dependencies(answers, parents) == {
-        "cat": False, "cat_black": False, "dog": True, "dog_running": True,
-    }
-
-
-def test_dsg_rule_is_transitive_and_any_parent_counts():
-    answers = {"a": False, "b": True, "c": True, "d": True, "e": True}
-    # c depends on b which depends on a; e depends on d and c.
-    parents = {"b": ["a"], "c": ["b"], "e": ["d", "c"]}
-    resolved = apply_dsg_dependencies(answers, parents)
-    assert resolved == {"a": False, "b": False, "c": False, "d": True, "e": False}
-
-
-def test_dsg_rule_keeps_a_no_child_of_a_yes_parent():
-    assert apply_dsg_dependencies({"p": True, "c": False}, {"c": ["p"]}) == {"p": True, "c": False}
-
-
-def test_dsg_rule_rejects_cycles_and_unknown_parents():
-    with pytest.raises(ValueError, match="cycle"):
-        apply_dsg_dependencies({"a": True, "b": True}, {"a": ["b"], "b": ["a"]})
-    with pytest.raises(ValueError, match="unknown question 'ghost'"):
-        apply_dsg_dependencies({"a": True}, {"a": ["ghost"]})
+def outcomes(prompts) -> dict[str, dict[str, bool]]:
+    """Each prompt's final answers under annotation.voting: majority of K = the votes given, then DSG."""
+    result = {}
+    for prompt, questions in prompts.items():
+        majority = {q: question_majority(sum(votes), k=len(votes), n_votes=len(votes)) for q, votes, _ in questions}
+        result[prompt] = dsg_apply(majority, {q: parents for q, _, parents in questions})
+    return result
 
 
 def test_alignment_rate_averages_per_prompt_then_over_prompts():
@@ -424,18 +346,18 @@ def test_alignment_rate_averages_per_prompt_then_over_prompts():
         "p3": [question("q1", 0, 5), question("q2", 5, 0, ("q1",)), question("q3", 3, 2)],  # 1/3
         "p4": [],
     }
-    summary = summarize_alignment(prompts, bootstrap=PromptBootstrap(300))
+    assert outcomes(prompts)["p3"] == {"q1": False, "q2": False, "q3": True}
+    summary = summarize_alignment(outcomes(prompts), bootstrap=PromptBootstrap(300))
     assert summary.rate == pytest.approx((0.5 + 1.0 + 1 / 3) / 3)  # not the pooled 3/6
     assert summary.n_prompts == 3 and summary.prompts_without_questions == 1
     assert "1 prompt without alignment questions" in summary.message
-    assert prompt_alignment_scores(prompts)["p3"] == {"q1": False, "q2": False, "q3": True}
 
 
 def test_a_model_without_alignment_questions_gives_a_message():
     summary = summarize_alignment({"p1": [], "p2": []})
     assert summary.rate is None and summary.ci is None
     assert "No prompt has alignment questions" in summary.message
-    comparison = compare_alignment({"p1": [question("q1", 5, 0)]}, {"p1": []})
+    comparison = compare_alignment(outcomes({"p1": [question("q1", 5, 0)]}), {"p1": {}})
     assert comparison.difference is None and comparison.mcnemar_p is None
     assert "cannot be compared" in comparison.message
     assert_no_nan(comparison.to_dict())
@@ -443,25 +365,24 @@ def test_a_model_without_alignment_questions_gives_a_message():
 
 def simulated_alignment(seed: int, n_prompts: int, p_a: float, p_b: float):
     rng = np.random.default_rng(seed)
-    model_a: dict[str, list[AlignmentQuestion]] = {}
-    model_b: dict[str, list[AlignmentQuestion]] = {}
+    model_a: dict[str, list] = {}
+    model_b: dict[str, list] = {}
     for prompt in range(n_prompts):
         # 1, 2 or 4 questions keep prompt scores dyadic, so sums over prompts are exact in floating
         # point and bootstrap values that equal the estimate compare equal in scipy too.
         n_questions = int(rng.choice([1, 2, 4]))
         for model, p_yes in ((model_a, p_a), (model_b, p_b)):
             model[f"p{prompt}"] = [
-                AlignmentQuestion(f"q{q}", tuple(bool(v) for v in rng.random(5) < p_yes),
-                                  ("q0",) if q > 0 else ())
+                (f"q{q}", tuple(bool(v) for v in rng.random(5) < p_yes), ("q0",) if q > 0 else ())
                 for q in range(n_questions)
             ]
-    return model_a, model_b
+    return outcomes(model_a), outcomes(model_b)
 
 
 def test_compare_alignment_matches_independent_mcnemar_and_paired_bootstrap():
     model_a, model_b = simulated_alignment(seed=1, n_prompts=80, p_a=0.75, p_b=0.6)
     comparison = compare_alignment(model_a, model_b, bootstrap=PromptBootstrap(2000, seed=4))
-    outcomes_a, outcomes_b = prompt_alignment_scores(model_a), prompt_alignment_scores(model_b)
+    outcomes_a, outcomes_b = model_a, model_b
     table = np.zeros((2, 2), dtype=int)
     scores_a, scores_b = [], []
     for prompt in outcomes_a:
@@ -696,53 +617,6 @@ def test_paper_table_rows_are_plain_json_with_holm_adjusted_p_values():
     assert second["visual_appeal"] is None
     assert second["visual_flaws"]["p_value"] is None and second["visual_flaws"]["p_adjusted"] is None
     assert "cannot be compared" in second["text_alignment"]["message"]
-
-
-# --- a whole report ------------------------------------------------------------------------
-
-
-def simulated_votes(seed: int, prompts: int, p: list[float]) -> list[list[str]]:
-    rng = np.random.default_rng(seed)
-    truth = rng.choice(3, size=prompts, p=p)
-    chosen = np.where(rng.random((prompts, 5)) < 0.7, truth[:, None], rng.integers(0, 3, (prompts, 5)))
-    return np.array(["A", "tie", "B"])[chosen].tolist()
-
-
-def test_summarize_report_equals_the_functions_called_one_by_one():
-    models = ["base", "sft", "sft_pixel"]
-    alignment = {m: simulated_alignment(seed=10 + i, n_prompts=50, p_a=0.6 + 0.1 * i, p_b=0.5)[0]
-                 for i, m in enumerate(models)}
-    comparisons = []
-    for index, (a, b) in enumerate([("sft", "base"), ("sft_pixel", "base"), ("sft_pixel", "sft")]):
-        comparisons.append(ComparisonVotes(
-            a, b,
-            visual_flaws=simulated_votes(index, 50, [0.5, 0.3, 0.2]),
-            visual_appeal=simulated_votes(100 + index, 50, [0.4, 0.3, 0.3]),
-            alignment_a=alignment[a], alignment_b=alignment[b],
-        ))
-    report = summarize_report(comparisons, n_resamples=400, seed=3)
-    for row, comparison in zip(report.rows, comparisons):
-        bootstrap = PromptBootstrap(400, seed=3)
-        assert row.visual_flaws == summarize_pairwise_votes(comparison.visual_flaws, bootstrap=bootstrap)
-        assert row.visual_appeal == summarize_pairwise_votes(comparison.visual_appeal, bootstrap=bootstrap)
-        assert row.visual_flaws_agreement == summarize_agreement(
-            vote_table(comparison.visual_flaws, ["A", "tie", "B"]), bootstrap=bootstrap
-        )
-        assert row.text_alignment == compare_alignment(
-            comparison.alignment_a, comparison.alignment_b, bootstrap=bootstrap
-        )
-    assert set(report.leaderboards) == {"visual_flaws", "visual_appeal"}
-    assert report.table == paper_table_rows(list(report.rows))
-    assert report.table[0]["visual_flaws"]["agreement"]["fleiss_kappa"]["rate"] == pytest.approx(
-        statsmodels_fleiss_kappa(vote_table(comparisons[0].visual_flaws, ["A", "tie", "B"]))
-    )
-    json.dumps(report.table, allow_nan=False)
-
-
-def test_summarize_report_names_the_comparison_with_bad_votes():
-    bad = ComparisonVotes("x", "y", visual_flaws=[["A", "A", "B"], ["A", "left", "A"]])
-    with pytest.raises(ValueError, match=r"x vs y, visual_flaws: prompt 1\[1\]: 'left'"):
-        summarize_report([bad], n_resamples=10)
 
 
 def test_bradley_terry_newton_refit_reaches_the_mm_maximum():

@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 
 from evaluation.charts import win_tie_loss_chart
 from evaluation.models import EvaluationRound
-from evaluation.services import evaluation_start
+from evaluation.services import evaluation_start, report_refresh
 from tests.evaluation.builders import bulk_prompt_set, prompt_set_with_images, set_pairwise_outcomes
 from tests.factories import AnnotatorFactory, ResearcherFactory
 
@@ -25,6 +25,7 @@ def evaluation():
     evaluation = evaluation_start(model_versions=versions, prompt_set=prompt_set, from_existing=True).evaluation
     set_pairwise_outcomes(evaluation, "visual_flaws", ["A"] * 6 + ["tie"] * 3 + ["B"])
     set_pairwise_outcomes(evaluation, "visual_appeal", ["A"] * 2 + ["tie"] * 4 + ["B"] * 4)
+    report_refresh(evaluation=evaluation)  # what the `default` worker does when a page first asks
     return evaluation
 
 

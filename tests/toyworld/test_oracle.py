@@ -2,15 +2,14 @@
 measure that ranks degraded renders below clean ones."""
 
 import dataclasses
-import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
 
 from toyworld import oracle
+from toyworld.quality import degrade, perturb
 from toyworld.questions import scene_questions, true_answer
-from toyworld.scenes import COLOURS, SHAPES, SIZES, TEXTURES, Scene, render, sample_scene, to_uint8
+from toyworld.scenes import COLOURS, Scene, render, sample_scene, to_uint8
 
 
 def _scenes(seed, count):
@@ -27,31 +26,12 @@ def test_every_question_is_answered_yes_on_the_ground_truth_render():
     assert answers / total >= 0.99
 
 
-def _perturbed(scene: Scene, rng) -> Scene:
-    used = {o.shape for o in scene.objects}
-    objects = []
-    for obj in scene.objects:
-        changes = {}
-        free = [s for s in SHAPES if s not in used]
-        if free and rng.random() < 0.3:
-            changes["shape"] = free[int(rng.integers(len(free)))]
-            used.add(changes["shape"])
-        if rng.random() < 0.3:
-            changes["colour"] = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        if rng.random() < 0.3:
-            changes["texture"] = TEXTURES[int(rng.integers(len(TEXTURES)))]
-        if rng.random() < 0.3:
-            changes["size"] = SIZES[int(rng.integers(len(SIZES)))]
-        objects.append(dataclasses.replace(obj, **changes))
-    return Scene(objects=tuple(objects), background=scene.background)
-
-
 def test_answers_follow_the_pixels_not_the_caption():
     """Render a scene with some attributes changed; the oracle must say "no" where they changed."""
     rng = np.random.default_rng(5)
     right = total = noes = 0
     for asked in _scenes(12, 200):
-        shown = _perturbed(asked, rng)
+        shown = perturb(asked, rng)
         result = oracle.answer_questions(to_uint8(render(shown)), asked.caption)
         for question in scene_questions(asked):
             truth = true_answer(question, asked, shown)
@@ -62,21 +42,12 @@ def test_answers_follow_the_pixels_not_the_caption():
     assert right / total >= 0.97
 
 
-def _degrade(image: np.ndarray, how: str) -> np.ndarray:
-    picture = Image.fromarray(to_uint8(image))
-    if how == "blur":
-        return np.asarray(picture.filter(ImageFilter.GaussianBlur(0.8)))
-    buffer = io.BytesIO()
-    picture.save(buffer, "JPEG", quality=25)
-    return np.asarray(Image.open(buffer).convert("RGB"))
-
-
 @pytest.mark.parametrize("how", ["blur", "jpeg"])
 def test_texture_fidelity_ranks_degraded_renders_below_the_clean_one(how):
     for scene in _scenes(13, 60):
         clean = render(scene)
         assert oracle.texture_fidelity(clean, scene.caption) == pytest.approx(1.0)
-        assert oracle.texture_fidelity(_degrade(clean, how), scene.caption) < oracle.texture_fidelity(
+        assert oracle.texture_fidelity(degrade(clean, how), scene.caption) < oracle.texture_fidelity(
             to_uint8(clean), scene.caption)
 
 

@@ -133,3 +133,13 @@ def test_bad_noise_is_refused(toy_gallery):
     with pytest.raises(CommandError, match="--noise"):
         call_command("simulate_annotators", "al", "--policy", "noisy_oracle", "--noise", "1.5")
 
+
+
+def test_all_open_works_every_open_round(toy_gallery):
+    for name in ("first", "second"):
+        call_command("create_round", "--kind", "pairwise", "--name", name, "--models", "toy-sharp", "toy-blurry",
+                     "--criterion", "visual_appeal", "--k", "3")
+    with pytest.raises(CommandError, match="--all-open"):
+        call_command("simulate_annotators", "first", "--all-open")
+    call_command("simulate_annotators", "--all-open", "--annotators", "3", "--policy", "noisy_oracle")
+    assert Aggregate.objects.filter(round__name__in=["first", "second"], complete=True).count() == 6

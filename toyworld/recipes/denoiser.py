@@ -1,7 +1,8 @@
 """Recipe: train a toy pipeline's denoiser with the project's own engine, on CPU.
 
-    python -m toyworld.recipes.denoiser --layout sd --run-dir var/toyworld/sd --vae toyworld/weights/vae
-    python -m toyworld.recipes.denoiser --layout sd --run-dir var/toyworld/sd --export toyworld/weights/toy-sd
+    python -m toyworld.recipes.denoiser --layout sd --run-dir var/toyworld/sd --vae var/toyworld/vae/at-freeze
+    python -m toyworld.recipes.denoiser --layout sd --run-dir var/toyworld/sd --vae var/toyworld/vae/final \
+        --export toyworld/weights/toy-sd
 
 Three steps, each skipped when its output exists, so an interrupted run resumes:
 1. render the training set: ``--images`` distinct training-split captions (seeded), as an
@@ -11,7 +12,10 @@ Three steps, each skipped when its output exists, so an interrupted run resumes:
    ordinary diffusion training, with the settings in ``toyworld/recipes/<layout>.toml``. The
    engine checkpoints every 500 steps and ``resume_from = "latest"`` picks the run up again.
 
-``--export`` copies the engine's exported pipeline (EMA weights) in fp16 to the weights folder.
+The denoiser trains on the latents of the VAE as it was when its encoder froze
+(``toyworld.recipes.vae``); ``--export`` copies the engine's exported pipeline (EMA weights) in
+fp16 to the weights folder with the finished VAE in its place: the same encoder, so the same
+latents, and the decoder trained to the end.
 """
 
 from __future__ import annotations
@@ -56,8 +60,13 @@ def train(args) -> None:
     from training.engine.config import load_config
     from training.engine.loop import train as engine_train
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
-    data = render_training_set(run_dir / "data", images=args.images, seed=args.seed)
+    data = render_training_set(Path(args.data_dir or run_dir / "data"), images=args.images, seed=args.seed)
+    if args.render_only:
+        return
     base = run_dir / "untrained"
     if not (base / "model_index.json").exists():
         build_untrained(args.layout, args.vae, base, seed=args.seed)
@@ -71,27 +80,38 @@ def train(args) -> None:
 
 
 def export(args) -> None:
-    from diffusers import DiffusionPipeline
+    import torch
+    from diffusers import AutoencoderKL, DiffusionPipeline
 
     from toyworld.pipelines import save_pipeline
 
     model_dir = Path(args.run_dir) / "engine" / "model"
     pipeline = DiffusionPipeline.from_pretrained(model_dir)
+    final_vae = AutoencoderKL.from_pretrained(args.vae, torch_dtype=torch.float32)
+    if final_vae.config.scaling_factor != pipeline.vae.config.scaling_factor:
+        raise SystemExit(f"{args.vae}: its scaling factor differs from the one the denoiser trained with")
+    pipeline.register_modules(vae=final_vae)
     save_pipeline(pipeline, args.export, fp16=True)
-    print(f"exported {model_dir} to {args.export} (fp16)")
+    print(f"exported {model_dir} with the VAE of {args.vae} to {args.export} (fp16)")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layout", choices=("sd", "pixart"), required=True)
     parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--vae", default="toyworld/weights/vae", help="the trained toy VAE (diffusers folder)")
+    parser.add_argument("--vae",
+                        help="the toy VAE (diffusers folder): as its encoder froze to train, finished to export")
     parser.add_argument("--images", type=int, default=20000, help="distinct training captions to render")
+    parser.add_argument("--data-dir", help="where the rendered training set goes (default RUN_DIR/data; layouts may share one)")
+    parser.add_argument("--render-only", action="store_true", help="render the training set and stop")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (two runs side by side: 1 each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an engine setting of the recipe")
     parser.add_argument("--export", help="write the trained pipeline here in fp16 and stop")
     args = parser.parse_args(argv)
+    if not args.render_only and not args.vae:
+        parser.error("--vae is required")
     if args.export:
         export(args)
     else:

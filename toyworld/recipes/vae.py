@@ -9,8 +9,13 @@ on pixels plus L1 on a high-pass of the pixels (so that the decoder learns to pa
 textures, not only their mean colour) plus a small KL term. A checkpoint (weights, optimizer,
 step) is written every ``--checkpoint-every`` steps, with a grid of reconstructions beside it.
 
+At ``--freeze-encoder-at`` the encoder (and ``quant_conv``) stops training and only the decoder
+goes on, as SD's ft-MSE VAE was fine-tuned: the latent space is final from that step, so the
+denoisers can train on it while the decoder improves. The VAE as it is at that step is exported
+to ``RUN_DIR/at-freeze`` (its ``scaling_factor`` is the one every later export keeps).
+
 ``--export`` writes the diffusers directory, in fp16 safetensors, with ``scaling_factor`` set to
-1/std of the latents of 2,048 training scenes, as SD's VAE has its 0.18215.
+1/std of the latents of 512 training scenes, as SD's VAE has its 0.18215.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ VAE_CONFIG = dict(
     sample_size=RESOLUTION,
 )
 DEFAULTS = dict(steps=3000, batch_size=16, learning_rate=1e-3, final_learning_rate=1e-4, warmup=200,
-                kl_weight=1e-6, highpass_weight=1.0, seed=0)
+                kl_weight=1e-6, highpass_weight=1.0, seed=0, freeze_encoder_at=1000)
 
 
 def build_vae():
@@ -82,6 +87,16 @@ def learning_rate(step: int, args) -> float:
     return args.final_learning_rate + 0.5 * (args.learning_rate - args.final_learning_rate) * (1 + math.cos(math.pi * progress))
 
 
+def encoder_parameters(vae):
+    return [*vae.encoder.parameters(), *(vae.quant_conv.parameters() if vae.quant_conv is not None else [])]
+
+
+def _freeze_encoder(vae) -> None:
+    for parameter in encoder_parameters(vae):
+        parameter.requires_grad_(False)
+        parameter.grad = None  # AdamW skips a parameter without a gradient
+
+
 def _save_checkpoint(run_dir: Path, vae, optimizer, step: int, args) -> None:
     tmp = run_dir / "checkpoint.pt.tmp"
     torch.save({"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "args": vars(args)}, tmp)
@@ -116,6 +131,11 @@ def train(args) -> None:
     log = open(run_dir / "metrics.jsonl", "a")
     cpu_start = time.process_time()
     while step < args.steps:
+        if step >= args.freeze_encoder_at:
+            _freeze_encoder(vae)
+            if not (run_dir / "at-freeze" / "config.json").exists():
+                export_vae(vae, run_dir / "at-freeze", seed=args.seed)
+            vae.train()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         loss, terms = vae_loss(vae, training_batch(args.seed, step, args.batch_size),
@@ -137,16 +157,31 @@ def train(args) -> None:
 
 
 @torch.no_grad()
+def export_vae(vae, out_dir: Path, *, seed: int, scaling_factor: float | None = None) -> float:
+    """Save ``vae`` in diffusers layout, fp16; ``scaling_factor`` from its latents unless given."""
+    import copy
+
+    vae = copy.deepcopy(vae).eval()
+    if scaling_factor is None:
+        latents = torch.cat([vae.encode(training_batch(seed + 2, i, 128)).latent_dist.mode() for i in range(4)])
+        scaling_factor = round(float(1.0 / latents.flatten().std()), 5)
+    vae.register_to_config(scaling_factor=scaling_factor)
+    vae.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    return scaling_factor
+
+
 def export(args) -> None:
+    """The trained VAE with the scaling factor fixed when its encoder froze."""
+    import json as json_module
+
     run_dir = Path(args.run_dir)
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     vae = build_vae()
     vae.load_state_dict(state["vae"])
-    vae.eval()
-    latents = torch.cat([vae.encode(training_batch(args.seed + 2, i, 256)).latent_dist.mode() for i in range(8)])
-    vae.register_to_config(scaling_factor=round(float(1.0 / latents.flatten().std()), 5))
-    vae.to(torch.float16).save_pretrained(args.export, safe_serialization=True)
-    print(f"exported to {args.export} (scaling_factor {vae.config.scaling_factor}, trained {state['step']} steps)")
+    frozen = run_dir / "at-freeze" / "config.json"
+    scaling = json_module.loads(frozen.read_text())["scaling_factor"] if frozen.exists() else None
+    scaling = export_vae(vae, Path(args.export), seed=args.seed, scaling_factor=scaling)
+    print(f"exported to {args.export} (scaling_factor {scaling}, trained {state['step']} steps)")
 
 
 def main(argv=None) -> None:
@@ -161,6 +196,8 @@ def main(argv=None) -> None:
     parser.add_argument("--kl-weight", type=float, default=DEFAULTS["kl_weight"])
     parser.add_argument("--highpass-weight", type=float, default=DEFAULTS["highpass_weight"])
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--freeze-encoder-at", type=int, default=DEFAULTS["freeze_encoder_at"],
+                        help="train only the decoder from this step on")
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 // current question and moves on; every question needs an answer before submitting.
 // DSG: a "no" on a parent pre-answers its unanswered children "no" (still editable).
 
+import { dsgApply } from "./dsg.js";
 import { TaskPage, makePane, flash } from "./task.js";
 import { fitGrid } from "./viewer.js";
 
@@ -21,8 +22,9 @@ const alignment = {
     grid.replaceChildren(wrap);
     const panes = [pane];
 
-    const questions = task.questions.map((q, index) => ({ ...q, index, answer: null, implied: false }));
-    const byId = new Map(questions.map((q) => [q.id, q]));
+    // given: the annotator's own answer; answer: what is shown and sent (given, or an implied "no").
+    const questions = task.questions.map((q, index) => ({ ...q, index, given: null, answer: null, implied: false }));
+    const parents = Object.fromEntries(questions.map((q) => [String(q.id), q.parents.map(String)]));
     let current = 0;
 
     const rows = questions.map((q) => {
@@ -48,30 +50,18 @@ const alignment = {
     });
     list.replaceChildren(...rows);
 
-    function descendants(q) {
-      return questions.filter((other) => other.parents.includes(q.id));
-    }
-
-    function setImplied(q) {
-      // A "no" here makes each unanswered child "no"; a later "yes" takes those back.
-      for (const child of descendants(q)) {
-        if (q.answer === "no" && child.answer === null) {
-          child.answer = "no";
-          child.implied = true;
-          setImplied(child);
-        } else if (q.answer !== "no" && child.implied && !child.parents.some((id) => byId.get(id).answer === "no")) {
-          child.answer = null;
-          child.implied = false;
-          setImplied(child);
-        }
+    function applyImplied() {
+      // Unanswered questions count as "yes" here, so only a given "no" reaches the others.
+      const effective = dsgApply(Object.fromEntries(questions.map((q) => [String(q.id), q.given !== "no"])), parents);
+      for (const q of questions) {
+        q.implied = q.given === null && !effective[String(q.id)];
+        q.answer = q.given ?? (q.implied ? "no" : null);
       }
     }
 
     function answer(index, value) {
-      const q = questions[index];
-      q.answer = value;
-      q.implied = false;
-      setImplied(q);
+      questions[index].given = value;
+      applyImplied();
       flash(rows[index].querySelector(`.${value}`));
       // Move on to the next unanswered question after this one (or stay when none is left).
       const after = questions.slice(index + 1).concat(questions.slice(0, index)).find((other) => other.answer === null);

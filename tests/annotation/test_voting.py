@@ -1,12 +1,16 @@
-"""Majority rules: hand-worked cases from the specification and properties over random votes."""
+"""Vote rules: hand-worked cases from the specification, every vote multiset up to K = 7, properties."""
 
 from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from annotation.majority import (
+from annotation.voting import (
     A,
     B,
     REJECT,
@@ -14,8 +18,12 @@ from annotation.majority import (
     alignment_majority,
     best_worst_majority,
     dsg_apply,
+    majority_threshold,
     pairwise_majority,
+    question_majority,
 )
+
+DSG_CASES = json.loads((Path(__file__).parent / "dsg_cases.json").read_text())["cases"]
 
 votes5 = st.lists(st.sampled_from([A, B, TIE, REJECT]), min_size=0, max_size=5)
 
@@ -48,6 +56,33 @@ class TestPairwise:
         result = pairwise_majority([A, A, B, REJECT, REJECT], k=5)
         assert (result.outcome, result.no_majority, result.counts[REJECT]) == (TIE, True, 2)
         assert pairwise_majority([A, A, A, REJECT, REJECT], k=5).outcome == A
+
+    @pytest.mark.parametrize("k", range(1, 8))
+    def test_every_multiset_up_to_k_follows_the_majority_of_k(self, k):
+        # The rule written out once more, by counting: a label wins with more than k/2 votes.
+        for n in range(0, k + 1):
+            for votes in itertools.combinations_with_replacement((A, B, TIE, REJECT), n):
+                for rule in ("tie", "mean_score"):
+                    result = pairwise_majority(votes, k=k, no_majority_rule=rule)
+                    valid = [v for v in votes if v != REJECT]
+                    winners = [label for label in (A, B, TIE) if 2 * votes.count(label) > k]
+                    if not valid:
+                        expected = None
+                    elif winners:
+                        expected = winners[0]
+                    elif rule == "tie":
+                        expected = TIE
+                    else:
+                        score = votes.count(A) - votes.count(B)
+                        expected = A if score > 0 else B if score < 0 else TIE
+                    assert result.outcome == expected, (k, votes, rule)
+                    assert result.no_majority == (bool(valid) and not winners)
+
+    def test_missing_votes_never_make_a_majority(self):
+        # A, A, B after two rejections: 2 of 5 is no majority, whatever the votes given.
+        assert majority_threshold(k=5, n_votes=3) == 3
+        assert pairwise_majority([A, A, B], k=5).outcome == TIE
+        assert pairwise_majority([A, A, B, REJECT, REJECT], k=5).outcome == TIE
 
     def test_all_rejected_has_no_outcome(self):
         result = pairwise_majority([REJECT] * 5, k=5)
@@ -154,14 +189,20 @@ answer_set = st.fixed_dictionaries({q: st.booleans() for q in QUESTIONS})
 
 
 class TestAlignment:
-    def test_child_counts_no_when_parent_is_no(self):
-        assert dsg_apply({1: False, 2: True, 3: True, 4: True}, PARENTS) == {1: False, 2: False, 3: False, 4: False}
+    @pytest.mark.parametrize("case", DSG_CASES, ids=[case["name"] for case in DSG_CASES])
+    def test_dsg_rule_on_the_shared_cases(self, case):
+        assert dsg_apply(case["answers"], case["parents"]) == case["expected"]
 
-    def test_rule_is_transitive(self):
-        assert dsg_apply({1: True, 2: False, 3: True, 4: True}, PARENTS) == {1: True, 2: False, 3: False, 4: True}
+    def test_dsg_rule_does_not_depend_on_the_order_of_questions(self):
+        for case in DSG_CASES:
+            reversed_answers = dict(reversed(list(case["answers"].items())))
+            assert dsg_apply(reversed_answers, case["parents"]) == case["expected"], case["name"]
 
-    def test_cycle_in_bad_data_terminates(self):
-        assert dsg_apply({1: True, 2: True}, {1: [2], 2: [1]}) == {1: True, 2: True}
+    @pytest.mark.parametrize("k", range(1, 8))
+    def test_question_majority_needs_a_majority_of_k(self, k):
+        for n in range(0, k + 1):
+            for yes in range(0, n + 1):
+                assert question_majority(yes, k=k, n_votes=n) == (2 * yes > k)
 
     def test_majority_per_question_then_the_rule(self):
         judgments = [
@@ -171,7 +212,7 @@ class TestAlignment:
             {1: True, 2: False, 3: True, 4: True},
             {1: True, 2: True, 3: False, 4: True},
         ]
-        result = alignment_majority(judgments, questions=QUESTIONS, parents=PARENTS)
+        result = alignment_majority(judgments, questions=QUESTIONS, parents=PARENTS, k=len(judgments))
         assert result.yes_counts == {1: 4, 2: 4, 3: 4, 4: 3}  # the votes as given
         assert result.answers == {1: True, 2: True, 3: True, 4: True}
         assert result.score == pytest.approx(1.0)
@@ -181,25 +222,31 @@ class TestAlignment:
         # so 2 stays "yes". Applying the rule to each judgment first would drop the second
         # judgment's "yes" to 2 and make 2 "no" (1 of 3).
         judgments = [{1: True, 2: False}, {1: False, 2: True}, {1: True, 2: True}]
-        result = alignment_majority(judgments, questions=[1, 2], parents={2: [1]})
+        result = alignment_majority(judgments, questions=[1, 2], parents={2: [1]}, k=3)
         assert result.answers == {1: True, 2: True}
         per_judgment_first = [dsg_apply(j, {2: [1]}) for j in judgments]
         assert sum(j[2] for j in per_judgment_first) * 2 < len(judgments)
 
     def test_child_is_no_when_the_parents_majority_is_no(self):
         judgments = [{1: False, 2: True}, {1: False, 2: True}, {1: True, 2: True}]
-        result = alignment_majority(judgments, questions=[1, 2], parents={2: [1]})
+        result = alignment_majority(judgments, questions=[1, 2], parents={2: [1]}, k=3)
         assert result.yes_counts == {1: 1, 2: 3}
         assert result.answers == {1: False, 2: False}
         assert result.score == 0.0
 
+    def test_a_missing_judgment_counts_for_no_yes(self):
+        # 2 yes of 3 judgments with K = 5: not a majority of K, so "no".
+        judgments = [{1: True, 2: True}, {1: True, 2: True}, {1: False, 2: True}]
+        result = alignment_majority(judgments, questions=[1, 2], parents={2: [1]}, k=5)
+        assert result.answers == {1: False, 2: False}
+
     def test_missing_answer_is_refused(self):
         with pytest.raises(ValueError, match="lacks answers"):
-            alignment_majority([{1: True}], questions=QUESTIONS, parents=PARENTS)
+            alignment_majority([{1: True}], questions=QUESTIONS, parents=PARENTS, k=5)
 
     @given(st.lists(answer_set, min_size=1, max_size=5))
     def test_majority_result_respects_the_dsg(self, judgments):
-        result = alignment_majority(judgments, questions=QUESTIONS, parents=PARENTS)
+        result = alignment_majority(judgments, questions=QUESTIONS, parents=PARENTS, k=len(judgments))
         for child, parents in PARENTS.items():
             if result.answers[child]:
                 assert all(result.answers[p] for p in parents)

@@ -1,7 +1,31 @@
-"""Majority rules for K judgments per item, as pure functions of the votes.
+"""The vote rules of every item kind, in one place: pure functions of the votes, no Django.
 
-Nothing here touches the database: services collect the votes, call these functions and
-store the result, so the rules can be tested exhaustively on plain values.
+Aggregation (``annotation.services.aggregation.item_aggregate``, through each item kind in
+``annotation.kinds``) calls these functions and stores their
+results on the item's ``Aggregate``; preference exports and evaluation reports read the stored
+results and never vote again. The rules (also in ``docs/voting.md``):
+
+- **Complete items.** K is the round's judgments per item. An item is complete once it has K
+  judgments, counting "cannot compare" rejections and the judgments of annotators excluded for
+  their gold accuracy. Exports and reports use complete items only; until then the stored
+  aggregate holds the provisional result of the same rules on the votes so far.
+- **Majority of K.** A label needs more than half of K votes: 3 of 5, 4 of 7
+  (``majority_threshold``; more than half of the votes counted if more than K were counted).
+  A vote that is missing (a rejection, an excluded annotator, a judgment still to come) counts
+  for no label, so it can only prevent a majority, never make one.
+- **Pairwise** (``pairwise_majority``): the labels are A (the item's first image), B and tie;
+  "cannot compare" (``REJECT``) is no label. Without a majority the round's
+  ``no_majority_rule`` decides: ``tie``, or ``mean_score``, the sign of the mean with A = +1,
+  B = -1, tie = 0 (zero is a tie). An item whose every vote is a rejection has no outcome: it
+  gives no preference pair and no report label.
+- **Best/worst** (``best_worst_majority``): the winner has the most "best" votes, the loser the
+  most "worst" votes, ties broken by best minus worst; an unresolved tie is ``ambiguous``.
+- **Alignment** (``alignment_majority``): a question's answer is "yes" when a majority of K
+  says yes (``question_majority``), else "no": an even split has not shown a "yes". Then the
+  DSG rule on those majority answers (``dsg_apply``): a question counts as "no" when a question
+  it depends on, directly or through others, counts as "no". A question on a dependency cycle
+  (bad data: the prompt importer drops the edges that close cycles) is judged by its own
+  majority only; the questions that depend on it follow its result as usual.
 """
 
 from __future__ import annotations
@@ -113,24 +137,48 @@ def best_worst_majority(votes: Sequence[tuple[Hashable, Hashable]], *, images: S
 
 
 def dsg_apply(answers: Mapping[Hashable, bool], parents: Mapping[Hashable, Iterable[Hashable]]) -> dict[Hashable, bool]:
-    """The DSG rule on one set of answers: a question counts as "no" when any ancestor is "no"."""
+    """The DSG rule (Cho et al. 2024, section 3) on one set of answers.
+
+    A question counts as "no" when it is "no" or when any question it depends on counts as
+    "no" (so the rule is transitive). A question on a dependency cycle is judged by its own
+    answer only. Parents that are not among ``answers`` are ignored. The annotator page keeps a
+    display-only copy in ``static/js/annotate/dsg.js``; both are tested on
+    ``tests/annotation/dsg_cases.json``.
+    """
+    on_cycle = _on_cycle(answers, parents)
     resolved: dict[Hashable, bool] = {}
 
-    def effective(question, visiting: frozenset) -> bool:
-        if question in resolved:
-            return resolved[question]
-        value = bool(answers.get(question, False))
-        if value:
-            for parent in parents.get(question, ()):
-                if parent == question or parent in visiting:  # a cycle in bad data: ignore that edge
-                    continue
-                if parent in answers and not effective(parent, visiting | {question}):
-                    value = False
-                    break
-        resolved[question] = value
-        return value
+    def effective(question) -> bool:
+        # Off a cycle the parents form no loop back here, so the recursion ends.
+        if question not in resolved:
+            value = bool(answers[question])
+            if value and question not in on_cycle:
+                value = all(effective(parent) for parent in parents.get(question, ()) if parent in answers)
+            resolved[question] = value
+        return resolved[question]
 
-    return {question: effective(question, frozenset()) for question in answers}
+    return {question: effective(question) for question in answers}
+
+
+def _on_cycle(answers: Mapping[Hashable, bool], parents: Mapping[Hashable, Iterable[Hashable]]) -> set:
+    """The questions that depend on themselves through a chain of parents."""
+    found = set()
+    for question in answers:
+        stack, seen = [p for p in parents.get(question, ()) if p in answers], set()
+        while stack:
+            current = stack.pop()
+            if current == question:
+                found.add(question)
+                break
+            if current not in seen:
+                seen.add(current)
+                stack.extend(p for p in parents.get(current, ()) if p in answers)
+    return found
+
+
+def question_majority(yes_votes: int, *, k: int, n_votes: int) -> bool:
+    """A question's majority answer: "yes" with a majority of K yes votes, else "no"."""
+    return yes_votes >= majority_threshold(k=k, n_votes=n_votes)
 
 
 @dataclass(frozen=True)
@@ -143,15 +191,13 @@ class AlignmentResult:
 
 def alignment_majority(
     judgments: Sequence[Mapping[Hashable, bool]], *, questions: Sequence[Hashable],
-    parents: Mapping[Hashable, Iterable[Hashable]],
+    parents: Mapping[Hashable, Iterable[Hashable]], k: int,
 ) -> AlignmentResult:
-    """Majority yes/no per question first, then the DSG rule on the majority answers.
+    """Majority yes/no per question first (``question_majority``), then ``dsg_apply`` on them.
 
-    A question's majority is "yes" when more than half of the judgments say yes; an even split
-    is "no". Then a child whose parent's majority is "no" counts as "no". (Applying the DSG
-    rule to each judgment before voting gives a different result: yes/no, no/yes, yes/yes on
-    parent/child makes the child "yes" here and "no" there.) The evaluation report uses the
-    same order.
+    The order matters: yes/no, no/yes, yes/yes on parent/child makes the child "yes" here
+    (both majorities are "yes"), whereas applying the DSG rule to each judgment before voting
+    would make it "no".
     """
     yes = {q: 0 for q in questions}
     for answers in judgments:
@@ -161,6 +207,7 @@ def alignment_majority(
         for q in questions:
             yes[q] += int(bool(answers[q]))
     n = len(judgments)
-    result = dsg_apply({q: yes[q] * 2 > n for q in questions}, parents) if n else {}
+    majority = {q: question_majority(yes[q], k=k, n_votes=n) for q in questions} if n else {}
+    result = dsg_apply(majority, parents)
     score = (sum(result.values()) / len(result)) if result else None
     return AlignmentResult(answers=result, yes_counts=yes, n_votes=n, score=score)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole toy-world recipe, resumable: each step skips what is already done.
+#   toyworld/recipes/run_all.sh RUNS_DIR      (default var/toyworld; takes hours on 2 CPU cores)
+# 1. the VAE, whose encoder freezes at step 1000 (the latent space is final from then on);
+# 2. the VAE's decoder goes on training, and both denoisers train on that latent space beside it,
+#    one thread each;
+# 3. the exports into toyworld/weights (fp16), each pipeline with the finished VAE.
+set -euo pipefail
+RUNS=${1:-var/toyworld}
+PY=${PY:-.venv/bin/python}
+export PYTHONPATH=. OMP_NUM_THREADS=1
+mkdir -p "$RUNS"
+until [ -f "$RUNS/vae/at-freeze/config.json" ]; do
+  "$PY" -m toyworld.recipes.vae --run-dir "$RUNS/vae" --steps 1000 >> "$RUNS/vae.log" 2>&1
+done
+"$PY" -m toyworld.recipes.vae --run-dir "$RUNS/vae" >> "$RUNS/vae.log" 2>&1 &
+VAE=$!
+"$PY" -m toyworld.recipes.denoiser --layout sd --run-dir "$RUNS/sd" --data-dir "$RUNS/data" --render-only
+"$PY" -m toyworld.recipes.denoiser --layout sd --run-dir "$RUNS/sd" --data-dir "$RUNS/data" \
+    --vae "$RUNS/vae/at-freeze" >> "$RUNS/sd.log" 2>&1 &
+SD=$!
+"$PY" -m toyworld.recipes.denoiser --layout pixart --run-dir "$RUNS/pixart" --data-dir "$RUNS/data" \
+    --vae "$RUNS/vae/at-freeze" >> "$RUNS/pixart.log" 2>&1
+wait $SD $VAE
+"$PY" -m toyworld.recipes.vae --run-dir "$RUNS/vae" --export "$RUNS/vae/final"
+"$PY" -m toyworld.recipes.denoiser --layout sd --run-dir "$RUNS/sd" --vae "$RUNS/vae/final" --export toyworld/weights/toy-sd
+"$PY" -m toyworld.recipes.denoiser --layout pixart --run-dir "$RUNS/pixart" --vae "$RUNS/vae/final" --export toyworld/weights/toy-pixart
