@@ -90,11 +90,12 @@ class Record:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_values(cls, values: dict[str, Any]):
-        decoders = cls.decoders
-        return cls(**{
-            name: decoders[name](values[name]) if name in decoders else values[name] for name in cls.columns()
-        })
+    def from_row(cls, row, indexes: tuple[int, ...]):
+        """The record of the row's values at ``indexes`` (one per column, in ``columns()`` order)."""
+        values = [row[i] for i in indexes]
+        for position, decode in _decoders_by_position(cls):
+            values[position] = decode(values[position])
+        return cls(*values)
 
     @classmethod
     def from_instance(cls, instance):
@@ -264,26 +265,43 @@ def _returning(record: type[Record], alias: str) -> str:
     return ", ".join(f'"{column}" AS "{alias}__{column}"' for column in record.columns())
 
 
-def _decode(cursor, row, *parts: tuple[type[Record], str]) -> list:
-    """The row's records, each built from the columns named ``alias__column``."""
-    names = [d[0] for d in cursor.description]
-    values: dict[str, dict[str, Any]] = {alias: {} for _, alias in parts}
-    for name, value in zip(names, row):
-        alias, _, column = name.partition("__")
-        values[alias][column] = value
-    return [record.from_values(values[alias]) for record, alias in parts]
+@cache
+def _decoders_by_position(record: type[Record]) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+    return tuple((n, record.decoders[c]) for n, c in enumerate(record.columns()) if c in record.decoders)
 
 
-def _fetch_one(cursor, *parts: tuple[type[Record], str]):
-    row = cursor.fetchone()
-    if row is None:
+def _plan(names: tuple[str, ...], parts: tuple[tuple[type[Record], str], ...]) -> tuple:
+    """For each (record, alias): where the cursor put each of its columns, found by name."""
+    where = {name: n for n, name in enumerate(names)}
+    return tuple(
+        (record, tuple(where[f"{alias}__{column}"] for column in record.columns())) for record, alias in parts
+    )
+
+
+_plans: dict[tuple, tuple] = {}
+
+
+def _rows(statement: str, params: list, *parts: tuple[type[Record], str]) -> list[list]:
+    """Run a statement; each row comes back as its records, built from the columns the cursor
+    names ``alias__column``. The names are read once per statement and process: select lists are
+    generated from the records, so a statement's columns never change.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        rows = cursor.fetchall()
+        if not rows:
+            return []
+        plan = _plans.get((statement, parts))
+        if plan is None:
+            plan = _plans[(statement, parts)] = _plan(tuple(d[0] for d in cursor.description), parts)
+    return [[record.from_row(row, indexes) for record, indexes in plan] for row in rows]
+
+
+def _first(rows: list[list]):
+    """The first row's record (or records, when the row holds several), or None."""
+    if not rows:
         return None
-    records = _decode(cursor, row, *parts)
-    return records[0] if len(records) == 1 else records
-
-
-def _fetch_all(cursor, record: type[Record], alias: str) -> list:
-    return [_decode(cursor, row, (record, alias))[0] for row in cursor.fetchall()]
+    return rows[0][0] if len(rows[0]) == 1 else rows[0]
 
 
 # --- annotators -----------------------------------------------------------------------
@@ -298,9 +316,7 @@ def _profile_lock_statement(locking: str) -> str:
 
 def profile_lock(*, annotator_id: int) -> ProfileRow | None:
     """Lock an annotator's profile row (one assignment or submission per annotator at a time)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_profile_lock_statement(_lock()), [annotator_id])
-        return _fetch_one(cursor, (ProfileRow, "p"))
+    return _first(_rows(_profile_lock_statement(_lock()), [annotator_id], (ProfileRow, "p")))
 
 
 def profile_tokens_set(*, profile_id: int, tokens: float, at: datetime) -> None:
@@ -316,13 +332,12 @@ def profile_tokens_set(*, profile_id: int, tokens: float, at: datetime) -> None:
 
 def item_images(*, item_id: int) -> list[ImageRef]:
     """An item's images in canonical order."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {_select((ImageRef, 'im'))} FROM {ITEM_IMAGES} ii"
-            f' JOIN {IMAGES} im ON im.id = ii.image_id WHERE ii.item_id = %s ORDER BY ii."order"',
-            [item_id],
-        )
-        return _fetch_all(cursor, ImageRef, "im")
+    rows = _rows(
+        f"SELECT {_select((ImageRef, 'im'))} FROM {ITEM_IMAGES} ii"
+        f' JOIN {IMAGES} im ON im.id = ii.image_id WHERE ii.item_id = %s ORDER BY ii."order"',
+        [item_id], (ImageRef, "im"),
+    )
+    return [image for (image,) in rows]
 
 
 def item_slot_take(*, item_id: int, k: int | None) -> bool:
@@ -366,29 +381,26 @@ def item_pick(*, round_id: int, annotator_id: int, gold: bool, k: int, skip_item
         where += " AND i.slots_taken < %s"
         params.append(k)
         order, guard = "i.slots_taken DESC, i.id", " AND slots_taken < %s"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {ITEMS} SET slots_taken = slots_taken + 1 WHERE id = ("
-            f" SELECT i.id FROM {ITEMS} i WHERE i.round_id = %s AND i.is_gold = %s"
-            f" AND NOT EXISTS (SELECT 1 FROM {LEASES} l WHERE l.item_id = i.id AND l.annotator_id = %s"
-            " AND l.state IN (%s, %s))" + where + f" ORDER BY {order} LIMIT 1" + _lock(skip_locked=True) + ")"
-            + guard + f" RETURNING {_returning(ItemRow, 'i')}",
-            params + ([k] if guard else []),
-        )
-        return _fetch_one(cursor, (ItemRow, "i"))
+    return _first(_rows(
+        f"UPDATE {ITEMS} SET slots_taken = slots_taken + 1 WHERE id = ("
+        f" SELECT i.id FROM {ITEMS} i WHERE i.round_id = %s AND i.is_gold = %s"
+        f" AND NOT EXISTS (SELECT 1 FROM {LEASES} l WHERE l.item_id = i.id AND l.annotator_id = %s"
+        " AND l.state IN (%s, %s))" + where + f" ORDER BY {order} LIMIT 1" + _lock(skip_locked=True) + ")"
+        + guard + f" RETURNING {_returning(ItemRow, 'i')}",
+        params + ([k] if guard else []), (ItemRow, "i"),
+    ))
 
 
 def leases_held(*, round_id: int, annotator_id: int, now: datetime) -> list[tuple[LeaseRow, ItemRow]]:
     """The annotator's unexpired held leases in the round with their items, oldest first."""
     parts = ((LeaseRow, "l"), (ItemRow, "i"))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {_select(*parts)} FROM {LEASES} l JOIN {ITEMS} i ON i.id = l.item_id"
-            " WHERE l.round_id = %s AND l.annotator_id = %s AND l.state = %s AND l.expires_at > %s"
-            " ORDER BY l.leased_at, l.id",
-            [round_id, annotator_id, Lease.State.HELD, _datetime_param(now)],
-        )
-        return [tuple(_decode(cursor, row, *parts)) for row in cursor.fetchall()]
+    rows = _rows(
+        f"SELECT {_select(*parts)} FROM {LEASES} l JOIN {ITEMS} i ON i.id = l.item_id"
+        " WHERE l.round_id = %s AND l.annotator_id = %s AND l.state = %s AND l.expires_at > %s"
+        " ORDER BY l.leased_at, l.id",
+        [round_id, annotator_id, Lease.State.HELD, _datetime_param(now)], *parts,
+    )
+    return [tuple(row) for row in rows]
 
 
 def lease_upsert(*, lease: LeaseRow) -> LeaseRow:
@@ -399,15 +411,15 @@ def lease_upsert(*, lease: LeaseRow) -> LeaseRow:
         "created_at": _datetime_param(lease.leased_at), "leased_at": _datetime_param(lease.leased_at),
         "expires_at": _datetime_param(lease.expires_at),
     }
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {LEASES} ({', '.join(LEASE_INSERT_COLUMNS)})"
-            f" VALUES ({', '.join(['%s'] * len(LEASE_INSERT_COLUMNS))}) ON CONFLICT (item_id, annotator_id)"
-            " DO UPDATE SET state = excluded.state, leased_at = excluded.leased_at, expires_at = excluded.expires_at"
-            f" RETURNING {_returning(LeaseRow, 'l')}",
-            [values[c] for c in LEASE_INSERT_COLUMNS],
-        )
-        return _fetch_one(cursor, (LeaseRow, "l"))
+    return _first(_rows(_LEASE_UPSERT, [values[c] for c in LEASE_INSERT_COLUMNS], (LeaseRow, "l")))
+
+
+_LEASE_UPSERT = (
+    f"INSERT INTO {LEASES} ({', '.join(LEASE_INSERT_COLUMNS)})"
+    f" VALUES ({', '.join(['%s'] * len(LEASE_INSERT_COLUMNS))}) ON CONFLICT (item_id, annotator_id)"
+    " DO UPDATE SET state = excluded.state, leased_at = excluded.leased_at, expires_at = excluded.expires_at"
+    f" RETURNING {_returning(LeaseRow, 'l')}"
+)
 
 
 def lease_state_set(*, lease_id, state: str) -> None:
@@ -442,9 +454,10 @@ def lease_for_submit(*, annotator_id: int, lease_id) -> SubmitRows | None:
         lease_param = _uuid_param(lease_id)
     except ValueError:
         return None
-    with connection.cursor() as cursor:
-        cursor.execute(_lease_for_submit_statement(_lock(of="p, l")), [annotator_id, lease_param])
-        rows = _fetch_one(cursor, (ProfileRow, "p"), (LeaseRow, "l"), (ItemRow, "i"), (RoundRow, "r"))
+    rows = _first(_rows(
+        _lease_for_submit_statement(_lock(of="p, l")), [annotator_id, lease_param],
+        (ProfileRow, "p"), (LeaseRow, "l"), (ItemRow, "i"), (RoundRow, "r"),
+    ))
     return None if rows is None else SubmitRows(*rows)
 
 
@@ -460,11 +473,15 @@ def judgment_insert(*, judgment: JudgmentRow) -> int:
     }
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {JUDGMENTS} ({', '.join(JUDGMENT_INSERT_COLUMNS)})"
-            f" VALUES ({', '.join(['%s'] * len(JUDGMENT_INSERT_COLUMNS))}) RETURNING id",
-            [params[c] if c in params else getattr(judgment, c) for c in JUDGMENT_INSERT_COLUMNS],
+            _JUDGMENT_INSERT, [params[c] if c in params else getattr(judgment, c) for c in JUDGMENT_INSERT_COLUMNS]
         )
         return cursor.fetchone()[0]
+
+
+_JUDGMENT_INSERT = (
+    f"INSERT INTO {JUDGMENTS} ({', '.join(JUDGMENT_INSERT_COLUMNS)})"
+    f" VALUES ({', '.join(['%s'] * len(JUDGMENT_INSERT_COLUMNS))}) RETURNING id"
+)
 
 
 def judgment_by_client_uuid(*, client_uuid) -> JudgmentRow | None:
@@ -472,10 +489,9 @@ def judgment_by_client_uuid(*, client_uuid) -> JudgmentRow | None:
         param = _uuid_param(client_uuid)
     except ValueError:
         return None
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_select((JudgmentRow, 'j'))} FROM {JUDGMENTS} j WHERE j.client_uuid = %s",
-                       [param])
-        return _fetch_one(cursor, (JudgmentRow, "j"))
+    return _first(_rows(
+        f"SELECT {_select((JudgmentRow, 'j'))} FROM {JUDGMENTS} j WHERE j.client_uuid = %s", [param], (JudgmentRow, "j")
+    ))
 
 
 def aggregate_lock(*, item_id: int) -> bool:
@@ -487,12 +503,11 @@ def aggregate_lock(*, item_id: int) -> bool:
 
 def item_votes(*, item_id: int) -> list[VoteRow]:
     """The item's judgments that are not undone."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {_select((VoteRow, 'j'))} FROM {JUDGMENTS} j WHERE j.item_id = %s AND j.undone_at IS NULL",
-            [item_id],
-        )
-        return _fetch_all(cursor, VoteRow, "j")
+    rows = _rows(
+        f"SELECT {_select((VoteRow, 'j'))} FROM {JUDGMENTS} j WHERE j.item_id = %s AND j.undone_at IS NULL",
+        [item_id], (VoteRow, "j"),
+    )
+    return [vote for (vote,) in rows]
 
 
 def aggregate_write(*, aggregate: AggregateRow) -> None:
@@ -502,8 +517,12 @@ def aggregate_write(*, aggregate: AggregateRow) -> None:
     }
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {AGGREGATES} SET " + ", ".join(f"{c} = %s" for c in AGGREGATE_UPDATE_COLUMNS)
-            + " WHERE item_id = %s",
+            _AGGREGATE_WRITE,
             [params[c] if c in params else getattr(aggregate, c) for c in AGGREGATE_UPDATE_COLUMNS]
             + [aggregate.item_id],
         )
+
+
+_AGGREGATE_WRITE = (
+    f"UPDATE {AGGREGATES} SET {', '.join(f'{c} = %s' for c in AGGREGATE_UPDATE_COLUMNS)} WHERE item_id = %s"
+)
