@@ -9,8 +9,8 @@ The grammar, one object clause per object, in layout order::
     a big red striped star on the left and a small blue circle on the right, on a noisy background
 
 - shapes: circle, square, triangle, star, ring (distinct within a scene, so "the star" is one);
-- colours: red, orange, yellow, green, blue, purple (saturated; backgrounds are grey, so the
-  saturation of a pixel separates objects from background);
+- colours: red, yellow, green, blue, purple, cyan (saturated and at least 40° of hue apart;
+  backgrounds are grey, so the saturation of a pixel separates objects from background);
 - object textures: solid (no word), striped, checkered, dotted, each with a 4-pixel period;
 - sizes: big, small; layouts: one object in the centre, two left/right or top/bottom, three
   left/centre/right;
@@ -34,11 +34,11 @@ SUPERSAMPLE = 4
 SHAPES = ("circle", "square", "triangle", "star", "ring")
 COLOURS = {  # name -> RGB in [0, 1]
     "red": (0.90, 0.12, 0.10),
-    "orange": (0.95, 0.52, 0.05),
     "yellow": (0.92, 0.86, 0.08),
     "green": (0.12, 0.72, 0.18),
     "blue": (0.12, 0.28, 0.92),
     "purple": (0.62, 0.16, 0.85),
+    "cyan": (0.08, 0.78, 0.85),
 }
 TEXTURES = ("solid", "striped", "checkered", "dotted")
 SIZES = ("big", "small")
@@ -52,7 +52,8 @@ POSITION_PHRASES = {
     "bottom": "at the bottom",
 }
 # Object radius in pixels at 64 px, by number of objects and size word.
-RADIUS = {1: {"big": 22.0, "small": 13.0}, 2: {"big": 14.0, "small": 9.0}, 3: {"big": 10.0, "small": 6.5}}
+# No object is narrower than two 8-pixel latent cells: smaller shapes an 8× VAE cannot keep.
+RADIUS = {1: {"big": 22.0, "small": 13.0}, 2: {"big": 14.0, "small": 10.0}, 3: {"big": 10.0, "small": 8.0}}
 # Centres (x, y) in pixels at 64 px, by layout position and number of objects.
 CENTRES = {
     1: {"center": (32.0, 32.0)},

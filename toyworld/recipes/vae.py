@@ -45,7 +45,7 @@ VAE_CONFIG = dict(
     norm_num_groups=8,
     sample_size=RESOLUTION,
 )
-DEFAULTS = dict(steps=3000, batch_size=16, learning_rate=1e-3, final_learning_rate=1e-4, warmup=200,
+DEFAULTS = dict(steps=2000, batch_size=16, learning_rate=1e-3, final_learning_rate=1e-4, warmup=200,
                 kl_weight=1e-6, highpass_weight=1.0, seed=0, freeze_encoder_at=1000)
 
 
