@@ -57,7 +57,7 @@ def test_an_annotator_works_one_toy_item_of_each_kind(toy_rounds, open_page):
     page.keyboard.press("ArrowLeft")
     eventually(page, lambda: Judgment.objects.filter(round=toy_rounds["pairwise"]).exists())
 
-    page.goto(f"/annotate/best_worst/{toy_rounds['best_worst'].pk}/")
+    page.goto(f"/annotate/best-worst/{toy_rounds['best_worst'].pk}/")
     wait_for_task(page, 5)
     shot(page, "toy-best-worst-1280x800")
     page.keyboard.press("1")
