@@ -38,6 +38,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+
+def _sessions(users) -> list[tuple[str, str]]:
+    """A logged-in session (key, CSRF token) per bench annotator, as the login view would make it."""
+    from django.conf import settings
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.middleware.csrf import _get_new_csrf_string
+
+    credentials = []
+    for user in users:
+        session = SessionStore()
+        session["_auth_user_id"] = str(user.pk)
+        session["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[0]
+        session["_auth_user_hash"] = user.get_session_auth_hash()
+        session.create()
+        credentials.append((session.session_key, _get_new_csrf_string()))
+    return credentials
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server-url", default="postgres://postgres@127.0.0.1:5432/postgres",
@@ -89,10 +106,7 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
     from django.contrib.auth.models import Group
-    from django.conf import settings
-    from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
-    from django.middleware.csrf import _get_new_csrf_string
 
     from annotation.models import ANNOTATORS_GROUP
     from annotation.services import rounds
@@ -130,14 +144,7 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
     User = get_user_model()
     users = User.objects.bulk_create([User(username=f"bench{n:04d}", password=password) for n in range(args.annotators)])
     User.groups.through.objects.bulk_create([User.groups.through(user_id=u.pk, group_id=group.pk) for u in users])
-    credentials = []
-    for user in users:
-        session = SessionStore()
-        session["_auth_user_id"] = str(user.pk)
-        session["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[0]
-        session["_auth_user_hash"] = user.get_session_auth_hash()
-        session.create()
-        credentials.append((session.session_key, _get_new_csrf_string()))
+    credentials = _sessions(users)
     from django.db import connection, connections
 
     with connection.cursor() as cursor:
@@ -149,10 +156,7 @@ def setup_data(args, media_root: Path) -> tuple[int, list[tuple[str, str]]]:
 
 def sessions_reuse(args) -> tuple[int, list[tuple[str, str]]]:
     from django.contrib.auth import get_user_model
-    from django.conf import settings
-    from django.contrib.sessions.backends.db import SessionStore
     from django.db import connections
-    from django.middleware.csrf import _get_new_csrf_string
 
     from annotation.models import Round
 
@@ -160,14 +164,7 @@ def sessions_reuse(args) -> tuple[int, list[tuple[str, str]]]:
     users = list(get_user_model().objects.filter(username__startswith="bench").order_by("username")[: args.annotators])
     if len(users) < args.annotators:
         raise SystemExit(f"--reuse-db: the database has {len(users)} bench annotators, not {args.annotators}")
-    credentials = []
-    for user in users:
-        session = SessionStore()
-        session["_auth_user_id"] = str(user.pk)
-        session["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[0]
-        session["_auth_user_hash"] = user.get_session_auth_hash()
-        session.create()
-        credentials.append((session.session_key, _get_new_csrf_string()))
+    credentials = _sessions(users)
     connections.close_all()
     return round_.pk, credentials
 
