@@ -22,3 +22,29 @@ trap 'kill $DEFAULT_WORKER $GPU_WORKER 2>/dev/null; wait 2>/dev/null; rm -rf "$C
 "$BIN/python" manage.py seed_demo --wait > var/seed.log
 end=$(date +%s.%N)
 printf 'demo set-up: %.1f s wall (fresh clone, after installation, up to the server URL)\n' "$(echo "$end - $start" | bc)"
+
+# The rest of the loop, as the demo prints it: simulated annotators, a SimPO + pixel training
+# round on the worker (export, training, registration, the evaluation's images), the report.
+"$BIN/python" manage.py simulate_annotators "Demo: best and worst" --policy noisy_oracle
+t0=$(date +%s.%N)
+"$BIN/python" manage.py launch_training_round "Demo: best and worst" --base-model toy-sd \
+    --config training/configs/toy_simpo_pixel.toml --name toy-sd-simpo-pixel --evaluate-on toy-eval --evaluate-limit 40
+"$BIN/python" manage.py shell -c '
+import sys, time
+from evaluation.models import EvaluationRound
+from training.models import TrainingRun
+for _ in range(1800):
+    run = TrainingRun.objects.get(name="toy-sd-simpo-pixel")
+    if run.status == "failed":
+        sys.exit(f"training run failed: {run.error}")
+    evaluation = EvaluationRound.objects.filter(entries__model_version__name="toy-sd-simpo-pixel").first()
+    if evaluation is not None and evaluation.annotation_rounds.exists():
+        break
+    time.sleep(1)
+else:
+    sys.exit("the training round did not reach its evaluation in 30 minutes")
+'
+t1=$(date +%s.%N)
+printf 'training round: %.1f s wall (export, SimPO + pixel training, registration, evaluation images)\n' "$(echo "$t1 - $t0" | bc)"
+"$BIN/python" manage.py simulate_annotators --all-open --policy noisy_oracle > /dev/null
+"$BIN/python" manage.py evaluation_report "$("$BIN/python" manage.py shell -c 'from evaluation.models import EvaluationRound; print(EvaluationRound.objects.filter(entries__model_version__name="toy-sd-simpo-pixel").first().pk)')" --format table
