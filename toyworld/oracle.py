@@ -5,9 +5,10 @@ which layout the scene has, so the oracle knows where objects can be; everything
 there comes from the pixels:
 
 - **Objects.** Backgrounds are grey and objects saturated, so a pixel's saturation
-  (max − min of its channels, after a 3×3 box blur) separates them. In each layout slot the
-  saturated blob is matched against the five shapes at both sizes (soft IoU); the best match
-  gives shape and size, or "nothing" when no template overlaps by half.
+  (max − min of its channels) separates them. In each layout slot the saturation, relative to
+  the blob's own, is matched against the five shapes at both sizes, each softened by a 3×3 box
+  (soft IoU), so that a blurred outline still matches its shape; the best match gives shape and
+  size, or "nothing" when no template overlaps by half.
 - **Colour.** The hue of the blob's mean colour, nearest of the six named hues (a textured
   fill mixes one hue at two brightnesses, so the mean keeps the hue).
 - **Texture.** Inside the blob, the relative brightness at the three 4-pixel frequencies:
@@ -150,19 +151,24 @@ def look(image, scene: Scene) -> dict[str, Blob]:
     blobs = {}
     for position, window in _slot_windows(count, layout).items():
         mask = (_box3(saturation) > SATURATION_THRESHOLD) & window
-        if mask.any():  # unblurred, above the darker tone's share of the median: the blob's true outline
-            mask &= saturation > 0.3 * float(np.median(saturation[mask]))
+        if not mask.any():
+            blobs[position] = Blob(None, None, None, None, 0.0)
+            continue
+        # Shape and size: soft IoU of the saturation, relative to the blob's own, with each
+        # template softened by the same 3×3 box, so that a blurred outline still matches its shape.
+        soft = np.clip(saturation / max(float(np.percentile(saturation[mask], 75)), 1e-3), 0.0, 1.0) * window
         best, best_iou = None, 0.0
         for shape in SHAPES:
             for size in SIZES:
-                template = _template(shape, count, position, size) * window
-                union = np.maximum(mask, template).sum()
-                iou = float(np.minimum(mask, template).sum() / union) if union else 0.0
+                template = _box3(_template(shape, count, position, size)) * window
+                union = np.maximum(soft, template).sum()
+                iou = float(np.minimum(soft, template).sum() / union) if union else 0.0
                 if iou > best_iou:
                     best, best_iou = (shape, size), iou
         if best is None or best_iou < MIN_IOU:
             blobs[position] = Blob(None, None, None, None, best_iou)
             continue
+        mask &= saturation > 0.3 * float(np.median(saturation[mask]))  # the blob's own pixels
         blobs[position] = Blob(best[0], best[1], _colour_of(image[mask]), _texture_of(image, mask), best_iou)
     return blobs
 

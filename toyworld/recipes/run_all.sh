@@ -11,9 +11,9 @@ PY=${PY:-.venv/bin/python}
 export PYTHONPATH=. OMP_NUM_THREADS=1
 mkdir -p "$RUNS"
 until [ -f "$RUNS/vae/at-freeze/config.json" ]; do
-  "$PY" -m toyworld.recipes.vae --run-dir "$RUNS/vae" --steps 1000 >> "$RUNS/vae.log" 2>&1
+  "$PY" -m toyworld.recipes.vae --run-dir "$RUNS/vae" --stop-after 1000 >> "$RUNS/vae.log" 2>&1
 done
-"$PY" -m toyworld.recipes.vae --run-dir "$RUNS/vae" >> "$RUNS/vae.log" 2>&1 &
+"$PY" -m toyworld.recipes.vae --run-dir "$RUNS/vae" --stop-after 1500 >> "$RUNS/vae.log" 2>&1 &
 VAE=$!
 "$PY" -m toyworld.recipes.denoiser --layout sd --run-dir "$RUNS/sd" --data-dir "$RUNS/data" --render-only
 "$PY" -m toyworld.recipes.denoiser --layout sd --run-dir "$RUNS/sd" --data-dir "$RUNS/data" \

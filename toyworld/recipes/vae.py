@@ -130,7 +130,8 @@ def train(args) -> None:
     preview = training_batch(args.seed + 1, 0, 8)
     log = open(run_dir / "metrics.jsonl", "a")
     cpu_start = time.process_time()
-    while step < args.steps:
+    last = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+    while step < last:
         if step >= args.freeze_encoder_at:
             _freeze_encoder(vae)
             if not (run_dir / "at-freeze" / "config.json").exists():
@@ -149,7 +150,7 @@ def train(args) -> None:
             log.write(json.dumps({"step": step, "loss": loss.item(), **terms,
                                   "cpu_s": time.process_time() - cpu_start}) + "\n")
             log.flush()
-        if step % args.checkpoint_every == 0 or step == args.steps:
+        if step % args.checkpoint_every == 0 or step == last:
             _save_checkpoint(run_dir, vae, optimizer, step, args)
             Image.fromarray(reconstruction_grid(vae.eval(), preview)).save(run_dir / "reconstructions.png")
             vae.train()
@@ -198,6 +199,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument("--freeze-encoder-at", type=int, default=DEFAULTS["freeze_encoder_at"],
                         help="train only the decoder from this step on")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="stop at this step, keeping the schedule of --steps (the shipped VAE: 1500 of 2000)")
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
