@@ -239,3 +239,45 @@ def test_the_schema_says_every_error_has_a_code_and_a_400_names_its_field():
         invalid = responses["400"]["content"]["application/json"]["schema"]
         assert invalid["required"] == ["detail", "code"] and "additionalProperties" in invalid, path
         assert {"403", "404"} <= responses.keys(), path
+
+
+def test_assorted_bad_bodies_are_refused_with_a_code_never_a_500():
+    round_ = pairwise_round(n_items=2)
+    item = Item.objects.filter(round=round_).first()
+    session = Session(annotators(1)[0])
+    task = session.next(round_).json()["task"]
+    submit = {"client_uuid": str(uuid.uuid4()), "lease": task["lease"], "elapsed_ms": 1, "answer": answer_of(task)}
+    annotator_posts = [
+        ("/api/annotate/submit/", {**submit, "elapsed_ms": [1]}), ("/api/annotate/submit/", {**submit, "elapsed_ms": -1}),
+        ("/api/annotate/submit/", {**submit, "answer": "win"}), ("/api/annotate/submit/", {**submit, "answer": None}),
+        ("/api/annotate/submit/", {**submit, "next": "maybe"}), ("/api/annotate/submit/", {**submit, "exclude": "x"}),
+        ("/api/annotate/submit/", {**submit, "lease": None}),
+        (f"/api/annotate/rounds/{round_.pk}/next/", {"exclude": [str(uuid.uuid4())] * 21}),
+        (f"/api/annotate/rounds/{round_.pk}/next/", {"exclude": {"a": 1}}),
+        ("/api/annotate/undo/", {"judgment": None}), ("/api/annotate/undo/", {"judgment": str(uuid.uuid4())}),
+    ]
+    for url, body in annotator_posts:
+        response = session.post(url, body)
+        assert 400 <= response.status_code < 500 and response.json()["code"], (url, body, response.content)
+    client = researcher_client()
+    ids = image_ids(item)
+    researcher_requests = [
+        ("post", "/api/research/rounds/", {"name": "a", "kind": "pairwise", "criterion": "visual_flaws", "items": {}}),
+        ("post", "/api/research/rounds/", {"name": "b", "kind": "pairwise", "criterion": "visual_flaws",
+                                           "items": [{"prompt": "abc", "images": ids}]}),
+        ("post", "/api/research/rounds/", {"name": "c", "kind": "pairwise", "criterion": "visual_flaws",
+                                           "items": [{"prompt": item.prompt_id, "images": [1, 2]}]}),
+        ("post", "/api/research/rounds/", {"name": "d", "kind": "pairwise", "criterion": "visual_flaws",
+                                           "items": [{"prompt": 10**9, "images": ids}]}),
+        ("post", "/api/research/rounds/", {"name": "e", "kind": "nope"}),
+        ("post", "/api/research/rounds/", [1, 2]),
+        ("patch", f"/api/research/items/{item.pk}/", {"is_gold": [True]}),
+        ("patch", f"/api/research/items/{item.pk}/", {"is_gold": True}),
+        ("patch", f"/api/research/items/{item.pk}/", {"is_gold": True, "gold_answer": "win"}),
+        ("patch", f"/api/research/items/{10**12}/", {"is_gold": False}),
+        ("patch", f"/api/research/rounds/{round_.pk}/", {"gold_min_accuracy": "high"}),
+        ("patch", f"/api/research/rounds/{round_.pk}/", [1]),
+    ]
+    for method, url, body in researcher_requests:
+        response = getattr(client, method)(url, body, content_type="application/json")
+        assert 400 <= response.status_code < 500 and response.json()["code"], (url, body, response.content)
