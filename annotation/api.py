@@ -8,12 +8,17 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 
-from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+import drf_spectacular.authentication
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import TokenAuthentication
 from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
+from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
@@ -21,7 +26,7 @@ from rest_framework.views import set_rollback
 from annotation import selectors
 from annotation.errors import AnnotationError, AnnotationNotFound, InvalidInput, InvalidRoundSpec, RateLimited
 from annotation.models import Aggregate, Item, Judgment, Round
-from annotation.permissions import IsAnnotator, IsResearcher
+from annotation.permissions import IsAnnotator, IsResearcher, SessionAuthentication
 from annotation.services import aggregation, assignment, rounds, submission
 from catalog.models import Image
 from annotation.serializers import (
@@ -42,9 +47,21 @@ from annotation.serializers import (
 
 
 def exception_handler(exc, context):
-    """DRF's handler, plus refused annotation requests: ``detail``, ``code`` and the field at fault."""
+    """Every refused API request answers ``detail`` and a machine-readable ``code``; a bad field is named too.
+
+    Refused annotation requests carry their own status and code; DRF's exceptions (validation,
+    authentication, CSRF, not found, throttling) get the same shape, their fields kept as DRF gives them.
+    """
     if not isinstance(exc, AnnotationError):
-        return drf_exception_handler(exc, context)
+        # Django's own refusals become DRF's, as DRF's handler would turn them.
+        if isinstance(exc, Http404):
+            exc = NotFound(*exc.args)
+        elif isinstance(exc, DjangoPermissionDenied):
+            exc = PermissionDenied(*exc.args)
+        response = drf_exception_handler(exc, context)
+        if response is not None:  # None: an unexpected error, left to Django's 500
+            response.data = _drf_error_body(exc)
+        return response
     body = {"detail": exc.detail, "code": exc.code}
     if isinstance(exc, InvalidInput):
         body[exc.field] = [exc.detail]
@@ -55,13 +72,47 @@ def exception_handler(exc, context):
     return response
 
 
+def _first_message(detail) -> str:
+    """The first message of a DRF error detail (nested in lists and dicts for nested fields)."""
+    if isinstance(detail, dict):
+        detail = list(detail.values())
+    if isinstance(detail, list):
+        return next((m for m in map(_first_message, detail) if m), "")
+    return str(detail)
+
+
+def _drf_error_body(exc: APIException) -> dict:
+    if isinstance(exc, ValidationError):
+        fields = exc.detail if isinstance(exc.detail, dict) else {api_settings.NON_FIELD_ERRORS_KEY: exc.detail}
+        field = next(iter(fields), api_settings.NON_FIELD_ERRORS_KEY)
+        return {"detail": f"{field}: {_first_message(fields.get(field, []))}", "code": InvalidInput.code, **fields}
+    if isinstance(exc.detail, (list, dict)):
+        return {"detail": _first_message(exc.detail), "code": exc.default_code, "errors": exc.detail}
+    return {"detail": exc.detail, "code": getattr(exc.detail, "code", None) or exc.default_code}
+
+
+# A 400 names the field at fault beside ``detail`` and ``code``: {"detail", "code": "invalid", "<field>": [messages]}.
+FIELD_ERROR = {
+    "type": "object",
+    "required": ["detail", "code"],
+    "properties": {"detail": {"type": "string"}, "code": {"type": "string", "example": "invalid"}},
+    "additionalProperties": {"description": "the field at fault: its messages (nested as the field is)"},
+}
+
 ERRORS = {
-    400: OpenApiResponse(ErrorSerializer, description="invalid field"),
-    403: OpenApiResponse(ErrorSerializer, description="not an annotator, or CSRF missing"),
-    404: OpenApiResponse(ErrorSerializer, description="not found"),
-    409: OpenApiResponse(ErrorSerializer, description="lease_expired / already_judged / undo refused"),
+    400: OpenApiResponse(FIELD_ERROR, description="invalid: the field at fault is a key with its messages"),
+    401: OpenApiResponse(ErrorSerializer, description="not_authenticated / authentication_failed (token)"),
+    403: OpenApiResponse(ErrorSerializer, description="not_authenticated / permission_denied / csrf_failed"),
+    404: OpenApiResponse(ErrorSerializer, description="not_found"),
+    409: OpenApiResponse(ErrorSerializer, description="lease_expired / already_judged / round_closed / undo refused"),
     429: OpenApiResponse(ErrorSerializer, description="throttled; see Retry-After"),
 }
+
+
+class SessionScheme(drf_spectacular.authentication.SessionScheme):
+    """The schema's cookie auth for the project's session authentication (a subclass of DRF's)."""
+
+    target_class = SessionAuthentication
 
 
 class AnnotatorAPIView(APIView):
@@ -70,7 +121,7 @@ class AnnotatorAPIView(APIView):
 
 
 class ProgressView(AnnotatorAPIView):
-    @extend_schema(responses=ProgressSerializer, tags=["annotate"])
+    @extend_schema(responses={200: ProgressSerializer, **ERRORS}, tags=["annotate"])
     def get(self, request):
         return Response(ProgressSerializer(selectors.annotator_progress(annotator=request.user)).data)
 
@@ -143,6 +194,12 @@ class ResearcherMixin:
     permission_classes = [IsResearcher]
 
 
+@extend_schema_view(
+    list=extend_schema(responses={200: RoundSerializer(many=True), **ERRORS}),
+    retrieve=extend_schema(responses={200: RoundSerializer, **ERRORS}),
+    create=extend_schema(responses={201: RoundSerializer, **ERRORS}),
+    partial_update=extend_schema(responses={200: RoundSerializer, **ERRORS}),
+)
 class RoundViewSet(
     ResearcherMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
     mixins.UpdateModelMixin, viewsets.GenericViewSet,
@@ -231,11 +288,12 @@ class RoundViewSet(
         return Response(preferences_export(round_=self.get_object()).as_dict())
 
 
+@extend_schema_view(retrieve=extend_schema(responses={200: ResearchItemSerializer, **ERRORS}))
 class ItemViewSet(ResearcherMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = Item.objects.select_related("round").prefetch_related("item_images__image__model_version", "judgments")
     serializer_class = ResearchItemSerializer
 
-    @extend_schema(request=GoldSetSerializer, responses=ResearchItemSerializer)
+    @extend_schema(request=GoldSetSerializer, responses={200: ResearchItemSerializer, **ERRORS})
     def partial_update(self, request, pk=None):
         item = get_object_or_404(Item.objects.select_related("round"), pk=pk)
         params = GoldSetSerializer(data=request.data)

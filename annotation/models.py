@@ -77,9 +77,21 @@ class Round(models.Model):
     def clean(self):
         from django.core.exceptions import ValidationError
 
-        # The same rule as the check constraint; ``annotation.kinds`` asks it through ``round_check``.
+        # The same rules as the check constraints, named by field; ``annotation.kinds`` asks them through ``round_check``.
+        errors = {}
         if (self.kind == self.Kind.PAIRWISE) != bool(self.criterion):
-            raise ValidationError({"criterion": "Pairwise rounds need a criterion; other kinds take none."})
+            errors["criterion"] = "Pairwise rounds need a criterion; other kinds take none."
+        if self.k is not None and self.k < 1:
+            errors["k"] = "K must be at least 1."
+        if self.lease_ttl_seconds is not None and self.lease_ttl_seconds < 1:
+            errors["lease_ttl_seconds"] = "A lease lasts at least one second."
+        # Written as "not inside" so that NaN is refused too.
+        if self.gold_rate is not None and not 0 <= self.gold_rate <= 1:
+            errors["gold_rate"] = "A share: between 0 and 1."
+        if self.gold_min_accuracy is not None and not 0 <= self.gold_min_accuracy <= 1:
+            errors["gold_min_accuracy"] = "An accuracy: between 0 and 1."
+        if errors:
+            raise ValidationError(errors)
 
 
 class Item(models.Model):

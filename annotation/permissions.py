@@ -1,3 +1,4 @@
+from rest_framework import authentication, exceptions
 from rest_framework.permissions import BasePermission
 
 from annotation.roles import is_researcher
@@ -21,3 +22,13 @@ class IsAnnotator(BasePermission):
         from annotation.roles import is_annotator
 
         return is_annotator(request.user)
+
+
+class SessionAuthentication(authentication.SessionAuthentication):
+    """DRF's session authentication; a missing or wrong CSRF token is refused with its own ``code``."""
+
+    def enforce_csrf(self, request):
+        try:
+            super().enforce_csrf(request)
+        except exceptions.PermissionDenied as exc:
+            raise exceptions.PermissionDenied(str(exc.detail), code="csrf_failed") from exc

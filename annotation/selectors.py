@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db.models import Avg, Count, Exists, OuterRef, Sum
+from django.db.models import Avg, Count, Exists, OuterRef, Q, Sum
 from django.utils import timezone
 
 from annotation.kinds import item_kind
@@ -54,10 +54,15 @@ def annotator_progress(*, annotator) -> dict:
     start_of_day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     rounds = []
     for round_ in rounds_open():
-        items = Item.objects.filter(round=round_, is_gold=False)
+        # Gold items count like the others whenever they are served (gold_rate > 0), so that no count
+        # tells an annotator that the item they hold is gold. Gold items are outside K: open until judged.
+        items = Item.objects.filter(round=round_)
+        if round_.gold_rate == 0:
+            items = items.filter(is_gold=False)
         held_or_judged = Lease.objects.filter(
             item=OuterRef("pk"), annotator=annotator, state__in=[Lease.State.HELD, Lease.State.SUBMITTED]
         )
+        servable = items.filter(Q(is_gold=True) | Q(aggregate__complete=False)).exclude(Exists(held_or_judged))
         rounds.append({
             "id": round_.pk,
             "kind": round_.kind,
@@ -65,7 +70,7 @@ def annotator_progress(*, annotator) -> dict:
             "items_total": items.count(),
             "items_complete": items.filter(aggregate__complete=True).count(),
             "judged_by_me": mine.filter(round=round_).count(),
-            "available_to_me": items.filter(aggregate__complete=False).exclude(Exists(held_or_judged)).count(),
+            "available_to_me": servable.count(),
         })
     return {
         "judged_total": mine.count(),

@@ -11,8 +11,17 @@ from annotation.models import Aggregate, Item, Judgment, Round
 # --- annotator side -------------------------------------------------------------------
 
 
+class UUIDField(serializers.UUIDField):
+    """A UUID written as a string; DRF's field would also take an integer (and read it as a UUID)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
 class NextRequestSerializer(serializers.Serializer):
-    exclude = serializers.ListField(child=serializers.UUIDField(), required=False, default=list, max_length=20)
+    exclude = serializers.ListField(child=UUIDField(), required=False, default=list, max_length=20)
 
 
 class TaskImageSerializer(serializers.Serializer):
@@ -46,8 +55,8 @@ class NextResponseSerializer(serializers.Serializer):
 
 
 class SubmitRequestSerializer(serializers.Serializer):
-    client_uuid = serializers.UUIDField()
-    lease = serializers.UUIDField()
+    client_uuid = UUIDField()
+    lease = UUIDField()
     elapsed_ms = serializers.IntegerField(min_value=0, max_value=24 * 3600 * 1000)
     answer = serializers.JSONField(
         help_text="; ".join(f"{value} {kind.answer_format}" for value, kind in KINDS.items())
@@ -56,7 +65,7 @@ class SubmitRequestSerializer(serializers.Serializer):
         required=False, default=False, help_text="also lease and return the annotator's next task of the round"
     )
     exclude = serializers.ListField(
-        child=serializers.UUIDField(), required=False, default=list, max_length=20,
+        child=UUIDField(), required=False, default=list, max_length=20,
         help_text="with next: leases the client still holds (as in next)",
     )
 
@@ -72,7 +81,7 @@ class SubmitResponseSerializer(serializers.Serializer):
 
 
 class UndoRequestSerializer(serializers.Serializer):
-    judgment = serializers.UUIDField()
+    judgment = UUIDField()
 
 
 class UndoResponseSerializer(serializers.Serializer):
@@ -97,8 +106,10 @@ class ProgressSerializer(serializers.Serializer):
 
 
 class ErrorSerializer(serializers.Serializer):
+    """Every refused request (annotation.api.exception_handler); a 400 also names the field at fault."""
+
     detail = serializers.CharField()
-    code = serializers.CharField()
+    code = serializers.CharField(help_text="machine-readable, e.g. invalid, not_found, csrf_failed, round_closed")
 
 
 # --- researcher side ------------------------------------------------------------------

@@ -47,7 +47,9 @@ class Alignment(ItemKind):
         question_ids = {q.pk for q in item.questions()}
         parsed: dict[int, bool] = {}
         for n, entry in enumerate(entries):
-            if not isinstance(entry, dict) or entry.get("question") not in question_ids:
+            question = entry.get("question") if isinstance(entry, dict) else None
+            # Exactly an integer: a float, a bool or a list is refused, not compared with the ids.
+            if type(question) is not int or question not in question_ids:
                 raise InvalidAnswer(f"answers[{n}]: 'question' must be one of this item's questions", field=field)
             if entry.get("answer") not in ("yes", "no"):
                 raise InvalidAnswer(f"answers[{n}]: 'answer' must be 'yes' or 'no'", field=field)

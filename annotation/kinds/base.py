@@ -9,7 +9,7 @@ from typing import ClassVar
 from django.core.exceptions import ValidationError
 
 from annotation import sql
-from annotation.errors import InvalidRoundSpec
+from annotation.errors import InvalidAnswer, InvalidRoundSpec
 from annotation.models import Round
 from catalog.models import AlignmentQuestion, Prompt
 
@@ -129,6 +129,15 @@ class ItemKind:
 
     def answer_parse(self, *, item: ItemContext, answer: dict, field: str) -> ParsedAnswer:
         raise NotImplementedError
+
+    @staticmethod
+    def answer_image(*, item: ItemContext, answer: dict, key: str, field: str) -> sql.ImageRef:
+        """The item's image named by ``answer[key]`` (a public id); anything else is refused."""
+        value = answer.get(key)
+        image = next((i for i in item.images() if i.public_id == value), None) if isinstance(value, str) else None
+        if image is None:
+            raise InvalidAnswer(f"'{key}' must be one of this item's images", field=field)
+        return image
 
     def gold_score(self, *, parsed: ParsedAnswer, gold: ParsedAnswer) -> float:
         """Agreement of an answer with the gold answer, 0..1."""

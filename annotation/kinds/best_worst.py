@@ -42,12 +42,7 @@ class BestWorst(ItemKind):
         ]
 
     def answer_parse(self, *, item: ItemContext, answer: dict, field: str) -> ParsedAnswer:
-        by_public_id = {image.public_id: image for image in item.images()}
-        picked = {}
-        for key in ("best", "worst"):
-            picked[key] = by_public_id.get(answer.get(key))
-            if picked[key] is None:
-                raise InvalidAnswer(f"'{key}' must be one of this item's images", field=field)
+        picked = {key: self.answer_image(item=item, answer=answer, key=key, field=field) for key in ("best", "worst")}
         if picked["best"].id == picked["worst"].id:
             raise InvalidAnswer("'best' and 'worst' must be different images", field=field)
         return ParsedAnswer(outcome=Judgment.Outcome.BEST_WORST, winner_id=picked["best"].id,

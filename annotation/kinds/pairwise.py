@@ -41,11 +41,8 @@ class Pairwise(ItemKind):
     def answer_parse(self, *, item: ItemContext, answer: dict, field: str) -> ParsedAnswer:
         outcome = answer.get("outcome")
         if outcome == Judgment.Outcome.WIN:
-            by_public_id = {image.public_id: image for image in item.images()}
-            winner = by_public_id.get(answer.get("winner"))
-            if winner is None:
-                raise InvalidAnswer("'winner' must be one of this item's images", field=field)
-            loser = next(image for image in by_public_id.values() if image.id != winner.id)
+            winner = self.answer_image(item=item, answer=answer, key="winner", field=field)
+            loser = next(image for image in item.images() if image.id != winner.id)
             return ParsedAnswer(outcome=outcome, winner_id=winner.id, loser_id=loser.id)
         if outcome == Judgment.Outcome.TIE:
             return ParsedAnswer(outcome=outcome)

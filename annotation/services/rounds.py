@@ -58,7 +58,8 @@ def round_create(
     for start in range(0, len(items), batch_size):
         specs = items[start:start + batch_size]
         created = Item.objects.bulk_create(
-            [Item(round=round_, prompt_id=s.prompt_id, is_gold=s.is_gold, k=round_.k) for s in specs]
+            # Not gold yet: ``item_gold_set`` checks the gold answer against the item's images, then marks it.
+            [Item(round=round_, prompt_id=s.prompt_id, k=round_.k) for s in specs]
         )
         ItemImage.objects.bulk_create(
             [

@@ -128,6 +128,9 @@ def judgment_undo(*, annotator, client_uuid, now: datetime | None = None) -> Tas
             raise AnnotationNotFound("no such judgment for this annotator")
         if judgment.undone_at is not None:
             raise Conflict("this judgment is already undone", code="already_undone")
+        if judgment.round.status != Round.Status.OPEN:
+            raise Conflict(f"round {judgment.round_id} is {judgment.round.status}: its judgments are final",
+                           code="round_closed")
         latest = Judgment.objects.filter(annotator=annotator, undone_at__isnull=True).order_by("-created_at", "-id").first()
         if latest.pk != judgment.pk:
             raise Conflict("only the latest judgment can be undone", code="not_latest")

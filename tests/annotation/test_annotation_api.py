@@ -377,9 +377,9 @@ class TestResearcherAPI:
         refused = self.client().post(f"/api/research/rounds/{round_.pk}/export/")
         assert refused.status_code == 400
         assert refused.json() == {"detail": refused.json()["detail"], "code": "invalid", "round": [refused.json()["detail"]]}
-        # DRF's own exceptions keep DRF's shape.
+        # DRF's own exceptions answer the same shape.
         missing = self.client().get("/api/research/rounds/999999/")
-        assert missing.status_code == 404 and "code" not in missing.json()
+        assert missing.status_code == 404 and missing.json() == {"detail": missing.json()["detail"], "code": "not_found"}
 
     def test_openapi_schema_lists_the_endpoints(self):
         schema = self.client().get("/api/schema/?format=json")
