@@ -65,10 +65,19 @@ def model_register(
     Reads only JSON metadata (no torch). The family comes from the pipeline class and the
     prediction type from the scheduler config.
     """
+    name_limit = ModelVersion._meta.get_field("name").max_length
+    if not name.strip():
+        raise RegistrationError("--name: empty")
+    if len(name) > name_limit:
+        raise RegistrationError(f"--name: longer than {name_limit} characters ({len(name)})")
     try:
         index = read_pipeline_index(path)
     except PipelineIndexError as exc:
         raise RegistrationError(str(exc)) from exc
+    local_path = str(index.path.resolve())
+    path_limit = ModelVersion._meta.get_field("local_path").max_length
+    if len(local_path) > path_limit:
+        raise RegistrationError(f"{local_path[:60]}...: path longer than {path_limit} characters")
     if ModelVersion.objects.filter(name=name).exists():
         raise RegistrationError(f"a model named '{name}' is already registered")
     return ModelVersion.objects.create(
@@ -76,7 +85,7 @@ def model_register(
         family=index.family,
         prediction_type=index.prediction_type,
         pipeline_class=index.pipeline_class,
-        local_path=str(index.path.resolve()),
+        local_path=local_path,
         parent=parent,
         notes=notes,
     )
