@@ -8,6 +8,7 @@ from django.test import Client
 
 from annotation.models import Item
 from evaluation.report_format import MISSING
+from evaluation.models import StoredReport
 from evaluation.services import evaluation_start, report_refresh
 from evaluation.views import EXPORTS
 from tests.evaluation.builders import annotators, bulk_judgments, bulk_prompt_set
@@ -69,3 +70,31 @@ def test_report_page_renders_the_excluded_annotators_row(evaluation, monkeypatch
 def test_report_with_no_judgments_renders(evaluation):
     html = assert_page_and_downloads_render(evaluation)
     assert "Visual Flaws" in html
+
+
+def _statistics_to_none(value):
+    """Every rate, interval bound, p-value and coefficient undefined (counts stay counts)."""
+    if isinstance(value, dict):
+        return {k: _statistics_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_statistics_to_none(v) for v in value]
+    return None if isinstance(value, float) else value
+
+
+def test_a_report_with_every_statistic_undefined_still_renders(evaluation):
+    judge_one_item(evaluation, "early-bird")
+    report_refresh(evaluation=evaluation)
+    stored = StoredReport.objects.get(evaluation=evaluation)
+    stored.data = _statistics_to_none(stored.data) | {"evaluation": stored.data["evaluation"]}
+    stored.save(update_fields=["data"])
+    client = Client()
+    client.force_login(ResearcherFactory())
+    page = client.get(f"/evaluation/{evaluation.pk}/")
+    assert page.status_code == 200
+    assert "None" not in page.content.decode()
+    for ext in EXPORTS:
+        download = client.get(f"/evaluation/{evaluation.pk}/report.{ext}")
+        assert download.status_code == 200, ext
+        assert "None" not in download.content.decode(), ext
+    for fmt in ("png", "svg"):
+        assert client.get(f"/evaluation/{evaluation.pk}/chart.{fmt}").status_code == 200
