@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ ALIGNMENT = (("a", "A"), ("b", "B"))
 def _defined(value: Any) -> bool:
     """A number to print. Anything else is undefined: None, and what a template makes of a
     missing lookup (``""`` for ``score.rate`` when the score is None)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def format_percent(rate: float | None) -> str:
