@@ -19,16 +19,18 @@ def assert_refused(path, expected, set_name="s"):
     assert not Prompt.objects.exists() and not PromptSet.objects.exists()
 
 
-def test_nul_character_in_a_field_is_an_error(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text('{"prompt": "fine"}\n{"prompt": "a cat\\u0000"}\n', encoding="utf-8")
-    assert_refused(path, "p.jsonl:2: field 'prompt': contains a NUL character")
-
-
-def test_raw_nul_byte_in_a_csv_is_an_error(tmp_path):
-    path = tmp_path / "p.csv"
-    path.write_bytes(b"prompt,category\na dog,animals\na cat,ani\x00mals\n")
-    assert_refused(path, "p.csv:3: field 'category': contains a NUL character")
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("p.jsonl", b'{"prompt": "fine"}\n{"prompt": "a cat\\u0000"}\n', "p.jsonl:2: field 'prompt': contains a NUL character"),
+        ("p.csv", b"prompt,category\na dog,animals\na cat,ani\x00mals\n", "p.csv:3: field 'category': contains a NUL character"),
+    ],
+    ids=["json-escape", "raw-byte"],
+)
+def test_nul_character_in_a_field_is_an_error(tmp_path, name, data, expected):
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert_refused(path, expected)
 
 
 def test_field_longer_than_its_column_is_an_error(tmp_path):
@@ -76,13 +78,15 @@ def test_deeply_nested_json_is_an_error(tmp_path, name, text, expected):
     assert_refused(path, expected)
 
 
-def test_unterminated_quote_is_an_error_naming_the_line(tmp_path):
-    path = tmp_path / "p.csv"
-    path.write_text('prompt,category\na dog,animals\n"a cat,animals\na bird,animals\n', encoding="utf-8")
-    assert_refused(path, "p.csv:3: unterminated quote")
-
-
-def test_unterminated_quote_in_a_parti_tsv_is_an_error(tmp_path):
-    path = tmp_path / "p.tsv"
-    path.write_text('Prompt\tCategory\n"a dog\tanimals\na cat\tanimals\n', encoding="utf-8")
-    assert_refused(path, "p.tsv:2: unterminated quote")
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("p.csv", 'prompt,category\na dog,animals\n"a cat,animals\na bird,animals\n', "p.csv:3: unterminated quote"),
+        ("p.tsv", 'Prompt\tCategory\n"a dog\tanimals\na cat\tanimals\n', "p.tsv:2: unterminated quote"),
+    ],
+    ids=["csv", "parti-tsv"],
+)
+def test_unterminated_quote_is_an_error_naming_the_line(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    assert_refused(path, expected)
