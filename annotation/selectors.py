@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from annotation.kinds import item_kind
 from annotation.models import Aggregate, Item, ItemImage, Judgment, Lease, Round
-from annotation.roles import is_researcher
+from annotation.roles import is_annotator, is_researcher
 from catalog.models import Image
 from catalog.selectors import image_url
 
@@ -80,12 +80,18 @@ def annotator_progress(*, annotator) -> dict:
 
 
 def image_for_viewer(*, user, public_id: str) -> Image | None:
-    """The image if this user may see it: researchers any, annotators those of items they were leased."""
+    """The image if this user may see it: researchers any, annotators those of items they were leased.
+
+    The lease alone is not enough: someone taken out of the annotators group loses the images
+    of the items they held.
+    """
     image = Image.objects.filter(public_id=public_id).first()
     if image is None:
         return None
     if is_researcher(user):
         return image
+    if not is_annotator(user):
+        return None
     leased = ItemImage.objects.filter(
         image=image, item__leases__annotator=user,
     ).exists()

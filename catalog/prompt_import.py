@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,19 +76,29 @@ class ParsedPrompts:
     warnings: list[str] = field(default_factory=list)
 
 
-def parse_prompt_file(path: str | Path, fmt: str | None = None) -> ParsedPrompts:
+def parse_prompt_file(
+    path: str | Path, fmt: str | None = None, *, max_lengths: Mapping[str, int] | None = None
+) -> ParsedPrompts:
+    """Parse and validate the whole file.
+
+    ``max_lengths`` bounds the record fields stored in length-limited columns: keys are
+    ``PromptRecord`` field names, or ``question.`` + a ``QuestionRecord`` field name.
+    """
     path = Path(path)
     if not path.is_file():
         raise PromptImportError(path, None, None, "no such file")
-    fmt = fmt or detect_format(path)
     parsers = {"parti": _parse_parti, "dsg": _parse_dsg, "jsonl": _parse_jsonl, "csv": _parse_csv}
-    if fmt not in parsers:
+    if fmt is not None and fmt not in parsers:
         raise PromptImportError(path, None, None, f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     warnings: list[str] = []
     try:
+        fmt = fmt or detect_format(path)
         records = parsers[fmt](path, warnings)
-    except UnicodeDecodeError as exc:
-        raise PromptImportError(path, None, None, f"not UTF-8 text (byte {exc.start})") from exc
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+    except OSError as exc:
+        raise PromptImportError(path, None, None, f"cannot read: {exc.strerror}") from None
+    _check_stored_values(path, fmt, records, max_lengths or {})
     if not records:
         raise PromptImportError(path, None, None, "the file holds no prompts")
     seen: dict[str, int] = {}
@@ -105,20 +115,84 @@ def _open(path: Path):
     return path.open(encoding="utf-8-sig", newline="")
 
 
-def _dict_rows(path: Path, delimiter: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows with the line each starts on; checks the header names the required columns."""
+def _not_utf8(path: Path) -> PromptImportError:
+    """Name the line of the first byte that is not UTF-8 (the reader's offset is per chunk)."""
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return PromptImportError(path, None, None, "UTF-16 text; save the file as UTF-8")
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return PromptImportError(path, line, None, f"not UTF-8 text (byte {exc.start}); save the file as UTF-8")
+    return PromptImportError(path, None, None, "not UTF-8 text; save the file as UTF-8")
+
+
+# Record field -> the name the file uses for it, per format; for error messages.
+_SOURCE_FIELDS = {
+    "parti": {"text": "Prompt", "category": "Category", "challenge": "Challenge", "note": "Note"},
+    "dsg": {
+        "external_id": "item_id", "text": "text", "category": "item_id",
+        "question.text": "question_natural_language", "question.category": "category_broad",
+        "question.detail": "category_detailed", "question.semantic_tuple": "tuple",
+    },
+    "plain": {
+        "external_id": "id", "text": "prompt", "category": "category", "challenge": "challenge",
+        "question.text": "questions[{index}].text", "question.category": "questions[{index}].category",
+    },
+}
+
+
+def _check_stored_values(path: Path, fmt: str, records: list[PromptRecord], max_lengths: Mapping[str, int]) -> None:
+    """Reject what the database would: NUL characters anywhere, and text longer than its column."""
+    names = _SOURCE_FIELDS.get(fmt, _SOURCE_FIELDS["plain"])
+
+    def check(key: str, value: str, line: int, index: int = 0) -> None:
+        name = names.get(key, key).format(index=index)
+        if "\x00" in value:
+            raise PromptImportError(path, line, name, "contains a NUL character")
+        limit = max_lengths.get(key)
+        if limit is not None and len(value) > limit:
+            raise PromptImportError(path, line, name, f"longer than {limit} characters ({len(value)})")
+
+    for record in records:
+        for key in ("external_id", "text", "category", "challenge", "note"):
+            check(key, getattr(record, key), record.line)
+        for question in record.questions:
+            for key in ("text", "category", "detail", "semantic_tuple"):
+                check(f"question.{key}", getattr(question, key), question.line, question.order - 1)
+
+
+def _dict_rows(
+    path: Path, delimiter: str, required: tuple[str, ...], *, one_line_rows: bool = False
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows with the line each starts on; checks the header names the required columns.
+
+    An unterminated quote is an error, not a field that swallows the rest of the file. A file
+    whose quotes are loose text (``one_line_rows``: PartiPrompts writes ``"WORD" painted ...``)
+    is read leniently, and a row running onto a second line is the error instead.
+    """
     with _open(path) as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = reader.fieldnames or []
-        for column in required:
-            if column not in header:
-                raise PromptImportError(path, 1, column, f"missing column (header has: {', '.join(header)})")
-        start = reader.line_num + 1
-        for row in reader:
-            if None in row:
-                raise PromptImportError(path, start, None, f"{len(header) + len(row[None])} columns, header has {len(header)}")
-            yield start, row
+        reader = csv.DictReader(f, delimiter=delimiter, strict=not one_line_rows)
+        start = 1
+        try:
+            header = reader.fieldnames or []
+            for column in required:
+                if column not in header:
+                    raise PromptImportError(path, 1, column, f"missing column (header has: {', '.join(header)})")
             start = reader.line_num + 1
+            for row in reader:
+                if None in row:
+                    raise PromptImportError(
+                        path, start, None, f"{len(header) + len(row[None])} columns, header has {len(header)}"
+                    )
+                if one_line_rows and any("\n" in v or "\r" in v for v in row.values() if isinstance(v, str)):
+                    raise PromptImportError(path, start, None, "unterminated quote")
+                yield start, row
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            message = "unterminated quote" if "unexpected end of data" in str(exc) else f"malformed row ({exc})"
+            raise PromptImportError(path, start, None, message) from None
 
 
 def _required_text(path: Path, line: int, row: dict, name: str) -> str:
@@ -130,7 +204,7 @@ def _required_text(path: Path, line: int, row: dict, name: str) -> str:
 
 def _parse_parti(path: Path, warnings: list[str]) -> list[PromptRecord]:
     records = []
-    for line, row in _dict_rows(path, "\t", ("Prompt", "Category")):
+    for line, row in _dict_rows(path, "\t", ("Prompt", "Category"), one_line_rows=True):
         text = _required_text(path, line, row, "Prompt")
         records.append(
             PromptRecord(
@@ -259,6 +333,10 @@ def _questions_from(path: Path, line: int, value, field_name: str = "questions")
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise PromptImportError(path, line, field_name, f"not a JSON list: {exc.msg}") from None
+        except RecursionError:
+            raise PromptImportError(path, line, field_name, "JSON nested too deeply") from None
+        except ValueError as exc:
+            raise PromptImportError(path, line, field_name, f"not a JSON list: {exc}") from None
     if not isinstance(value, list):
         raise PromptImportError(path, line, field_name, "expected a list")
     questions = []
@@ -276,9 +354,10 @@ def _questions_from(path: Path, line: int, value, field_name: str = "questions")
             raise PromptImportError(path, line, f"{name}.parents", "expected a list of question numbers")
         if any(p < 1 or p >= i for p in parents):
             raise PromptImportError(path, line, f"{name}.parents", f"parents must be earlier questions (1..{i - 1})")
-        questions.append(
-            QuestionRecord(order=i, text=text.strip(), parents=tuple(parents), category=str(item.get("category", "")), line=line)
-        )
+        category = item.get("category", "")
+        if not isinstance(category, str):
+            raise PromptImportError(path, line, f"{name}.category", "expected a string")
+        questions.append(QuestionRecord(order=i, text=text.strip(), parents=tuple(parents), category=category, line=line))
     return questions
 
 
@@ -311,6 +390,10 @@ def _parse_jsonl(path: Path, warnings: list[str]) -> list[PromptRecord]:
                 row = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise PromptImportError(path, line, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+            except RecursionError:
+                raise PromptImportError(path, line, None, "JSON nested too deeply") from None
+            except ValueError as exc:  # e.g. an integer past Python's digit limit
+                raise PromptImportError(path, line, None, f"invalid JSON: {exc}") from None
             if not isinstance(row, dict):
                 raise PromptImportError(path, line, None, "expected a JSON object")
             records.append(_plain_record(path, line, row))

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog.models import AlignmentQuestion, GenerationJob, Image, ModelVersion, Prompt, PromptSet
-from catalog.prompt_import import PromptRecord, parse_prompt_file
+from catalog.prompt_import import PromptImportError, PromptRecord, parse_prompt_file
 from training.engine.pipeline_index import PipelineIndexError, read_pipeline_index
 
 
@@ -65,10 +65,19 @@ def model_register(
     Reads only JSON metadata (no torch). The family comes from the pipeline class and the
     prediction type from the scheduler config.
     """
+    name_limit = ModelVersion._meta.get_field("name").max_length
+    if not name.strip():
+        raise RegistrationError("--name: empty")
+    if len(name) > name_limit:
+        raise RegistrationError(f"--name: longer than {name_limit} characters ({len(name)})")
     try:
         index = read_pipeline_index(path)
     except PipelineIndexError as exc:
         raise RegistrationError(str(exc)) from exc
+    local_path = str(index.path.resolve())
+    path_limit = ModelVersion._meta.get_field("local_path").max_length
+    if len(local_path) > path_limit:
+        raise RegistrationError(f"{local_path[:60]}...: path longer than {path_limit} characters")
     if ModelVersion.objects.filter(name=name).exists():
         raise RegistrationError(f"a model named '{name}' is already registered")
     return ModelVersion.objects.create(
@@ -76,7 +85,7 @@ def model_register(
         family=index.family,
         prediction_type=index.prediction_type,
         pipeline_class=index.pipeline_class,
-        local_path=str(index.path.resolve()),
+        local_path=local_path,
         parent=parent,
         notes=notes,
     )
@@ -136,10 +145,21 @@ def prompts_import(*, path: str | Path, set_name: str, fmt: str | None = None, s
     transaction. Prompts are keyed by their external id within the set, so importing the same
     file again changes nothing.
     """
-    parsed = parse_prompt_file(path, fmt)
-    return _prompts_write(
-        records=parsed.records, warnings=parsed.warnings, set_name=set_name, source=source or Path(path).name
-    )
+    set_limit = PromptSet._meta.get_field("name").max_length
+    if len(set_name) > set_limit:
+        raise PromptImportError(path, None, "set", f"longer than {set_limit} characters ({len(set_name)})")
+    parsed = parse_prompt_file(path, fmt, max_lengths=_prompt_max_lengths())
+    # The source is a provenance label; a long file name is cut to fit rather than refused.
+    source = (source or Path(path).name)[: Prompt._meta.get_field("source").max_length]
+    return _prompts_write(records=parsed.records, warnings=parsed.warnings, set_name=set_name, source=source)
+
+
+def _prompt_max_lengths() -> dict[str, int]:
+    """The column limits a parsed record must fit, keyed as ``parse_prompt_file`` expects."""
+    limits = {name: Prompt._meta.get_field(name).max_length for name in ("external_id", "category", "challenge")}
+    for name in ("category", "detail", "semantic_tuple"):
+        limits[f"question.{name}"] = AlignmentQuestion._meta.get_field(name).max_length
+    return limits
 
 
 _PROMPT_FIELDS = ("text", "category", "challenge", "note", "source")

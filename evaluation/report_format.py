@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +19,7 @@ from annotation.criteria import Criterion
 
 __all__ = [
     "CSV_COLUMNS",
+    "format_number",
     "format_p",
     "format_percent",
     "render_csv",
@@ -32,16 +35,27 @@ OUTCOMES = (("a_wins", "A wins"), ("tie", "Tie"), ("b_wins", "B wins"))
 ALIGNMENT = (("a", "A"), ("b", "B"))
 
 
+def _defined(value: Any) -> bool:
+    """A number to print. Anything else is undefined: None, and what a template makes of a
+    missing lookup (``""`` for ``score.rate`` when the score is None)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def format_percent(rate: float | None) -> str:
     """A rate in [0, 1] (or a difference in [−1, 1]) as a percentage with one decimal."""
-    return MISSING if rate is None else f"{100 * rate:.1f}"
+    return f"{100 * rate:.1f}" if _defined(rate) else MISSING
 
 
 def format_p(p: float | None) -> str:
     """A p-value with three decimals, ``<0.001`` below that."""
-    if p is None:
+    if not _defined(p):
         return MISSING
     return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def format_number(value: float | None, digits: int = 3) -> str:
+    """A statistic (κ, α, a strength) with ``digits`` decimals."""
+    return f"{value:.{int(digits)}f}" if _defined(value) else MISSING
 
 
 def _cell(cell: Mapping[str, Any] | None, with_ci: bool) -> str:

@@ -39,7 +39,7 @@ def report_render(report: Mapping[str, Any], fmt: str) -> str:
 
 
 def _text(report: dict[str, Any]) -> str:
-    pct, p = report_format.format_percent, report_format.format_p
+    pct, p, number = report_format.format_percent, report_format.format_p, report_format.format_number
     evaluation = report["evaluation"]
     lines = [
         f"Evaluation {evaluation['id']}: {evaluation['name']}",
@@ -66,7 +66,7 @@ def _text(report: dict[str, Any]) -> str:
             lines.append(f"    position: left {bias['left_wins']} / right {bias['right_wins']} wins, p={p(bias['p_value'])}")
             agreement = entry["agreement"]
             lines.append(
-                f"    agreement: Fleiss κ {_number(agreement['fleiss_kappa'])}, Krippendorff α {_number(agreement['krippendorff_alpha'])}"
+                f"    agreement: Fleiss κ {number(agreement['fleiss_kappa'])}, Krippendorff α {number(agreement['krippendorff_alpha'])}"
             )
             for message in (s["message"], agreement["message"], bias["message"]):
                 if message:
@@ -93,8 +93,8 @@ def _text(report: dict[str, Any]) -> str:
         for entry in entries:
             ci = entry["ci"]
             lines.append(
-                f"  {entry['rank']}. {entry['model']}: strength {_number(entry['strength'])}"
-                + (f" [{_number(ci['low'])}, {_number(ci['high'])}]" if ci else "")
+                f"  {entry['rank']}. {entry['model']}: strength {number(entry['strength'])}"
+                + (f" [{number(ci['low'])}, {number(ci['high'])}]" if ci else "")
             )
     if report["annotators"]:
         lines += ["", "Annotators (agreement with the majority of the others; gold accuracy):"]
@@ -111,8 +111,6 @@ def _text(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _number(value: float | None) -> str:
-    return report_format.MISSING if value is None else f"{value:.3f}"
 
 
 def write_atomic(path: str | Path, text: str) -> None:

@@ -1,8 +1,10 @@
 """Template filters that print report numbers the way the exported table does."""
 
+from collections.abc import Mapping
+
 from django import template
 
-from evaluation.report_format import MISSING, format_p, format_percent
+from evaluation.report_format import format_number, format_p, format_percent
 
 register = template.Library()
 
@@ -20,7 +22,7 @@ def pvalue(p):
 @register.filter
 def interval(cell):
     """``[low, high]`` in percent from a cell or interval dict, or nothing when it is undefined."""
-    if not cell:
+    if not isinstance(cell, Mapping):
         return ""
     low, high = cell.get("ci_low", cell.get("low")), cell.get("ci_high", cell.get("high"))
     if low is None or high is None:
@@ -30,9 +32,9 @@ def interval(cell):
 
 @register.filter
 def number(value, digits=3):
-    return MISSING if value is None else f"{value:.{int(digits)}f}"
+    return format_number(value, digits)
 
 
 @register.filter
 def get(mapping, key):
-    return (mapping or {}).get(key)
+    return mapping.get(key) if isinstance(mapping, Mapping) else None

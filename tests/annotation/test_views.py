@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+from annotation.models import ItemImage
+from annotation.services import assignment
 from tests.annotation.builders import alignment_round, pairwise_round
 from tests.factories import AnnotatorFactory, ResearcherFactory
 
@@ -74,3 +76,14 @@ def test_dashboard_and_guidelines(client, settings):
     for topic in ("Visual flaws", "Visual appeal", "Photorealistic vs stylized", "Fewest visual flaws decides first", "literally"):
         assert topic in guidelines
     assert "within 45 seconds" in guidelines
+
+
+def test_an_annotator_removed_from_the_group_cannot_fetch_images_they_had_leased(client):
+    round_ = pairwise_round(n_items=1)
+    person = AnnotatorFactory()
+    task = assignment.item_next_for_annotator(round_=round_, annotator=person)
+    url = f"/img/{ItemImage.objects.filter(item_id=task.lease.item_id).first().image.public_id}.png"
+    client.force_login(person)
+    assert client.get(url).status_code == 200
+    person.groups.clear()
+    assert client.get(url).status_code == 404

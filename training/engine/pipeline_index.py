@@ -49,7 +49,13 @@ def _read_json(path: Path) -> dict:
         with path.open(encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as exc:
-        raise PipelineIndexError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+        raise PipelineIndexError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+    except UnicodeDecodeError as exc:
+        raise PipelineIndexError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise PipelineIndexError(f"{path}: JSON nested too deeply") from None
+    except OSError as exc:
+        raise PipelineIndexError(f"{path}: cannot read: {exc.strerror}") from None
     if not isinstance(data, dict):
         raise PipelineIndexError(f"{path}: expected a JSON object")
     return data
@@ -81,8 +87,12 @@ def read_pipeline_index(path: str | Path) -> PipelineIndex:
         )
     components = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list)}
     for required in (DENOISER_COMPONENT[family], "vae", "scheduler"):
-        if required not in components or components[required][0] is None:
+        if required not in components or not components[required] or components[required][0] is None:
             raise PipelineIndexError(f"{index_file}: component '{required}' is missing")
+        if len(components[required]) != 2 or not all(isinstance(part, str) for part in components[required]):
+            raise PipelineIndexError(
+                f"{index_file}: field '{required}': expected [library, class], got {components[required]!r:.80}"
+            )
         if not (root / required).is_dir():
             raise PipelineIndexError(f"{root / required}: component folder is missing")
 
@@ -90,7 +100,9 @@ def read_pipeline_index(path: str | Path) -> PipelineIndex:
     if not scheduler_file.is_file():
         raise PipelineIndexError(f"{scheduler_file}: missing scheduler config")
     scheduler = _read_json(scheduler_file)
-    scheduler_class = str(scheduler.get("_class_name", components["scheduler"][1]))
+    scheduler_class = scheduler.get("_class_name", components["scheduler"][1])
+    if not isinstance(scheduler_class, str) or not scheduler_class:
+        raise PipelineIndexError(f"{scheduler_file}: field '_class_name': expected the scheduler class name")
     if family == "flow" or scheduler_class in FLOW_SCHEDULERS:
         prediction_type = "flow"
     else:
