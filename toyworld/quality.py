@@ -24,7 +24,7 @@ import numpy as np
 
 from toyworld import oracle
 from toyworld.questions import scene_questions, true_answer
-from toyworld.scenes import COLOURS, SHAPES, SIZES, TEXTURES, Scene, render, sample_scene, to_uint8
+from toyworld.scenes import COLOURS, SHAPES, SIZES, TEXTURES, Scene, parse_caption, render, sample_scene, to_uint8
 from toyworld.splits import is_eval_caption
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -149,15 +149,28 @@ def model_figures(model_dir: Path, captions: list[str], *, seed: int = 0, steps:
         record = sample(model_dir, captions, [seed + i for i in range(len(captions))], tmp, config)
         images = [np.asarray(Image.open(Path(tmp) / entry["file"]).convert("RGB")) for entry in record["images"]]
     correct, alignment, fidelity = [], [], []
+    per_object = {"present": [], "shape": [], "colour": []}
     for image, caption in zip(images, captions, strict=True):
         correct.append(oracle.shape_and_colour_correct(image, caption))
         view = oracle.judge(image, caption)
         alignment.append(view.alignment)
         fidelity.append(view.fidelity)
+        scene = parse_caption(caption)
+        blobs = oracle.look(image, scene)
+        for obj in scene.objects:
+            seen = blobs[obj.position]
+            per_object["present"].append(seen.shape is not None)
+            per_object["shape"].append(seen.shape == obj.shape)
+            per_object["colour"].append(seen.colour == obj.colour)
+    objects = len(per_object["shape"])
     return {
         "prompts": len(captions),
         "sampler": {k: record[k] for k in ("scheduler", "steps", "guidance_scale")},
         "shape_and_colour_correct": {"rate": float(np.mean(correct)), "ci95": wilson(int(sum(correct)), len(correct))},
+        # Per object, against chance: an object is drawn in its slot; 1 in 5 shapes; 1 in 6 colours.
+        "objects": objects,
+        **{f"object_{key}": {"rate": float(np.mean(values)), "ci95": wilson(int(sum(values)), objects)}
+           for key, values in per_object.items()},
         "alignment_accuracy": mean_interval(alignment),
         "texture_fidelity": mean_interval(fidelity),
     }

@@ -67,14 +67,17 @@ def train(args) -> None:
     data = render_training_set(Path(args.data_dir or run_dir / "data"), images=args.images, seed=args.seed)
     if args.render_only:
         return
-    base = run_dir / "untrained"
-    if not (base / "model_index.json").exists():
-        build_untrained(args.layout, args.vae, base, seed=args.seed)
+    if args.start_from:  # a later stage starts from an earlier stage's export
+        base = Path(args.start_from)
+    else:
+        base = run_dir / "untrained"
+        if not (base / "model_index.json").exists():
+            build_untrained(args.layout, args.vae, base, seed=args.seed)
     overrides = [f"pretrained_model={base}", f"output_dir={run_dir / 'engine'}", f"train_data={data}",
                  f"seed={args.seed}", "resume_from=latest", *args.overrides]
     if not (run_dir / "engine").exists():
         overrides.remove("resume_from=latest")
-    config = load_config(RECIPES / f"{args.layout}.toml", overrides)
+    config = load_config(RECIPES / f"{args.recipe or args.layout}.toml", overrides)
     result = engine_train(config)
     print(f"trained {result.global_step} steps; pipeline in {result.model_dir}")
 
@@ -103,6 +106,8 @@ def main(argv=None) -> None:
                         help="the toy VAE (diffusers folder): as its encoder froze to train, finished to export")
     parser.add_argument("--images", type=int, default=20000, help="distinct training captions to render")
     parser.add_argument("--data-dir", help="where the rendered training set goes (default RUN_DIR/data; layouts may share one)")
+    parser.add_argument("--recipe", help="engine settings file in toyworld/recipes (default: the layout's)")
+    parser.add_argument("--start-from", help="a pipeline folder to train on from (a later stage)")
     parser.add_argument("--render-only", action="store_true", help="render the training set and stop")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (two runs side by side: 1 each)")
     parser.add_argument("--seed", type=int, default=0)
