@@ -31,6 +31,17 @@ def interval(cell):
 
 
 @register.filter
+def number_interval(cell, digits=3):
+    """``[low, high]`` as plain numbers (an agreement coefficient's interval), or nothing when undefined."""
+    if not isinstance(cell, Mapping):
+        return ""
+    low, high = cell.get("ci_low", cell.get("low")), cell.get("ci_high", cell.get("high"))
+    if low is None or high is None:
+        return ""
+    return f"[{format_number(low, digits)}, {format_number(high, digits)}]"
+
+
+@register.filter
 def number(value, digits=3):
     return format_number(value, digits)
 

@@ -98,3 +98,12 @@ def test_a_report_with_every_statistic_undefined_still_renders(evaluation):
         assert "None" not in download.content.decode(), ext
     for fmt in ("png", "svg"):
         assert client.get(f"/evaluation/{evaluation.pk}/chart.{fmt}").status_code == 200
+
+
+def test_agreement_intervals_print_as_coefficients_not_percent():
+    from evaluation.templatetags.evaluation_report import interval, number_interval
+
+    cell = {"low": 0.333, "high": 1.0}
+    assert number_interval(cell) == "[0.333, 1.000]"
+    assert interval(cell) != number_interval(cell)
+    assert number_interval({"low": None, "high": 1.0}) == ""
