@@ -16,7 +16,7 @@ start=$(date +%s.%N)
 mkdir -p var
 "$BIN/celery" -A config worker -Q default -P solo -n default@%h > var/worker-default.log 2>&1 &
 DEFAULT_WORKER=$!
-"$BIN/celery" -A config worker -Q gpu -P solo -n gpu@%h > var/worker-gpu.log 2>&1 &
+EVALUATION_SAMPLER=${EVALUATION_SAMPLER:-'{"batch_size": 20}'} "$BIN/celery" -A config worker -Q gpu -P solo -n gpu@%h > var/worker-gpu.log 2>&1 &
 GPU_WORKER=$!
 trap 'kill $DEFAULT_WORKER $GPU_WORKER 2>/dev/null; wait 2>/dev/null; rm -rf "$CLONE"' EXIT
 "$BIN/python" manage.py seed_demo --wait > var/seed.log

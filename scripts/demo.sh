@@ -8,7 +8,8 @@ PORT=${PORT:-8000}
 mkdir -p var
 "$BIN/celery" -A config worker -Q default -P solo -n default@%h --loglevel INFO > var/worker-default.log 2>&1 &
 DEFAULT_WORKER=$!
-"$BIN/celery" -A config worker -Q gpu -P solo -n gpu@%h --loglevel INFO > var/worker-gpu.log 2>&1 &
+# The toy pipelines are tiny: 20 images per forward pass on a CPU (the images do not depend on it).
+EVALUATION_SAMPLER=${EVALUATION_SAMPLER:-'{"batch_size": 20}'} "$BIN/celery" -A config worker -Q gpu -P solo -n gpu@%h --loglevel INFO > var/worker-gpu.log 2>&1 &
 GPU_WORKER=$!
 trap 'kill $DEFAULT_WORKER $GPU_WORKER 2>/dev/null; wait $DEFAULT_WORKER $GPU_WORKER 2>/dev/null' EXIT
 echo "workers started (logs: var/worker-default.log, var/worker-gpu.log)"

@@ -21,7 +21,11 @@ VAE=$!
 SD=$!
 "$PY" -m toyworld.recipes.denoiser --layout pixart --run-dir "$RUNS/pixart" --data-dir "$RUNS/data" \
     --vae "$RUNS/vae/at-freeze" >> "$RUNS/pixart.log" 2>&1
-wait $SD $VAE
+wait $SD
+# The SD layout's second stage: 3,000 more steps at a constant rate from the first stage's export.
+"$PY" -m toyworld.recipes.denoiser --layout sd --recipe sd_stage2 --start-from "$RUNS/sd/engine/model" \
+    --run-dir "$RUNS/sd2" --data-dir "$RUNS/data" >> "$RUNS/sd2.log" 2>&1
+wait $VAE
 "$PY" -m toyworld.recipes.vae --run-dir "$RUNS/vae" --export "$RUNS/vae/final"
-"$PY" -m toyworld.recipes.denoiser --layout sd --run-dir "$RUNS/sd" --vae "$RUNS/vae/final" --export toyworld/weights/toy-sd
+"$PY" -m toyworld.recipes.denoiser --layout sd --run-dir "$RUNS/sd2" --vae "$RUNS/vae/final" --export toyworld/weights/toy-sd
 "$PY" -m toyworld.recipes.denoiser --layout pixart --run-dir "$RUNS/pixart" --vae "$RUNS/vae/final" --export toyworld/weights/toy-pixart
