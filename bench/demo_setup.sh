@@ -29,7 +29,7 @@ printf 'demo set-up: %.1f s wall (fresh clone, after installation, up to the ser
 t0=$(date +%s.%N)
 "$BIN/python" manage.py launch_training_round "Demo: best and worst" --base-model toy-sd \
     --config training/configs/toy_simpo_pixel.toml --name toy-sd-simpo-pixel --evaluate-on toy-eval --evaluate-limit 40
-"$BIN/python" manage.py shell -c '
+"$BIN/python" manage.py shell --no-imports -c '
 import sys, time
 from evaluation.models import EvaluationRound
 from training.models import TrainingRun
@@ -47,4 +47,4 @@ else:
 t1=$(date +%s.%N)
 printf 'training round: %.1f s wall (export, SimPO + pixel training, registration, evaluation images)\n' "$(echo "$t1 - $t0" | bc)"
 "$BIN/python" manage.py simulate_annotators --all-open --policy noisy_oracle > /dev/null
-"$BIN/python" manage.py evaluation_report "$("$BIN/python" manage.py shell -c 'from evaluation.models import EvaluationRound; print(EvaluationRound.objects.filter(entries__model_version__name="toy-sd-simpo-pixel").first().pk)')" --format table
+"$BIN/python" manage.py evaluation_report "$("$BIN/python" manage.py shell --no-imports -c 'from evaluation.models import EvaluationRound; print(EvaluationRound.objects.filter(entries__model_version__name="toy-sd-simpo-pixel").first().pk)')" --format table
