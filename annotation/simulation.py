@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -124,21 +125,24 @@ class Policy:
 
 
 def _judgements(public_ids: list[str]) -> dict:
-    """The toy oracle's judgement of each image, read from its stored file."""
+    """The toy oracle's judgement of each image (images never change, so each is judged once)."""
+    return {public_id: _judgement(public_id) for public_id in public_ids}
+
+
+@lru_cache(maxsize=4096)
+def _judgement(public_id: str):
     import numpy as np
     from PIL import Image as PILImage
 
     from toyworld.oracle import judge
 
-    views = {}
-    for image in Image.objects.filter(public_id__in=public_ids).select_related("prompt"):
-        with image.file.open("rb") as handle:
-            pixels = np.asarray(PILImage.open(handle).convert("RGB"))
-        try:
-            views[image.public_id] = judge(pixels, image.prompt.text)
-        except ValueError as exc:
-            raise PolicyError(f"noisy_oracle cannot judge image {image.public_id}: {exc}") from exc
-    return views
+    image = Image.objects.select_related("prompt").get(public_id=public_id)
+    with image.file.open("rb") as handle:
+        pixels = np.asarray(PILImage.open(handle).convert("RGB"))
+    try:
+        return judge(pixels, image.prompt.text)
+    except ValueError as exc:
+        raise PolicyError(f"noisy_oracle cannot judge image {public_id}: {exc}") from exc
 
 
 def synthetic_annotators(*, count: int, prefix: str = "synthetic") -> list:

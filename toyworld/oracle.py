@@ -36,7 +36,7 @@ import numpy as np
 
 from toyworld.questions import Question, scene_questions
 from toyworld.scenes import (
-    CENTRES, COLOURS, LAYOUTS, RADIUS, RESOLUTION, SHAPES, SIZES, Scene, object_geometry, parse_caption, render,
+    CENTRES, COLOURS, RADIUS, RESOLUTION, SHAPES, SIZES, Scene, object_geometry, parse_caption, render,
     shape_mask,
 )
 
@@ -103,6 +103,12 @@ def _template(shape: str, count: int, position: str, size: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
+def _soft_template(shape: str, count: int, position: str, size: str) -> np.ndarray:
+    """The template softened by a 3×3 box, as a slightly blurred outline looks."""
+    return _box3(_template(shape, count, position, size))
+
+
+@lru_cache(maxsize=None)
 def _slot_windows(count: int, layout: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Each slot's Voronoi cell among the layout's centres."""
     y, x = np.mgrid[0:RESOLUTION, 0:RESOLUTION] + 0.5
@@ -148,9 +154,10 @@ def look(image, scene: Scene) -> dict[str, Blob]:
     count = len(scene.objects)
     layout = tuple(o.position for o in scene.objects)
     saturation = image.max(axis=2) - image.min(axis=2)
+    saturated = _box3(saturation) > SATURATION_THRESHOLD
     blobs = {}
     for position, window in _slot_windows(count, layout).items():
-        mask = (_box3(saturation) > SATURATION_THRESHOLD) & window
+        mask = saturated & window
         if not mask.any():
             blobs[position] = Blob(None, None, None, None, 0.0)
             continue
@@ -160,7 +167,7 @@ def look(image, scene: Scene) -> dict[str, Blob]:
         best, best_iou = None, 0.0
         for shape in SHAPES:
             for size in SIZES:
-                template = _box3(_template(shape, count, position, size)) * window
+                template = _soft_template(shape, count, position, size) * window
                 union = np.maximum(soft, template).sum()
                 iou = float(np.minimum(soft, template).sum() / union) if union else 0.0
                 if iou > best_iou:
