@@ -73,10 +73,9 @@ def train(args) -> None:
         base = run_dir / "untrained"
         if not (base / "model_index.json").exists():
             build_untrained(args.layout, args.vae, base, seed=args.seed)
+    resume = ["resume_from=latest"] if (run_dir / "engine").exists() else []  # an interrupted run goes on
     overrides = [f"pretrained_model={base}", f"output_dir={run_dir / 'engine'}", f"train_data={data}",
-                 f"seed={args.seed}", "resume_from=latest", *args.overrides]
-    if not (run_dir / "engine").exists():
-        overrides.remove("resume_from=latest")
+                 f"seed={args.seed}", *resume, *args.overrides]
     config = load_config(RECIPES / f"{args.recipe or args.layout}.toml", overrides)
     result = engine_train(config)
     print(f"trained {result.global_step} steps; pipeline in {result.model_dir}")
