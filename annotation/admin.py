@@ -88,6 +88,7 @@ class ItemImageInline(admin.TabularInline):
     model = ItemImage
     extra = 0
     raw_id_fields = ("image",)
+    readonly_fields = ("public_id",)
 
 
 class AggregateInline(admin.StackedInline):
@@ -101,7 +102,7 @@ class AggregateInline(admin.StackedInline):
 class ItemAdmin(admin.ModelAdmin):
     list_display = ("id", "round", "prompt", "is_gold", "slots_taken", "outcome", "n_judgments")
     list_filter = ("round", "is_gold", "round__kind", "aggregate__outcome", "aggregate__no_majority")
-    search_fields = ("=id", "prompt__text", "item_images__image__public_id")
+    search_fields = ("=id", "prompt__text", "item_images__image__public_id", "=item_images__public_id")
     raw_id_fields = ("prompt",)
     readonly_fields = ("slots_taken", "k", "created_at")
     list_select_related = ("round", "prompt", "aggregate")

@@ -249,7 +249,7 @@ class RoundViewSet(
     def judgments(self, request, pk=None):
         round_ = self.get_object()
         queryset = Judgment.objects.filter(round=round_).select_related("annotator", "winner", "loser").prefetch_related(
-            "answers"
+            "answers", "item__item_images__image"
         ).order_by("id")
         return self._page(queryset, ResearchJudgmentSerializer)
 

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 
 from annotation.criteria import Criterion
-from catalog.models import AlignmentQuestion, Image, Prompt
+from catalog.models import AlignmentQuestion, Image, Prompt, new_public_id
 
 ANNOTATORS_GROUP = "annotators"
 RESEARCHERS_GROUP = "researchers"
@@ -130,9 +130,14 @@ class Item(models.Model):
 
 
 class ItemImage(models.Model):
+    """An image in one item, under an opaque id of its own: the id annotators see, in the image's URL,
+    their layout and their answers. The same image has another id in every item (so in every round),
+    and nothing seen in one round points at an image in another; the file is stored once."""
+
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="item_images")
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="item_images")
     order = models.PositiveSmallIntegerField()
+    public_id = models.CharField(max_length=32, unique=True, default=new_public_id, editable=False)
 
     class Meta:
         ordering = ["item", "order"]
@@ -155,7 +160,7 @@ class Lease(models.Model):
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="leases")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")
     state = models.CharField(max_length=10, choices=State.choices, default=State.HELD)
-    layout = models.JSONField(help_text="Image public ids in screen order (left, right / grid order).")
+    layout = models.JSONField(help_text="The item's image ids in screen order (left, right / grid order).")
     created_at = models.DateTimeField(auto_now_add=True)
     leased_at = models.DateTimeField()
     expires_at = models.DateTimeField()
@@ -196,7 +201,7 @@ class Judgment(models.Model):
         Image, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
         help_text="Pairwise: the other image. Best/worst: the image marked worst.",
     )
-    layout = models.JSONField(help_text="Image public ids in the screen order this annotator saw.")
+    layout = models.JSONField(help_text="The item's image ids in the screen order this annotator saw.")
     elapsed_ms = models.PositiveIntegerField()
     synthetic = models.BooleanField(default=False, help_text="Copied from the annotator's account flag.")
     gold_score = models.FloatField(null=True, blank=True, help_text="Agreement with the gold answer, 0..1.")

@@ -22,8 +22,8 @@ def round_by_id_or_name(value: str) -> Round | None:
 
 
 def task_payload(task) -> dict:
-    """The blinded task an annotator sees (``task``: an ``assignment.Task``): opaque image ids in this
-    annotator's layout, no model, path or seed."""
+    """The blinded task an annotator sees (``task``: an ``assignment.Task``): the item's opaque ids for
+    its images, in this annotator's layout; no model, path, seed or catalog id."""
     round_, lease = task.round, task.lease
     images = {image.public_id: image for image in task.item.images()}
     return {
@@ -80,22 +80,21 @@ def annotator_progress(*, annotator) -> dict:
 
 
 def image_for_viewer(*, user, public_id: str) -> Image | None:
-    """The image if this user may see it: researchers any, annotators those of items they were leased.
+    """The image behind an id if this user may see it, else None.
 
-    The lease alone is not enough: someone taken out of the annotators group loses the images
-    of the items they held.
+    Annotators see images by the ids of the items they were leased, and only while they are in the
+    annotators group. Researchers see them by those ids too, and by catalog id.
     """
-    image = Image.objects.filter(public_id=public_id).first()
-    if image is None:
+    shown = ItemImage.objects.select_related("image").filter(public_id=public_id).first()
+    if shown is not None:
+        if is_researcher(user):
+            return shown.image
+        if is_annotator(user) and Lease.objects.filter(item_id=shown.item_id, annotator=user).exists():
+            return shown.image
         return None
     if is_researcher(user):
-        return image
-    if not is_annotator(user):
-        return None
-    leased = ItemImage.objects.filter(
-        image=image, item__leases__annotator=user,
-    ).exists()
-    return image if leased else None
+        return Image.objects.filter(public_id=public_id).first()
+    return None
 
 
 def undo_deadline(judgment):

@@ -156,8 +156,11 @@ class ResearchItemSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "round", "prompt", "slots_taken", "images", "judgments"]
 
     def get_images(self, obj) -> list[dict]:
+        # ``id``: the catalog's (gold answers name images by it); ``shown_id``: the item's own, which
+        # annotators see and which their layouts hold.
         return [
-            {"id": ii.image.public_id, "model": ii.image.model_version.name, "seed": ii.image.seed, "order": ii.order}
+            {"id": ii.image.public_id, "shown_id": ii.public_id, "model": ii.image.model_version.name,
+             "seed": ii.image.seed, "order": ii.order}
             for ii in obj.item_images.all()
         ]
 
@@ -175,6 +178,7 @@ class ResearchJudgmentSerializer(serializers.ModelSerializer):
     winner = serializers.CharField(source="winner.public_id", allow_null=True, default=None)
     loser = serializers.CharField(source="loser.public_id", allow_null=True, default=None)
     answers = serializers.SerializerMethodField()
+    layout = serializers.SerializerMethodField()
 
     class Meta:
         model = Judgment
@@ -185,6 +189,11 @@ class ResearchJudgmentSerializer(serializers.ModelSerializer):
 
     def get_answers(self, obj) -> dict:
         return {str(a.question_id): a.answer for a in obj.answers.all()}
+
+    def get_layout(self, obj) -> list[str]:
+        """The screen order the annotator saw, in catalog ids like ``winner`` and ``loser``."""
+        catalog = {ii.public_id: ii.image.public_id for ii in obj.item.item_images.all()}
+        return [catalog.get(shown, shown) for shown in obj.layout or []]
 
 
 class AggregateSerializer(serializers.ModelSerializer):

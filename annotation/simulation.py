@@ -79,27 +79,27 @@ class Policy:
             return {"answers": self._alignment(task, rng)}
         if kind == Round.Kind.PAIRWISE and self.kind == "noisy_oracle":
             return self._pairwise_oracle(task, layout, rng)
-        ranked = self._rank(layout, rng)  # best first
+        ranked = self._rank(task, layout, rng)  # best first
         if kind == Round.Kind.PAIRWISE:
             if self.kind == "random" and rng.random() < 0.2:
                 return {"outcome": "tie"}
             return {"outcome": "win", "winner": ranked[0]}
         return {"best": ranked[0], "worst": ranked[-1]}
 
-    def _rank(self, layout: list[str], rng: random.Random) -> list[str]:
+    def _rank(self, task: Task, layout: list[str], rng: random.Random) -> list[str]:
         if self.kind == "random":
             return rng.sample(layout, len(layout))
         if self.kind == "prefer_model":
-            models = dict(Image.objects.filter(public_id__in=layout).values_list("public_id", "model_version__name"))
+            models = _models_shown(task)
             return sorted(layout, key=lambda pid: (models[pid] != self.model, rng.random()))
-        views = _judgements(layout)
+        views = _judgements(task, layout)
         ranked = sorted(layout, key=lambda pid: -views[pid].fidelity)
         if rng.random() < self.noise:  # a slip: the two ends trade places
             ranked[0], ranked[-1] = ranked[-1], ranked[0]
         return ranked
 
     def _pairwise_oracle(self, task: Task, layout: list[str], rng: random.Random) -> dict:
-        views = _judgements(layout)
+        views = _judgements(task, layout)
         score = (lambda pid: views[pid].appeal) if task.round.criterion == Round.Criterion.VISUAL_APPEAL else (
             lambda pid: views[pid].fidelity)
         first, second = layout
@@ -114,35 +114,48 @@ class Policy:
         questions = [(q.pk, q.order) for q in task.item.questions()]
         image = task.lease.layout[0]
         if self.kind == "noisy_oracle":
-            answers = _judgements([image])[image].answers
+            answers = _judgements(task, [image])[image].answers
             yes = {pk: answers.get(order, False) != (rng.random() < self.noise) for pk, order in questions}
         elif self.kind == "prefer_model":
-            model = Image.objects.filter(public_id=image).values_list("model_version__name", flat=True).first()
+            model = _models_shown(task)[image]
             yes = {pk: model == self.model or rng.random() < 0.5 for pk, _ in questions}
         else:
             yes = {pk: rng.random() < 0.5 for pk, _ in questions}
         return [{"question": pk, "answer": "yes" if yes[pk] else "no"} for pk, _ in questions]
 
 
-def _judgements(public_ids: list[str]) -> dict:
-    """The toy oracle's judgement of each image (images never change, so each is judged once)."""
-    return {public_id: _judgement(public_id) for public_id in public_ids}
+def _catalog_ids(task: Task) -> dict[str, int]:
+    """The task's image ids (the ids its item shows them under) -> the images' primary keys."""
+    return {image.public_id: image.id for image in task.item.images()}
+
+
+def _models_shown(task: Task) -> dict[str, str]:
+    """The task's image ids -> the names of the models that made them."""
+    ids = _catalog_ids(task)
+    names = dict(Image.objects.filter(pk__in=ids.values()).values_list("pk", "model_version__name"))
+    return {shown: names[pk] for shown, pk in ids.items()}
+
+
+def _judgements(task: Task, shown: list[str]) -> dict:
+    """The toy oracle's judgement of each of the task's images (images never change, so each is judged once)."""
+    ids = _catalog_ids(task)
+    return {public_id: _judgement(ids[public_id]) for public_id in shown}
 
 
 @lru_cache(maxsize=4096)
-def _judgement(public_id: str):
+def _judgement(image_pk: int):
     import numpy as np
     from PIL import Image as PILImage
 
     from toyworld.oracle import judge
 
-    image = Image.objects.select_related("prompt").get(public_id=public_id)
+    image = Image.objects.select_related("prompt").get(pk=image_pk)
     with image.file.open("rb") as handle:
         pixels = np.asarray(PILImage.open(handle).convert("RGB"))
     try:
         return judge(pixels, image.prompt.text)
     except ValueError as exc:
-        raise PolicyError(f"noisy_oracle cannot judge image {public_id}: {exc}") from exc
+        raise PolicyError(f"noisy_oracle cannot judge image {image.public_id}: {exc}") from exc
 
 
 def synthetic_annotators(*, count: int, prefix: str = "synthetic") -> list:

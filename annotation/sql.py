@@ -160,13 +160,36 @@ class LeaseRow(Record):
 
 
 @dataclass(frozen=True, slots=True)
-class ImageRef(Record):
-    """What assignment, validation and aggregation need of an item's image (no file, model or seed)."""
+class ItemImageRow(Record):
+    """An image's place in one item: the image and the opaque id it is shown under there."""
 
+    model = ItemImage
+
+    image_id: int
+    public_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageColumns(Record):
     model = Image
+
+    public_id: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """What assignment, validation and aggregation need of an item's image (no file, model or seed).
+
+    ``public_id`` is the item's own id for the image, the one annotators see and answer with: the same
+    image has another id in every item, so nothing an annotator saw in one round points at an image in
+    another. ``catalog_id`` is the image's id in the catalog, the one researchers use (gold answers).
+    """
 
     id: int
     public_id: str
+    catalog_id: str
     width: int
     height: int
 
@@ -236,7 +259,7 @@ class AggregateRow(Record):
 
 
 RECORDS: tuple[type[Record], ...] = (
-    ProfileRow, RoundRow, ItemRow, LeaseRow, ImageRef, VoteRow, JudgmentRow, AggregateRow,
+    ProfileRow, RoundRow, ItemRow, LeaseRow, ItemImageRow, ImageColumns, VoteRow, JudgmentRow, AggregateRow,
 )
 
 # Columns written by the INSERT and UPDATE statements below (checked against the models too).
@@ -331,13 +354,17 @@ def profile_tokens_set(*, profile_id: int, tokens: float, at: datetime) -> None:
 
 
 def item_images(*, item_id: int) -> list[ImageRef]:
-    """An item's images in canonical order."""
+    """An item's images in canonical order, under the item's ids for them."""
     rows = _rows(
-        f"SELECT {_select((ImageRef, 'im'))} FROM {ITEM_IMAGES} ii"
+        f"SELECT {_select((ItemImageRow, 'ii'), (ImageColumns, 'im'))} FROM {ITEM_IMAGES} ii"
         f' JOIN {IMAGES} im ON im.id = ii.image_id WHERE ii.item_id = %s ORDER BY ii."order"',
-        [item_id], (ImageRef, "im"),
+        [item_id], (ItemImageRow, "ii"), (ImageColumns, "im"),
     )
-    return [image for (image,) in rows]
+    return [
+        ImageRef(id=shown.image_id, public_id=shown.public_id, catalog_id=image.public_id, width=image.width,
+                 height=image.height)
+        for shown, image in rows
+    ]
 
 
 def item_slot_take(*, item_id: int, k: int | None) -> bool:

@@ -43,6 +43,9 @@ class ItemContext:
     round: Round | sql.RoundRow
     is_gold: bool = False
     gold_answer: dict | None = None
+    # Which ids an answer names images by: "shown", the item's own (annotators), or "catalog" (gold answers,
+    # which researchers write).
+    answer_ids: str = "shown"
     _images: list[sql.ImageRef] | None = field(default=None, repr=False)
     _questions: list[AlignmentQuestion] | None = field(default=None, repr=False)
 
@@ -132,9 +135,11 @@ class ItemKind:
 
     @staticmethod
     def answer_image(*, item: ItemContext, answer: dict, key: str, field: str) -> sql.ImageRef:
-        """The item's image named by ``answer[key]`` (a public id); anything else is refused."""
+        """The item's image named by ``answer[key]`` (an id of ``item.answer_ids``); anything else is refused."""
         value = answer.get(key)
-        image = next((i for i in item.images() if i.public_id == value), None) if isinstance(value, str) else None
+        attribute = "catalog_id" if item.answer_ids == "catalog" else "public_id"
+        image = next((i for i in item.images() if getattr(i, attribute) == value), None) if isinstance(value, str) \
+            else None
         if image is None:
             raise InvalidAnswer(f"'{key}' must be one of this item's images", field=field)
         return image

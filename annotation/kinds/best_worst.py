@@ -54,7 +54,7 @@ class BestWorst(ItemKind):
     def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow]) -> KindAggregate:
         images = item.images()
         result = voting.best_worst_majority([(v.winner_id, v.loser_id) for v in votes], images=[i.id for i in images])
-        public = {image.id: image.public_id for image in images}
+        public = {image.id: image.catalog_id for image in images}  # researchers read counts
         aggregate = KindAggregate(
             outcome=Aggregate.Outcome.PENDING, used=votes,
             counts={

@@ -107,7 +107,7 @@ def item_gold_set(*, item: Item, is_gold: bool, gold_answer: dict | None = None)
         if gold_answer is None:
             raise InvalidRoundSpec("a gold item needs a gold_answer", field="gold_answer")
         answer_parse(item=ItemContext(id=item.pk, prompt_id=item.prompt_id, round=item.round), answer=gold_answer,
-                     field="gold_answer")
+                     field="gold_answer", ids="catalog")
     elif item.is_gold and item.slots_taken > item.k:
         raise InvalidRoundSpec(
             f"item {item.pk} has {item.slots_taken} judgments and leases, more than K={item.k}: it stays gold",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from annotation.models import Item, Round
+from annotation.models import Item, ItemImage, Round
 from annotation.services import assignment, rounds, submission
 from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory
 
@@ -46,6 +46,22 @@ def alignment_round(*, n_items=2, k=5, **kwargs) -> Round:
     return rounds.round_create(name=f"align-{Round.objects.count()}", kind="alignment", k=k, items=specs, **kwargs)
 
 
+def shown_ids(item) -> list[str]:
+    """The ids an item shows its images under (what annotators see and answer with), in canonical order."""
+    return list(ItemImage.objects.filter(item=item).order_by("order").values_list("public_id", flat=True))
+
+
+def catalog_ids(item) -> list[str]:
+    """The catalog ids of an item's images (what gold answers and researchers use), in canonical order."""
+    return list(ItemImage.objects.filter(item=item).order_by("order").values_list("image__public_id", flat=True))
+
+
+def shown_id(judgment_or_item, image) -> str:
+    """The id under which ``image`` was shown in the item (of a judgment, or an item)."""
+    item_id = getattr(judgment_or_item, "item_id", None) or judgment_or_item.pk
+    return ItemImage.objects.get(item_id=item_id, image=image).public_id
+
+
 def annotators(n: int):
     return [AnnotatorFactory() for _ in range(n)]
 
@@ -72,9 +88,9 @@ def gold_round_with_a_failing_annotator(**kwargs):
     """
     round_ = pairwise_round(n_items=2, k=3, gold_rate=1.0, **kwargs)
     gold, regular = Item.objects.filter(round=round_).order_by("id")
-    ga, gb = [ii.image.public_id for ii in gold.item_images.order_by("order")]
-    rounds.item_gold_set(item=gold, is_gold=True, gold_answer={"outcome": "win", "winner": ga})
-    ra, rb = [ii.image.public_id for ii in regular.item_images.order_by("order")]
+    rounds.item_gold_set(item=gold, is_gold=True, gold_answer={"outcome": "win", "winner": catalog_ids(gold)[0]})
+    ga, gb = shown_ids(gold)
+    ra, rb = shown_ids(regular)
     people = annotators(3)
     for n, person in enumerate(people):
         for winner in (gb if n == 0 else ga, rb if n == 0 else ra):  # gold rate 1.0: the gold item comes first

@@ -258,17 +258,21 @@ class TestImages:
         assert response["Content-Type"] == "image/png" and "private" in response["Cache-Control"]
         assert b"".join(response.streaming_content).startswith(b"\x89PNG")
         leased_item = Lease.objects.get(pk=task["lease"]).item_id
-        unleased = Item.objects.filter(round=round_).exclude(pk=leased_item).get().item_images.first().image.public_id
+        unleased = Item.objects.filter(round=round_).exclude(pk=leased_item).get().item_images.first().public_id
         assert Session(b).get(f"/img/{unleased}.png").status_code == 404  # b holds no lease yet
         assert session.get(f"/img/{unleased}.png").status_code == 404
+        # The catalog's id of an image the annotator holds opens nothing: annotators know only the item's ids.
+        catalog_id = Item.objects.get(pk=leased_item).item_images.first().image.public_id
+        assert session.get(f"/img/{catalog_id}.png").status_code == 404
         assert session.get("/img/0123456789abcdef01234567.png").status_code == 404
 
     def test_login_required_and_researchers_see_all(self):
         round_ = pairwise_round(n_items=1)
-        public_id = Item.objects.get(round=round_).item_images.first().image.public_id
-        anonymous = Client().get(f"/img/{public_id}.png")
-        assert anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"]
-        assert Session(ResearcherFactory()).get(f"/img/{public_id}.png").status_code == 200
+        shown = Item.objects.get(round=round_).item_images.first()
+        for public_id in (shown.public_id, shown.image.public_id):  # the item's id, and the catalog's
+            anonymous = Client().get(f"/img/{public_id}.png")
+            assert anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"]
+            assert Session(ResearcherFactory()).get(f"/img/{public_id}.png").status_code == 200
 
 
 class TestResearcherAPI:
@@ -287,7 +291,10 @@ class TestResearcherAPI:
         items = client.get(f"/api/research/rounds/{round_.pk}/items/").json()["results"]
         assert {image["model"] for image in items[0]["images"]} == {"base-model-secret", "pixel-dpo-secret"}
         judgments = client.get(f"/api/research/rounds/{round_.pk}/judgments/").json()["results"]
-        assert judgments[0]["layout"] == [i["id"] for i in task["images"]]
+        # Exports name images by catalog id, the layout too; the task showed the item's ids.
+        catalog = {image["shown_id"]: image["id"] for item in items for image in item["images"]}
+        assert judgments[0]["layout"] == [catalog[i["id"]] for i in task["images"]]
+        assert judgments[0]["winner"] in judgments[0]["layout"]
         aggregates = client.get(f"/api/research/rounds/{round_.pk}/aggregates/").json()["results"]
         assert sorted(a["n_judgments"] for a in aggregates) == [0, 1]
         summary = client.post(f"/api/research/rounds/{round_.pk}/aggregate/").json()

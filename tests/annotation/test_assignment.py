@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from annotation import errors
 from annotation.models import Item, Judgment, Lease
 from annotation.services import assignment, rounds, submission
-from tests.annotation.builders import annotators, answer_for, pairwise_round
+from tests.annotation.builders import annotators, answer_for, catalog_ids, pairwise_round, shown_id, shown_ids
 
 pytestmark = pytest.mark.django_db
 
@@ -132,16 +132,16 @@ def test_judgment_is_stored_in_image_ids_with_the_layout_shown():
     (person,) = annotators(1)
     lease = assignment.item_next_for_annotator(round_=round_, annotator=person, rng=random.Random(3))
     judgment = Judgment.objects.get(pk=submit(lease, person, choice="second").judgment.id)
-    assert judgment.winner.public_id == lease.lease.layout[1]
-    assert judgment.loser.public_id == lease.lease.layout[0]
+    assert shown_id(judgment, judgment.winner) == lease.lease.layout[1]
+    assert shown_id(judgment, judgment.loser) == lease.lease.layout[0]
     assert judgment.layout == lease.lease.layout
 
 
 def test_gold_items_are_mixed_in_at_the_round_rate():
     round_ = pairwise_round(n_items=6, k=5, gold_rate=1.0)
     gold = Item.objects.filter(round=round_).order_by("id").first()
-    a, b = [ii.image.public_id for ii in gold.item_images.order_by("order")]
-    rounds.item_gold_set(item=gold, is_gold=True, gold_answer={"outcome": "win", "winner": a})
+    rounds.item_gold_set(item=gold, is_gold=True, gold_answer={"outcome": "win", "winner": catalog_ids(gold)[0]})
+    a, b = shown_ids(gold)
     (person,) = annotators(1)
     first = assignment.item_next_for_annotator(round_=round_, annotator=person)
     assert first.lease.item_id == gold.pk  # rate 1.0: the gold item comes first

@@ -21,6 +21,7 @@ from PIL import ImageDraw
 
 from annotation.models import AlignmentAnswer, Judgment
 from annotation.services.rounds import ItemSpec, round_create
+from tests.annotation.builders import shown_id
 from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory
 
 
@@ -249,7 +250,7 @@ def test_annotator_completes_each_kind_with_the_keyboard(work, open_page):
     judgments = list(Judgment.objects.filter(round=work["flaws"], annotator=work["annotator"]).order_by("created_at"))
     assert len(judgments) == 2
     first, second = judgments
-    assert (first.outcome, first.winner.public_id, first.loser.public_id) == ("win", left, right)
+    assert (first.outcome, shown_id(first, first.winner), shown_id(first, first.loser)) == ("win", left, right)
     assert first.layout == [left, right]
     assert first.elapsed_ms > 0
     assert second.outcome == "tie" and second.layout == [second_left, second_right]
@@ -282,7 +283,7 @@ def test_annotator_completes_each_kind_with_the_keyboard(work, open_page):
     page.keyboard.press("Enter")
     page.wait_for_selector("#empty-state:not([hidden])")
     chosen = Judgment.objects.get(round=work["best_worst"], annotator=work["annotator"])
-    assert (chosen.winner.public_id, chosen.loser.public_id) == (grid[3], grid[1])
+    assert (shown_id(chosen, chosen.winner), shown_id(chosen, chosen.loser)) == (grid[3], grid[1])
     assert chosen.layout == grid
 
     # Alignment: Y/N answer the highlighted question and move on; Enter submits.
@@ -381,7 +382,7 @@ def test_undo_puts_the_last_item_back(work, open_page):
     assert judgment.undone_at is not None
     page.keyboard.press("1")
     redo = eventually(page, lambda: Judgment.objects.filter(annotator=work["annotator"], undone_at__isnull=True).first())
-    assert redo.winner.public_id == first[0]
+    assert shown_id(redo, redo.winner) == first[0]
 
 
 def test_leaving_an_item_and_coming_back_from_the_dashboard_resumes_it(work, open_page):

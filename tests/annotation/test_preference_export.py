@@ -21,7 +21,9 @@ from annotation.errors import InvalidInput
 from annotation.services import assignment, submission
 from annotation.models import Aggregate, Item
 from annotation.simulation import Policy, round_simulate, synthetic_annotators
-from tests.annotation.builders import alignment_round, annotators, best_worst_round, pairwise_round
+from tests.annotation.builders import (
+    alignment_round, annotators, best_worst_round, catalog_ids, pairwise_round, shown_ids,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -160,11 +162,13 @@ def test_export_is_deterministic_for_any_votes(tmp_path_factory, votes):
         items = list(Item.objects.filter(round=round_).order_by("id"))
         expected = []
         for item, item_votes in zip(items, votes):
-            a, b = [ii.image.public_id for ii in item.item_images.order_by("order")]
+            a, b = catalog_ids(item)
+            shown = dict(zip((a, b), shown_ids(item)))
             for person, vote in zip(people, item_votes):
                 lease = assignment.item_next_for_annotator(round_=round_, annotator=person, rng=random.Random(0))
                 assert lease.lease.item_id == item.pk  # breadth-first: the round's items are finished in order
-                answer = {"outcome": "tie"} if vote == "tie" else {"outcome": "win", "winner": a if vote == "a" else b}
+                answer = {"outcome": "tie"} if vote == "tie" else {"outcome": "win",
+                                                                    "winner": shown[a if vote == "a" else b]}
                 submission.judgment_submit(annotator=person, lease_id=lease.lease.id, client_uuid=uuid.uuid4(),
                                          answer=answer, elapsed_ms=1)
             winner = next((v for v in ("a", "b") if item_votes.count(v) >= 2), None)

@@ -60,8 +60,9 @@ def test_rows_decode_by_column_name_into_frozen_records():
     assert isinstance(lease.id, uuid.UUID) and lease.layout == stored.layout
     assert item == sql.ItemRow(id=stored.item_id, prompt_id=stored.item.prompt_id, is_gold=False, gold_answer=None)
     images = sql.item_images(item_id=stored.item_id)
-    assert [image.public_id for image in images] == [
-        ii.image.public_id for ii in stored.item.item_images.select_related("image").order_by("order")
+    assert [(image.id, image.public_id, image.catalog_id) for image in images] == [
+        (ii.image_id, ii.public_id, ii.image.public_id)
+        for ii in stored.item.item_images.select_related("image").order_by("order")
     ]
     with pytest.raises(FrozenInstanceError):
         lease.state = "submitted"

@@ -19,8 +19,10 @@ from tests.annotation.builders import (
     annotators,
     answer_for,
     best_worst_round,
+    catalog_ids,
     gold_round_with_a_failing_annotator,
     pairwise_round,
+    shown_ids,
 )
 
 pytestmark = pytest.mark.django_db
@@ -215,11 +217,12 @@ class TestAggregates:
     def vote(self, round_, people, picks):
         """Each person judges the round's single item; picks are 'a', 'b', 'tie' or 'reject' (canonical order)."""
         item = Item.objects.get(round=round_)
-        a, b = [ii.image.public_id for ii in item.item_images.order_by("order")]
+        shown_a, shown_b = shown_ids(item)  # what annotators answer with
+        a, b = catalog_ids(item)  # what aggregates name
         for person, pick in zip(people, picks):
             lease = lease_for(round_, person)
             answer = {
-                "a": {"outcome": "win", "winner": a}, "b": {"outcome": "win", "winner": b},
+                "a": {"outcome": "win", "winner": shown_a}, "b": {"outcome": "win", "winner": shown_b},
                 "tie": {"outcome": "tie"}, "reject": {"outcome": "cannot_compare"},
             }[pick]
             submit(lease, person, answer)
@@ -278,11 +281,12 @@ class TestAggregates:
     def test_best_worst_aggregate(self):
         round_ = best_worst_round(n_items=1, k=3)
         item = Item.objects.get(round=round_)
-        ids = [ii.image.public_id for ii in item.item_images.order_by("order")]
+        shown, ids = shown_ids(item), catalog_ids(item)
         for person in annotators(3):
-            submit(lease_for(round_, person), person, {"best": ids[2], "worst": ids[4]})
+            submit(lease_for(round_, person), person, {"best": shown[2], "worst": shown[4]})
         aggregate = Aggregate.objects.get(item=item)
         assert (aggregate.winner.public_id, aggregate.loser.public_id, aggregate.margin) == (ids[2], ids[4], 1.0)
+        assert aggregate.counts["best"] == {i: 3 if i == ids[2] else 0 for i in ids}  # researchers' ids
 
     def test_annotators_below_the_gold_threshold_are_excluded(self):
         round_, regular, people = gold_round_with_a_failing_annotator(gold_min_accuracy=0.5)

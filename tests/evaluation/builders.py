@@ -154,7 +154,7 @@ def bulk_judgments(round_: Round, votes_by_item, people) -> int:
 
     images: dict[int, list[tuple[int, str]]] = {}
     for item_id, image_id, public_id in ItemImage.objects.filter(item__round=round_).order_by("item_id", "order").values_list(
-        "item_id", "image_id", "image__public_id"
+        "item_id", "image_id", "public_id"
     ):
         images.setdefault(item_id, []).append((image_id, public_id))
     questions: dict[int, list[int]] = {}
