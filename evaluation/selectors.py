@@ -129,7 +129,7 @@ def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
             Judgment.objects.filter(round=round_, undone_at__isnull=True, item__is_gold=False)
             .exclude(annotator_id__in=excluded)
             .values("id", "item_id", "annotator_id", "annotator__username", "outcome", "winner_id",
-                    "winner__public_id", "layout", "synthetic")
+                    "layout", "synthetic")
         )
         judgments = list(judgments)
         judgments_total += len(judgments)
@@ -178,10 +178,12 @@ _VOTE_LABELS = {voting.A: "A", voting.B: "B", voting.TIE: "tie", voting.REJECT: 
 
 def _pairwise_items(round_: Round, items, judgments: list[dict]) -> list[PairwiseItem]:
     images: dict[int, dict[int, tuple[int, int]]] = defaultdict(dict)
-    for item_id, order, image_id, model_id in ItemImage.objects.filter(item__round=round_).values_list(
-        "item_id", "order", "image_id", "image__model_version_id"
+    shown: dict[str, int] = {}  # the ids layouts hold (the item's own) -> image
+    for item_id, order, image_id, model_id, public_id in ItemImage.objects.filter(item__round=round_).values_list(
+        "item_id", "order", "image_id", "image__model_version_id", "public_id"
     ):
         images[item_id][order] = (image_id, model_id)
+        shown[public_id] = image_id
     by_id: dict[int, PairwiseItem] = {}
     for item_id, prompt_id, category in items:
         (image_a, model_a), (image_b, model_b) = images[item_id][0], images[item_id][1]
@@ -200,8 +202,8 @@ def _pairwise_items(round_: Round, items, judgments: list[dict]) -> list[Pairwis
             continue
         vote = Pairwise.vote(outcome=j["outcome"], winner_id=j["winner_id"], image_a=record.image_a)
         if j["outcome"] == Judgment.Outcome.WIN:
-            # Screen position: the layout is the public ids in the order this annotator saw them.
-            if j["layout"] and j["winner__public_id"] == j["layout"][0]:
+            # Screen position: the layout is the item's image ids in the order this annotator saw them.
+            if j["layout"] and shown.get(j["layout"][0]) == j["winner_id"]:
                 record.left_wins += 1
             else:
                 record.right_wins += 1
