@@ -166,6 +166,19 @@ ARTIFACTS_ROOT = Path(os.environ.get("ARTIFACTS_ROOT", VAR_DIR / "artifacts"))
 # docs/training.md, "Sampling"). Checked when a gpu worker samples.
 EVALUATION_SAMPLER = json.loads(os.environ.get("EVALUATION_SAMPLER") or "{}")
 
+# Django's cache holds the login failure counts (annotation.login_throttle), so every web worker
+# must share it: production sets CACHE_URL (Redis, e.g. redis://redis:6379/1). Without it each
+# process keeps its own counts, fine for one process.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+if CACHE_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Proxies in front of the web process that append the client's address to X-Forwarded-For
+# (e.g. 1 behind one TLS proxy). 0: the header is ignored, REMOTE_ADDR is the client; more than
+# there really are would let a client choose the address its failed logins count against.
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+
 # The model backend, loading the user with their role memberships (one query per request).
 AUTHENTICATION_BACKENDS = ["annotation.roles.RolesBackend"]
 # Sessions stay in the database on purpose. signed_cookies would save a query per request but
