@@ -161,6 +161,9 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 # Where training runs, preference exports and generated checkpoints live. On a cluster this
 # is shared storage that web, CPU workers and GPU workers all mount at the same path.
 ARTIFACTS_ROOT = Path(os.environ.get("ARTIFACTS_ROOT", VAR_DIR / "artifacts"))
+# The most pixels (width x height) a stored image may have: admin uploads and generated images
+# beyond it are refused (catalog.images). 4096 x 4096 by default.
+IMAGE_MAX_PIXELS = int(os.environ.get("IMAGE_MAX_PIXELS", 4096 * 4096))
 # Changes to the sampler of generated images (evaluations and preference pools): a JSON object
 # of SampleConfig settings, e.g. {"steps": 30}; the rest keep SampleConfig's defaults (see
 # docs/training.md, "Sampling"). Checked when a gpu worker samples.
