@@ -8,7 +8,6 @@ from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import PermissionDenied
 
 from annotation.login_throttle import login_lockout
-
 from annotation.models import ANNOTATORS_GROUP, RESEARCHERS_GROUP
 
 RESEARCHER_APPS = ("catalog", "annotation", "training", "evaluation")
