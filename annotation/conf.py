@@ -5,6 +5,9 @@
     ANNOTATION_SUBMIT_BURST          submissions allowed in a burst (10)
     ANNOTATION_MAX_LEASES            leases one annotator holds per round: current + preloaded (2)
     ANNOTATION_RECLAIM_INTERVAL      seconds between reclaims of expired leases, per process (5.0)
+    LOGIN_FAILURE_LIMIT              wrong passwords for one account that lock it (5)
+    LOGIN_IP_FAILURE_LIMIT           wrong passwords from one client address, any accounts, that lock it (50)
+    LOGIN_LOCKOUT_SECONDS            how long a lock lasts, and the window failures are counted in (900)
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ _DEFAULTS = {
     "ANNOTATION_SUBMIT_BURST": 10.0,
     "ANNOTATION_MAX_LEASES": 2,
     "ANNOTATION_RECLAIM_INTERVAL": 5.0,
+    "LOGIN_FAILURE_LIMIT": 5,
+    "LOGIN_IP_FAILURE_LIMIT": 50,
+    "LOGIN_LOCKOUT_SECONDS": 900,
 }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import PermissionDenied
 
+from annotation.login_throttle import login_lockout
 from annotation.models import ANNOTATORS_GROUP, RESEARCHERS_GROUP
 
 RESEARCHER_APPS = ("catalog", "annotation", "training", "evaluation")
@@ -35,7 +37,16 @@ class RolesBackend(ModelBackend):
 
     One query per request instead of three (user, then each group check). Read on every
     request, not cached, so removing someone from a group takes effect on their next request.
+    Refuses every password, the right one too, while the account or address is locked
+    (``annotation.login_throttle``).
     """
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        if username is None:
+            username = kwargs.get(get_user_model().USERNAME_FIELD)
+        if login_lockout(request=request, username=username):
+            raise PermissionDenied("login locked")  # authenticate() stops here: no other backend tries
+        return super().authenticate(request, username=username, password=password, **kwargs)
 
     def get_user(self, user_id):
         User = get_user_model()

@@ -1,3 +1,4 @@
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
@@ -6,10 +7,23 @@ from django.urls import reverse
 
 from annotation.conf import setting
 from annotation.criteria import Criterion
+from annotation.forms import LoginForm
 from annotation.kinds import item_kind
 from annotation.models import Round
 from annotation.roles import is_annotator, is_researcher
 
+
+class LoginView(auth_views.LoginView):
+    """Django's login page; a locked login answers 429 with Retry-After and the wait on the page."""
+
+    authentication_form = LoginForm
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.retry_after:
+            response.status_code = 429
+            response["Retry-After"] = str(form.retry_after)
+        return response
 
 
 def criteria_config() -> dict:

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from catalog.images import ImageRejected
 from catalog.models import GenerationBatch, GenerationJob, Image, ModelVersion, Prompt
 from catalog.services import generation_job_complete, image_create
 from catalog.signals import generation_batch_done
@@ -170,13 +171,17 @@ def _jobs_claim(*, batch_id: int | None, model_version_id: int) -> list[Generati
 
 
 def generation_run(*, batch_id: int | None, model_version_id: int) -> int:
-    """Sample every claimed job of one model; returns how many images were made. Imports torch."""
+    """Sample every claimed job of one model; returns how many images were stored. Imports torch.
+
+    An image beyond ``IMAGE_MAX_PIXELS`` fails its job (the error says why); the others are stored.
+    """
     from training.engine.sampling import sample
 
     jobs = _jobs_claim(batch_id=batch_id, model_version_id=model_version_id)
     if not jobs:
         return 0
     model = ModelVersion.objects.get(pk=model_version_id)
+    stored = 0
     try:
         with tempfile.TemporaryDirectory(prefix="generate-") as tmp:
             record = sample(
@@ -185,12 +190,18 @@ def generation_run(*, batch_id: int | None, model_version_id: int) -> int:
             )
             stored_sampler = {key: record[key] for key in ("scheduler", "steps", "guidance_scale", "height", "width", "dtype")}
             for job, entry in zip(jobs, record["images"], strict=True):
-                with transaction.atomic():
-                    image = image_create(
-                        prompt=job.prompt, model_version=model, seed=job.seed, sampler=stored_sampler,
-                        data=(Path(tmp) / entry["file"]).read_bytes(),
+                try:
+                    with transaction.atomic():
+                        image = image_create(
+                            prompt=job.prompt, model_version=model, seed=job.seed, sampler=stored_sampler,
+                            data=(Path(tmp) / entry["file"]).read_bytes(),
+                        )
+                        generation_job_complete(job=job, image=image)
+                    stored += 1
+                except ImageRejected as exc:  # this image only: the model's other images are still stored
+                    GenerationJob.objects.filter(pk=job.pk).update(
+                        status=GenerationJob.Status.FAILED, error=f"image: {exc}"
                     )
-                    generation_job_complete(job=job, image=image)
     except Exception as exc:
         GenerationJob.objects.filter(pk__in=[j.pk for j in jobs], status=GenerationJob.Status.RUNNING).update(
             status=GenerationJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:10_000]
@@ -199,7 +210,7 @@ def generation_run(*, batch_id: int | None, model_version_id: int) -> int:
     finally:
         if batch_id is not None:
             _batch_done_when_over(batch_id)
-    return len(jobs)
+    return stored
 
 
 def _batch_done_when_over(batch_id: int) -> None:

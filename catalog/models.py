@@ -11,6 +11,8 @@ import secrets
 
 from django.db import models
 
+from catalog.images import validate_image_pixels
+
 
 def new_public_id() -> str:
     """An opaque, random id: it says nothing about the model, path or seed behind an image."""
@@ -113,7 +115,9 @@ class Image(models.Model):
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="images")
     seed = models.BigIntegerField()
     sampler = models.JSONField(default=dict, blank=True, help_text="Sampler settings: steps, guidance, scheduler.")
-    file = models.ImageField(upload_to=image_upload_to, width_field="width", height_field="height")
+    file = models.ImageField(
+        upload_to=image_upload_to, width_field="width", height_field="height", validators=[validate_image_pixels]
+    )
     width = models.PositiveIntegerField(default=0)
     height = models.PositiveIntegerField(default=0)
     sha256 = models.CharField(max_length=64, db_index=True)

@@ -14,6 +14,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
+from catalog.images import image_size_check
 from catalog.models import AlignmentQuestion, GenerationJob, Image, ModelVersion, Prompt, PromptSet
 from catalog.prompt_import import PromptImportError, PromptRecord, parse_prompt_file
 from training.engine.pipeline_index import PipelineIndexError, read_pipeline_index
@@ -27,7 +28,11 @@ class GenerationError(ValueError):
 
 
 def image_create(*, prompt: Prompt, model_version, seed: int, sampler: dict, data: bytes) -> Image:
-    """Store a generated PNG under its opaque public id, with its size and sha256."""
+    """Store a generated PNG under its opaque public id, with its size and sha256.
+
+    Raises ``catalog.images.ImageRejected`` for a file beyond ``IMAGE_MAX_PIXELS`` (nothing is stored).
+    """
+    image_size_check(data)
     return Image.objects.create(
         prompt=prompt, model_version=model_version, seed=seed, sampler=sampler,
         sha256=hashlib.sha256(data).hexdigest(), file=ContentFile(data, name="image.png"),

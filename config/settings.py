@@ -161,10 +161,26 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 # Where training runs, preference exports and generated checkpoints live. On a cluster this
 # is shared storage that web, CPU workers and GPU workers all mount at the same path.
 ARTIFACTS_ROOT = Path(os.environ.get("ARTIFACTS_ROOT", VAR_DIR / "artifacts"))
+# The most pixels (width x height) a stored image may have: admin uploads and generated images
+# beyond it are refused (catalog.images). 4096 x 4096 by default.
+IMAGE_MAX_PIXELS = int(os.environ.get("IMAGE_MAX_PIXELS", 4096 * 4096))
 # Changes to the sampler of generated images (evaluations and preference pools): a JSON object
 # of SampleConfig settings, e.g. {"steps": 30}; the rest keep SampleConfig's defaults (see
 # docs/training.md, "Sampling"). Checked when a gpu worker samples.
 EVALUATION_SAMPLER = json.loads(os.environ.get("EVALUATION_SAMPLER") or "{}")
+
+# Django's cache holds the login failure counts (annotation.login_throttle), so every web worker
+# must share it: production sets CACHE_URL (Redis, e.g. redis://redis:6379/1). Without it each
+# process keeps its own counts, fine for one process.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+if CACHE_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Proxies in front of the web process that append the client's address to X-Forwarded-For
+# (e.g. 1 behind one TLS proxy). 0: the header is ignored, REMOTE_ADDR is the client; more than
+# there really are would let a client choose the address its failed logins count against.
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
 
 # The model backend, loading the user with their role memberships (one query per request).
 AUTHENTICATION_BACKENDS = ["annotation.roles.RolesBackend"]

@@ -110,6 +110,14 @@ def generous_rate_limit(settings):
 
 
 @pytest.fixture(autouse=True)
+def fresh_cache():
+    """Login failure counts (in the process's cache) never carry over from one test to the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
