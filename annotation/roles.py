@@ -8,7 +8,7 @@ from django.contrib.auth.models import Group, Permission
 
 from annotation.models import ANNOTATORS_GROUP, RESEARCHERS_GROUP
 
-RESEARCHER_APPS = ("catalog", "annotation", "training", "evaluation")
+RESEARCHER_APPS = ("outbox", "catalog", "annotation", "training", "evaluation")
 
 
 def _in_group(user, name: str, loaded: str) -> bool:
