@@ -6,6 +6,8 @@ knows no app (see docs/architecture.md, "Tasks and the outbox").
 
 from __future__ import annotations
 
+import json
+
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -30,4 +32,4 @@ class OutboxMessage(models.Model):
         indexes = [models.Index(fields=["id"], condition=Q(sent_at__isnull=True), name="outbox_pending")]
 
     def __str__(self) -> str:
-        return f"{self.task_name}{tuple(self.args)}"
+        return f"{self.task_name}({', '.join(json.dumps(arg) for arg in self.args)})"
