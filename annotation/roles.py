@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied
 from annotation.login_throttle import login_lockout
 from annotation.models import ANNOTATORS_GROUP, RESEARCHERS_GROUP
 
-RESEARCHER_APPS = ("catalog", "annotation", "training", "evaluation")
+RESEARCHER_APPS = ("outbox", "catalog", "annotation", "training", "evaluation")
 
 
 def _in_group(user, name: str, loaded: str) -> bool:

@@ -83,6 +83,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "outbox",
     "catalog",
     "annotation",
     "training",
@@ -232,8 +233,10 @@ if not CELERY_BROKER_URL:
         _folder.mkdir(parents=True, exist_ok=True)
 else:
     # Redis: a GPU task that runs for hours must not be re-delivered while still running.
+    # A broker host that does not answer fails a connection in seconds, not at the OS's TCP timeout.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 7 * 24 * 3600))
+        "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 7 * 24 * 3600)),
+        "socket_connect_timeout": float(os.environ.get("CELERY_BROKER_CONNECT_TIMEOUT", 2)),
     }
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
 CELERY_TASK_SERIALIZER = "json"
@@ -245,6 +248,13 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Tasks are sent through the outbox (config.celery.enqueue_on_commit): a send tries twice, a
+# fraction of a second apart, so that a web request or command never waits long for a broker
+# that is down; what was not sent waits in the outbox, and beat has it flushed every minute.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2, "interval_max": 0.2}
+CELERY_BEAT_SCHEDULE = {
+    "outbox-flush": {"task": "outbox.tasks.outbox_flush", "schedule": 60.0, "options": {"expires": 55}},
+}
 
 LOGGING = {
     "version": 1,

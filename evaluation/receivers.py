@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from catalog.models import GenerationBatch, PromptSet
-from evaluation import tasks
+from config.celery import enqueue_on_commit
 from evaluation.models import EvaluationRound
 from evaluation.services import evaluation_start
 
@@ -32,7 +32,7 @@ def annotation_rounds_when_generated(sender, *, batch, **kwargs) -> None:
     """An evaluation's last image is done: create its annotation rounds on the default queue."""
     evaluation = EvaluationRound.objects.filter(generation_batch=batch).first()
     if evaluation is not None:
-        tasks.evaluation_rounds_create.delay(evaluation.pk)
+        enqueue_on_commit("evaluation.tasks.evaluation_rounds_create", evaluation.pk)
 
 
 def generation_batch_delete(sender, *, instance, **kwargs) -> None:

@@ -3,7 +3,7 @@
 Every ``.py`` file is parsed with ``ast``, and every import counts, also one inside a function
 (it hides a dependency, it does not remove it). The layers, bottom first:
 
-    catalog ← annotation ← training ← evaluation
+    outbox ← catalog ← annotation ← training ← evaluation
 
 An app imports only from itself and from the apps below it. The pure packages (the training
 engine, toyworld) import no Django at all; any app may use them.
@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-APP_LAYERS = ("catalog", "annotation", "training", "evaluation")
+APP_LAYERS = ("outbox", "catalog", "annotation", "training", "evaluation")
 PURE_PACKAGES = ("training.engine", "toyworld")
 DJANGO_SIDE = ("django", "rest_framework", "celery", "config", *APP_LAYERS)
 NOT_PACKAGES = {"tests", "docs", "data", "static", "templates", "node_modules"}

@@ -107,7 +107,7 @@ def test_researchers_launch_a_training_round_from_the_admin(judged_round, eager_
     from training.admin import config_choices
 
     sent = []
-    monkeypatch.setattr(tasks.gpu_train_run, "delay", lambda run_id: sent.append(run_id))
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: sent.append(args[0]))
     base, round_ = judged_round
     client.force_login(AnnotatorFactory())
     assert client.get("/admin/training/trainingrun/add/").status_code == 302  # annotators never reach the admin

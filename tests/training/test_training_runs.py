@@ -8,6 +8,7 @@ from PIL import Image
 
 from catalog.models import ModelVersion
 from catalog.services import model_register
+from outbox.models import OutboxMessage
 from training import services, tasks
 from training.engine.config import ConfigError
 from training.models import TrainingRun
@@ -44,7 +45,7 @@ def artifacts(settings, tmp_path):
 
 def test_run_is_enqueued_on_commit_on_the_gpu_queue(base_model, sft_folder, artifacts, monkeypatch, django_capture_on_commit_callbacks):
     sent = []
-    monkeypatch.setattr(tasks.gpu_train_run, "delay", lambda run_id: sent.append(run_id))
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: sent.append(args[0]))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         run = services.training_run_create(name="r1", base_model=base_model, dataset_path=str(sft_folder), config=TINY_SFT)
         assert sent == []  # nothing leaves before the commit
@@ -67,7 +68,7 @@ def test_invalid_config_is_refused_in_the_web_process_naming_the_field(base_mode
 
 
 def test_gpu_task_trains_registers_the_checkpoint_and_ignores_a_redelivery(base_model, sft_folder, artifacts, monkeypatch):
-    monkeypatch.setattr(tasks.gpu_train_run, "delay", lambda run_id: None)
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
     run = services.training_run_create(name="sft-pixel", base_model=base_model, dataset_path=str(sft_folder), config=TINY_SFT)
 
     assert tasks.gpu_train_run.apply(args=[run.pk]).get() == "sft-pixel"
@@ -86,7 +87,7 @@ def test_gpu_task_trains_registers_the_checkpoint_and_ignores_a_redelivery(base_
 def test_a_run_left_running_by_a_dead_worker_resumes_from_its_checkpoint(base_model, sft_folder, artifacts, monkeypatch):
     from training.engine import loop
 
-    monkeypatch.setattr(tasks.gpu_train_run, "delay", lambda run_id: None)
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
     run = services.training_run_create(name="crashy", base_model=base_model, dataset_path=str(sft_folder), config=TINY_SFT)
     # First delivery: the worker dies after the first checkpoint (simulated by training 1 of 2 steps).
     claimed, resume = services.training_run_claim(run_id=run.pk, worker="w1")
@@ -109,7 +110,7 @@ def test_a_run_left_running_by_a_dead_worker_resumes_from_its_checkpoint(base_mo
 
 
 def test_a_failing_run_records_the_error_and_can_not_be_claimed_again(base_model, tmp_path, artifacts, monkeypatch):
-    monkeypatch.setattr(tasks.gpu_train_run, "delay", lambda run_id: None)
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
     (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "missing.png", "text": "x"}) + "\n")
     run = services.training_run_create(name="broken", base_model=base_model, dataset_path=str(tmp_path), config=TINY_SFT)
     result = tasks.gpu_train_run.apply(args=[run.pk])
