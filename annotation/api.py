@@ -14,7 +14,7 @@ import drf_spectacular.authentication
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.authentication import TokenAuthentication
-from rest_framework.decorators import action
+from rest_framework.decorators import action, api_view, authentication_classes, permission_classes
 from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
 from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
@@ -113,6 +113,15 @@ class SessionScheme(drf_spectacular.authentication.SessionScheme):
     """The schema's cookie auth for the project's session authentication (a subclass of DRF's)."""
 
     target_class = SessionAuthentication
+
+
+@extend_schema(exclude=True)
+@api_view(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+@authentication_classes([])
+@permission_classes([])
+def not_found(request, path):
+    """Any other path under /api/ (an id no route takes, such as 1.5): the API's 404 body, not Django's page."""
+    raise NotFound("no API endpoint at this path")
 
 
 class AnnotatorAPIView(APIView):
@@ -235,7 +244,7 @@ class RoundViewSet(
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(serializer_class(page, many=True).data)
 
-    @extend_schema(responses=ResearchItemSerializer(many=True))
+    @extend_schema(responses={200: ResearchItemSerializer(many=True), **ERRORS})
     @action(detail=True, methods=["get"])
     def items(self, request, pk=None):
         round_ = self.get_object()
@@ -244,7 +253,7 @@ class RoundViewSet(
         ).order_by("id")
         return self._page(queryset, ResearchItemSerializer)
 
-    @extend_schema(responses=ResearchJudgmentSerializer(many=True))
+    @extend_schema(responses={200: ResearchJudgmentSerializer(many=True), **ERRORS})
     @action(detail=True, methods=["get"])
     def judgments(self, request, pk=None):
         round_ = self.get_object()
@@ -253,19 +262,19 @@ class RoundViewSet(
         ).order_by("id")
         return self._page(queryset, ResearchJudgmentSerializer)
 
-    @extend_schema(responses=AggregateSerializer(many=True))
+    @extend_schema(responses={200: AggregateSerializer(many=True), **ERRORS})
     @action(detail=True, methods=["get"])
     def aggregates(self, request, pk=None):
         round_ = self.get_object()
         queryset = Aggregate.objects.filter(round=round_).select_related("winner", "loser").order_by("item_id")
         return self._page(queryset, AggregateSerializer)
 
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(request=None, responses={200: dict, **ERRORS})
     @action(detail=True, methods=["post"])
     def aggregate(self, request, pk=None):
         return Response(asdict(aggregation.round_aggregate(round_=self.get_object())))
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: dict, **ERRORS})
     @action(detail=True, methods=["get"])
     def gold(self, request, pk=None):
         round_ = self.get_object()
@@ -280,7 +289,7 @@ class RoundViewSet(
             ],
         })
 
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(request=None, responses={200: dict, **ERRORS})
     @action(detail=True, methods=["post"])
     def export(self, request, pk=None):
         from annotation.exports import preferences_export

@@ -15,5 +15,6 @@ urlpatterns = [
     path("api/annotate/submit/", api.SubmitView.as_view(), name="annotate-submit"),
     path("api/annotate/undo/", api.UndoView.as_view(), name="annotate-undo"),
     path("api/research/", include(research.urls)),
+    re_path(r"^api/(?P<path>.*)$", api.not_found),  # after every API route: the rest of /api/ answers JSON
     re_path(r"^img/(?P<public_id>[0-9a-f]{8,32})\.png$", image_views.image_file, name="annotation-image"),
 ]

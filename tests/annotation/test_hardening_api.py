@@ -281,3 +281,14 @@ def test_assorted_bad_bodies_are_refused_with_a_code_never_a_500():
     for method, url, body in researcher_requests:
         response = getattr(client, method)(url, body, content_type="application/json")
         assert 400 <= response.status_code < 500 and response.json()["code"], (url, body, response.content)
+
+
+# --- found by the schema fuzz (tests/annotation/test_api_fuzz.py) --------------------------------
+
+
+def test_an_id_no_api_route_matches_is_a_json_not_found():
+    client = researcher_client()
+    for url in ("/api/research/rounds/1.5/items/", "/api/research/rounds/-9e-144/aggregates/", "/api/nowhere/"):
+        assert_refused(client.get(url), None, status=404, code="not_found")
+    session = Session(annotators(1)[0])
+    assert_refused(session.post("/api/annotate/rounds/abc/next/", {}), None, status=404, code="not_found")
