@@ -1,8 +1,10 @@
 """Batched, seeded sampling from a local diffusers pipeline, with a record of every setting.
 
 The settings are a ``SampleConfig`` (training/engine/config.py), whose defaults are the paper's
-evaluation setting. Each image has its own seed and its own ``torch.Generator``, so an image
-depends only on its prompt and seed, never on which batch it landed in.
+evaluation setting. Each image has its own seed and its own ``torch.Generator``, so an image's
+noise depends only on its prompt and seed, never on which batch it landed in. The same settings
+give the same bytes; another batch size gives the same image up to rounding: some CPUs sum a
+batched matrix product in another order, and a pixel may move by one level.
 
 Flow-matching pipelines (SD3) sample with their own flow-matching Euler scheduler: DDIM
 integrates the DDPM noise schedule, which a flow model was not trained on, so ``scheduler =

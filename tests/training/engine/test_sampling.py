@@ -21,10 +21,17 @@ def test_sampling_is_deterministic_per_seed_and_independent_of_batching(tiny_pip
     prompts, seeds = ["a red cat", "a blue dog", "a red cat"], [11, 12, 13]
     first = sample(tiny_pipelines["unet"], prompts, seeds, tmp_path / "a",
                    SampleConfig(steps=3, batch_size=2, height=32, width=32))
+    again = sample(tiny_pipelines["unet"], prompts, seeds, tmp_path / "again",
+                   SampleConfig(steps=3, batch_size=2, height=32, width=32))
     second = sample(tiny_pipelines["unet"], prompts, seeds, tmp_path / "b",
                     SampleConfig(steps=3, batch_size=1, height=32, width=32))
-    for a, b in zip(first["images"], second["images"]):
-        assert np.array_equal(pixels(tmp_path / "a" / a["file"]), pixels(tmp_path / "b" / b["file"]))
+    for a, b, c in zip(first["images"], again["images"], second["images"]):
+        image = pixels(tmp_path / "a" / a["file"]).astype(int)
+        assert np.array_equal(image, pixels(tmp_path / "again" / b["file"]))  # same settings: same bytes
+        # Another batch size: the same noise, so the same image up to rounding (some CPUs order a
+        # batched product's sums differently, and a pixel moves by a level).
+        other = pixels(tmp_path / "b" / c["file"]).astype(int)
+        assert np.abs(image - other).max() <= 2 and (image != other).mean() < 0.01
     # Same prompt, different seed: a different image.
     assert not np.array_equal(pixels(tmp_path / "a" / "00000.png"), pixels(tmp_path / "a" / "00002.png"))
 
