@@ -189,13 +189,22 @@ def main(argv=None) -> None:
     oracle_parser.add_argument("--vae", type=Path, default=MODELS["toy-sd"] / "vae")
     models_parser = commands.add_parser("models")
     models_parser.add_argument("--prompts", type=int, default=100)
-    models_parser.add_argument("--out", type=Path)
+    models_parser.add_argument("--out", type=Path, help="write the figures here; entries of other models there are kept")
+    models_parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                               help="score this pipeline folder under NAME instead of the shipped ones (repeatable)")
     args = parser.parse_args(argv)
     if args.command == "oracle":
         figures = oracle_figures(args.scenes, vae_dir=args.vae if args.vae.exists() else None)
     else:
+        models = dict(MODELS)
+        if args.model:
+            if not all("=" in spec for spec in args.model):
+                parser.error("--model takes NAME=PATH")
+            models = {name: Path(path) for name, path in (spec.split("=", 1) for spec in args.model)}
         captions = evaluation_captions(args.prompts)
-        figures = {name: model_figures(path, captions) for name, path in MODELS.items()}
+        figures = {name: model_figures(path, captions) for name, path in models.items()}
+        if args.out and args.out.exists():
+            figures = {**json.loads(args.out.read_text()), **figures}
     text = json.dumps(figures, indent=2)
     if getattr(args, "out", None):
         args.out.write_text(text + "\n")
