@@ -143,6 +143,7 @@ def images_import(
     prompts: dict[tuple[str, str, str], Prompt] = {}
     todo: list[tuple[ImageRecord, Prompt]] = []
     present = 0
+    lines: dict[tuple[str, int, int], int] = {}  # (model, prompt, seed) -> line: one prompt named by id and by text
     for record in records:
         if record.model not in models:
             if not create_models:
@@ -155,6 +156,11 @@ def images_import(
         if record.prompt_key not in prompts:
             prompts[record.prompt_key] = _manifest_prompt(path, record)
         prompt = prompts[record.prompt_key]
+        first = lines.setdefault((record.model, prompt.pk, record.seed), record.line)
+        if first != record.line:
+            raise ImageImportError(
+                path, record.line, "seed", f"same (model, prompt, seed) as line {first}; give each image its own seed"
+            )
         model = models.get(record.model)
         stored = (
             set(Image.objects.filter(model_version=model, prompt=prompt, seed=record.seed).values_list("sha256", flat=True))

@@ -29,9 +29,12 @@ class EvaluationCreateForm(forms.Form):
         help_text="Fill the jobs from existing images with the same (model, prompt, seed) and create the rounds now.",
     )
     seed_policy = forms.ChoiceField(
-        choices=EvaluationRound.SeedPolicy.choices, initial=EvaluationRound.SeedPolicy.EVALUATION,
+        choices=EvaluationRound.SeedPolicy.choices, initial=EvaluationRound.SeedPolicy.EVALUATION, required=False,
         help_text="Which existing images fill the jobs; 'any' for images imported with their own seeds.",
     )
+
+    def clean_seed_policy(self):
+        return self.cleaned_data["seed_policy"] or EvaluationRound.SeedPolicy.EVALUATION
 
     def clean_models(self):
         names = [n for n in self.cleaned_data["models"].replace(",", " ").split() if n]

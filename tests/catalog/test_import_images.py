@@ -143,6 +143,8 @@ def test_csv_manifest_with_prompt_text_absolute_paths_and_no_seed(tmp_path, prom
          r"manifest.jsonl:2: field 'colour': unknown field"),
         (lambda rows, folder: rows[4].update(prompt_id="p0", seed=1000),
          r"manifest.jsonl:5: field 'seed': same \(model, prompt, seed\) as line 4"),
+        (lambda rows, folder: rows[4].update(prompt_id=None, prompt="a red cube number 0", seed=1000),
+         r"manifest.jsonl:5: field 'seed': same \(model, prompt, seed\) as line 4"),
     ],
 )
 def test_a_bad_line_names_file_line_and_field_and_nothing_is_written(manifest, media_root, edit, expected):

@@ -112,3 +112,13 @@ def test_holdout_workflow_from_the_command_line(tmp_path, django_capture_on_comm
     data = io.StringIO()
     call_command("evaluation_report", "holdout", "--format", "json", stdout=data)
     assert json.loads(data.getvalue())["evaluation"]["seed_policy"] == "any"
+
+
+def test_the_admin_creates_an_evaluation_of_imported_images_with_the_any_policy(imported, admin_client):
+    prompt_set, _, _, _ = imported
+    response = admin_client.post("/admin/evaluation/evaluationround/add/", {
+        "models": "lab-a lab-b", "prompt_set": prompt_set.pk, "seed": 0, "k": 5, "from_existing": "on",
+        "seed_policy": "any",
+    })
+    assert response.status_code == 302
+    assert EvaluationRound.objects.get().seed_policy == "any"
