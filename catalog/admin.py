@@ -59,8 +59,8 @@ class ImageAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("name", "family", "prediction_type", "pipeline_class", "parent", "created_at")
-    list_filter = ("family", "prediction_type")
+    list_display = ("name", "kind", "family", "prediction_type", "pipeline_class", "parent", "created_at")
+    list_filter = ("kind", "family", "prediction_type")
     search_fields = ("name", "local_path", "notes")
     raw_id_fields = ("parent",)
 

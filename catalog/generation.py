@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from catalog.images import ImageRejected
 from catalog.models import GenerationBatch, GenerationJob, Image, ModelVersion, Prompt
-from catalog.services import generation_job_complete, image_create
+from catalog.services import generation_job_complete, image_create, model_weights_check
 from catalog.signals import generation_batch_done
 from config.celery import enqueue_on_commit
 from training.engine.config import SampleConfig
@@ -75,42 +75,50 @@ def generation_dispatch(*, batch: GenerationBatch | None) -> list[int]:
     batch_id = batch.pk if batch is not None else None
     queued = GenerationJob.objects.filter(batch_id=batch_id, status=GenerationJob.Status.QUEUED)
     model_ids = sorted(set(queued.values_list("model_version_id", flat=True)))
+    for model in ModelVersion.objects.filter(pk__in=model_ids, kind=ModelVersion.Kind.EXTERNAL):
+        model_weights_check(model_version=model, purpose="sampled")
     for model_id in model_ids:
         enqueue_on_commit(GENERATE_TASK, batch_id, model_id)
     return model_ids
 
 
 @transaction.atomic
-def generation_jobs_fill_from_existing(*, batch: GenerationBatch) -> int:
+def generation_jobs_fill_from_existing(*, batch: GenerationBatch, match_seed: bool = True) -> int:
     """Satisfy the batch's unfinished jobs with existing images of the same (model, prompt, seed).
 
-    Returns how many jobs were filled. Where several images match, the oldest is used.
+    Returns how many jobs were filled. Where several images match, the oldest is used. With
+    ``match_seed=False`` (images made elsewhere, with their own seeds) any image of the job's
+    (model, prompt) will do: one with the job's seed if there is one, else the lowest seed (then
+    the oldest); the job takes the image's seed, so a job's image always has the job's seed.
     """
     jobs = list(
         GenerationJob.objects.select_for_update().filter(batch=batch).exclude(status=GenerationJob.Status.DONE)
     )
     if not jobs:
         return 0
-    candidates = (
-        Image.objects.filter(
-            prompt_id__in={j.prompt_id for j in jobs}, model_version_id__in={j.model_version_id for j in jobs},
-            seed__in={j.seed for j in jobs},
-        )
-        .order_by("id")
-        .values_list("id", "model_version_id", "prompt_id", "seed")
+    candidates = Image.objects.filter(
+        prompt_id__in={j.prompt_id for j in jobs}, model_version_id__in={j.model_version_id for j in jobs},
     )
+    if match_seed:
+        candidates = candidates.filter(seed__in={j.seed for j in jobs})
     found: dict[tuple[int, int, int], int] = {}
-    for image_id, model_id, prompt_id, seed in candidates:
+    lowest: dict[tuple[int, int], tuple[int, int]] = {}  # (model, prompt) -> (image id, seed)
+    for image_id, model_id, prompt_id, seed in candidates.order_by("seed", "id").values_list(
+        "id", "model_version_id", "prompt_id", "seed"
+    ):
         found.setdefault((model_id, prompt_id, seed), image_id)
+        lowest.setdefault((model_id, prompt_id), (image_id, seed))
     now = timezone.now()
     filled = []
     for job in jobs:
         image_id = found.get((job.model_version_id, job.prompt_id, job.seed))
+        if image_id is None and not match_seed and (job.model_version_id, job.prompt_id) in lowest:
+            image_id, job.seed = lowest[(job.model_version_id, job.prompt_id)]
         if image_id is not None:
             job.image_id, job.status, job.error, job.finished_at = image_id, GenerationJob.Status.DONE, "", now
             filled.append(job)
     # Small batches: bulk_update builds one CASE per field and row, quadratic in the batch.
-    GenerationJob.objects.bulk_update(filled, ["image", "status", "error", "finished_at"], batch_size=100)
+    GenerationJob.objects.bulk_update(filled, ["image", "seed", "status", "error", "finished_at"], batch_size=100)
     return len(filled)
 
 
@@ -125,6 +133,7 @@ def pool_generation_create(
     """
     if images_per_prompt < 1:
         raise ValueError("images_per_prompt: must be at least 1")
+    model_weights_check(model_version=model_version, purpose="sampled")
     wanted = [
         (prompt, prompt_seed(seed=f"{seed}.{index}", external_id=prompt.external_id))
         for prompt in prompts
@@ -183,6 +192,7 @@ def generation_run(*, batch_id: int | None, model_version_id: int) -> int:
     model = ModelVersion.objects.get(pk=model_version_id)
     stored = 0
     try:
+        model_weights_check(model_version=model, purpose="sampled")
         with tempfile.TemporaryDirectory(prefix="generate-") as tmp:
             record = sample(
                 model.local_path, [job.prompt.text for job in jobs], [job.seed for job in jobs], tmp,

@@ -57,3 +57,25 @@ def validate_image_pixels(value) -> None:
         image_size_check(value.file)
     except ImageRejected as exc:
         raise ValidationError(str(exc), code=exc.code) from None
+
+
+def image_decode_check(handle) -> str:
+    """Decode a whole image file (a binary file), within ``IMAGE_MAX_PIXELS``; returns its format (e.g. "PNG").
+
+    ``image_size_check`` reads only the header; this also checks the data (``verify``) and decodes
+    every pixel (``load``), so a truncated or corrupt file is refused. Raises ImageRejected.
+    """
+    image_size_check(handle)
+    start = handle.tell()
+    try:
+        with PILImage.open(handle) as image:
+            image_format = image.format or ""
+            image.verify()
+        handle.seek(start)
+        with PILImage.open(handle) as image:
+            image.load()
+    except Exception as exc:  # as in image_size_check: every Pillow failure means the file is not a whole image
+        raise ImageRejected(f"does not decode ({type(exc).__name__}: {exc})", code="not_an_image") from None
+    finally:
+        handle.seek(start)
+    return image_format

@@ -85,11 +85,23 @@ class PredictionType(models.TextChoices):
 
 
 class ModelVersion(models.Model):
+    """A model whose images are compared: a diffusers pipeline (it generates and trains), or an
+    external model, known only by the images imported for it (``manage.py import_images``)."""
+
+    class Kind(models.TextChoices):
+        PIPELINE = "pipeline", "pipeline (has weights)"
+        EXTERNAL = "external", "external (imported images only)"
+
     name = models.CharField(max_length=200, unique=True)
-    family = models.CharField(max_length=10, choices=ModelFamily.choices)
-    prediction_type = models.CharField(max_length=20, choices=PredictionType.choices, default=PredictionType.EPSILON)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.PIPELINE)
+    family = models.CharField(max_length=10, choices=ModelFamily.choices, blank=True)
+    prediction_type = models.CharField(
+        max_length=20, choices=PredictionType.choices, default=PredictionType.EPSILON, blank=True
+    )
     pipeline_class = models.CharField(max_length=100, blank=True)
-    local_path = models.CharField(max_length=1000, help_text="A diffusers pipeline directory.")
+    local_path = models.CharField(
+        max_length=1000, blank=True, help_text="A diffusers pipeline directory (empty for an external model)."
+    )
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children",
         help_text="The model this one was post-trained from.",
@@ -99,9 +111,20 @@ class ModelVersion(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(kind="pipeline") & ~models.Q(local_path=""))
+                | (models.Q(kind="external") & models.Q(local_path="")),
+                name="model_version_path_iff_pipeline",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_external(self) -> bool:
+        return self.kind == self.Kind.EXTERNAL
 
 
 def image_upload_to(instance: Image, filename: str) -> str:

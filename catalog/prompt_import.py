@@ -22,12 +22,18 @@ from pathlib import Path
 FORMATS = ("parti", "dsg", "jsonl", "csv")
 
 
-class PromptImportError(ValueError):
+class ImportFileError(ValueError):
+    """A bad import file (prompts, an image manifest): ``PATH[:LINE]: field 'F': message``."""
+
     def __init__(self, path: Path | str, line: int | None, field_name: str | None, message: str):
         self.path, self.line, self.field_name = str(path), line, field_name
         location = self.path if line is None else f"{self.path}:{line}"
         what = f" field '{field_name}':" if field_name else ""
         super().__init__(f"{location}:{what} {message}")
+
+
+class PromptImportError(ImportFileError):
+    pass
 
 
 @dataclass
@@ -380,8 +386,8 @@ def _plain_record(path: Path, line: int, row: dict) -> PromptRecord:
     )
 
 
-def _parse_jsonl(path: Path, warnings: list[str]) -> list[PromptRecord]:
-    records = []
+def json_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """The JSON objects of a JSONL file with their line numbers; blank lines are skipped."""
     with _open(path) as f:
         for line, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -396,8 +402,30 @@ def _parse_jsonl(path: Path, warnings: list[str]) -> list[PromptRecord]:
                 raise PromptImportError(path, line, None, f"invalid JSON: {exc}") from None
             if not isinstance(row, dict):
                 raise PromptImportError(path, line, None, "expected a JSON object")
-            records.append(_plain_record(path, line, row))
-    return records
+            yield line, row
+
+
+def table_rows(path: str | Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    """The rows of a JSONL (``.jsonl``, ``.ndjson``) or CSV (``.csv``) file, told apart by the name.
+
+    CSV rows must have the ``required`` columns; every error is an ``ImportFileError`` naming the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PromptImportError(path, None, None, "no such file")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".csv"):
+        raise PromptImportError(path, None, None, "expected a .jsonl or .csv file")
+    try:
+        yield from json_rows(path) if suffix != ".csv" else _dict_rows(path, ",", required)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+    except OSError as exc:
+        raise PromptImportError(path, None, None, f"cannot read: {exc.strerror}") from None
+
+
+def _parse_jsonl(path: Path, warnings: list[str]) -> list[PromptRecord]:
+    return [_plain_record(path, line, row) for line, row in json_rows(path)]
 
 
 def _parse_csv(path: Path, warnings: list[str]) -> list[PromptRecord]:

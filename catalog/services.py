@@ -14,6 +14,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
+from catalog.image_import import ImageImportError, ImageRecord, parse_image_manifest
 from catalog.images import image_size_check
 from catalog.models import AlignmentQuestion, GenerationJob, Image, ModelVersion, Prompt, PromptSet
 from catalog.prompt_import import PromptImportError, PromptRecord, parse_prompt_file
@@ -94,6 +95,133 @@ def model_register(
         parent=parent,
         notes=notes,
     )
+
+
+class ExternalModelError(ValueError):
+    """An external model (no weights) asked to do what needs weights; the message is one line."""
+
+    code = "external_model"
+
+
+def model_weights_check(*, model_version: ModelVersion, purpose: str) -> None:
+    """Raise ExternalModelError when ``model_version`` has no weights to be ``purpose`` (e.g. "trained")."""
+    if model_version.is_external:
+        raise ExternalModelError(
+            f"model '{model_version.name}' is external (imported images, no weights): it cannot be {purpose}"
+        )
+
+
+def external_model_register(*, name: str, notes: str = "") -> ModelVersion:
+    """Register a model known only by its images (``manage.py import_images --create-models``)."""
+    return ModelVersion.objects.create(name=name, kind=ModelVersion.Kind.EXTERNAL, notes=notes)
+
+
+# --- image import -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageImportResult:
+    created: int
+    present: int
+    models_created: list[str]
+
+
+def images_import(
+    *, path: str | Path, default_prompt_set: str = "", create_models: bool = False
+) -> ImageImportResult:
+    """Import the images a manifest lists (``catalog.image_import``): all of them, or nothing.
+
+    Every line is checked first (file, decode, pixel limit, sha256, model, prompt, clashes with
+    stored images); then the images are stored in one transaction, and a failure removes the
+    files already copied. An image already stored with the same (model, prompt, seed) and the
+    same sha256 is counted as present, so importing the same manifest again changes nothing.
+    """
+    records = parse_image_manifest(path, default_prompt_set=default_prompt_set)
+    path = Path(path)
+    models = {m.name: m for m in ModelVersion.objects.filter(name__in={r.model for r in records})}
+    name_limit = ModelVersion._meta.get_field("name").max_length
+    prompts: dict[tuple[str, str, str], Prompt] = {}
+    todo: list[tuple[ImageRecord, Prompt]] = []
+    present = 0
+    lines: dict[tuple[str, int, int], int] = {}  # (model, prompt, seed) -> line: one prompt named by id and by text
+    for record in records:
+        if record.model not in models:
+            if not create_models:
+                raise ImageImportError(
+                    path, record.line, "model",
+                    f"no model named '{record.model}' (--create-models registers it as an external model)",
+                )
+            if len(record.model) > name_limit:
+                raise ImageImportError(path, record.line, "model", f"longer than {name_limit} characters")
+        if record.prompt_key not in prompts:
+            prompts[record.prompt_key] = _manifest_prompt(path, record)
+        prompt = prompts[record.prompt_key]
+        first = lines.setdefault((record.model, prompt.pk, record.seed), record.line)
+        if first != record.line:
+            raise ImageImportError(
+                path, record.line, "seed", f"same (model, prompt, seed) as line {first}; give each image its own seed"
+            )
+        model = models.get(record.model)
+        stored = (
+            set(Image.objects.filter(model_version=model, prompt=prompt, seed=record.seed).values_list("sha256", flat=True))
+            if model is not None else set()
+        )
+        if record.sha256 in stored:
+            present += 1
+        elif stored:
+            raise ImageImportError(
+                path, record.line, "path",
+                f"model '{record.model}', prompt '{prompt.external_id}', seed {record.seed} already has a different "
+                "image; give this one its own seed",
+            )
+        else:
+            todo.append((record, prompt))
+    return _images_write(path=path, todo=todo, models=models, present=present)
+
+
+def _manifest_prompt(path: Path, record: ImageRecord) -> Prompt:
+    in_set = Prompt.objects.filter(prompt_set__name=record.prompt_set)
+    if not PromptSet.objects.filter(name=record.prompt_set).exists():
+        raise ImageImportError(path, record.line, "prompt_set", f"no prompt set named '{record.prompt_set}'")
+    if record.prompt_id:
+        prompt = in_set.filter(external_id=record.prompt_id).first()
+        if prompt is None:
+            raise ImageImportError(
+                path, record.line, "prompt_id", f"no prompt with id '{record.prompt_id}' in '{record.prompt_set}'"
+            )
+        return prompt
+    matches = list(in_set.filter(text=record.prompt_text)[:2])
+    if not matches:
+        raise ImageImportError(path, record.line, "prompt", f"no prompt with this text in '{record.prompt_set}'")
+    if len(matches) > 1:
+        raise ImageImportError(path, record.line, "prompt", "several prompts have this text; give prompt_id")
+    return matches[0]
+
+
+def _images_write(
+    *, path: Path, todo: list[tuple[ImageRecord, Prompt]], models: dict[str, ModelVersion], present: int
+) -> ImageImportResult:
+    copied = []  # the stored files, removed again when the transaction fails
+    models_created: list[str] = []
+    try:
+        with transaction.atomic():
+            for record, prompt in todo:
+                if record.model not in models:
+                    models[record.model] = external_model_register(name=record.model, notes=f"imported from {path.name}")
+                    models_created.append(record.model)
+                data = record.path.read_bytes()
+                if hashlib.sha256(data).hexdigest() != record.sha256:
+                    raise ImageImportError(path, record.line, "path", f"{record.path} changed while importing")
+                image = image_create(
+                    prompt=prompt, model_version=models[record.model], seed=record.seed, sampler=record.sampler,
+                    data=data,
+                )
+                copied.append(image.file)
+    except BaseException:
+        for stored in copied:
+            stored.storage.delete(stored.name)
+        raise
+    return ImageImportResult(created=len(todo), present=present, models_created=models_created)
 
 
 # --- prompt import ----------------------------------------------------------------------

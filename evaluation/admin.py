@@ -7,10 +7,9 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from catalog.generation import generation_jobs_fill_from_existing
 from catalog.models import GenerationJob, ModelVersion, PromptSet
 from evaluation.models import EvaluationModel, EvaluationRound
-from evaluation.services import EvaluationError, evaluation_annotation_create, evaluation_start
+from evaluation.services import EvaluationError, evaluation_annotation_create, evaluation_jobs_fill, evaluation_start
 from evaluation.summaries import describe_missing, describe_start
 
 
@@ -29,6 +28,13 @@ class EvaluationCreateForm(forms.Form):
         required=False, initial=True,
         help_text="Fill the jobs from existing images with the same (model, prompt, seed) and create the rounds now.",
     )
+    seed_policy = forms.ChoiceField(
+        choices=EvaluationRound.SeedPolicy.choices, initial=EvaluationRound.SeedPolicy.EVALUATION, required=False,
+        help_text="Which existing images fill the jobs; 'any' for images imported with their own seeds.",
+    )
+
+    def clean_seed_policy(self):
+        return self.cleaned_data["seed_policy"] or EvaluationRound.SeedPolicy.EVALUATION
 
     def clean_models(self):
         names = [n for n in self.cleaned_data["models"].replace(",", " ").split() if n]
@@ -55,7 +61,7 @@ class EvaluationModelInline(admin.TabularInline):
 def fill_and_create_rounds_action(modeladmin, request, queryset):
     for evaluation in queryset:
         try:
-            filled = generation_jobs_fill_from_existing(batch=evaluation.generation_batch)
+            filled = evaluation_jobs_fill(evaluation=evaluation)
             build = evaluation_annotation_create(evaluation=evaluation, created_by=request.user)
         except EvaluationError as exc:
             modeladmin.message_user(request, f"{evaluation}: {exc}", level=messages.ERROR)
@@ -71,11 +77,11 @@ def fill_and_create_rounds_action(modeladmin, request, queryset):
 
 @admin.register(EvaluationRound)
 class EvaluationRoundAdmin(admin.ModelAdmin):
-    list_display = ("name", "models", "prompt_set", "limit", "seed", "k", "status", "images", "report", "created_at")
+    list_display = ("name", "models", "prompt_set", "limit", "seed", "seed_policy", "k", "status", "images", "report", "created_at")
     list_filter = ("status", "prompt_set")
     search_fields = ("name", "entries__model_version__name")
     readonly_fields = (
-        "prompt_set", "limit", "seed", "k", "annotation_rounds", "missing_prompts", "created_by", "created_at",
+        "prompt_set", "limit", "seed", "seed_policy", "k", "annotation_rounds", "missing_prompts", "created_by", "created_at",
     )
     inlines = [EvaluationModelInline]
     actions = [fill_and_create_rounds_action]
@@ -113,7 +119,7 @@ class EvaluationRoundAdmin(admin.ModelAdmin):
                 result = evaluation_start(
                     model_versions=data["models"], prompt_set=data["prompt_set"], limit=data["limit"],
                     seed=data["seed"], k=data["k"], name=data["name"], from_existing=data["from_existing"],
-                    created_by=request.user,
+                    seed_policy=data["seed_policy"], created_by=request.user,
                 )
             except EvaluationError as exc:
                 form.add_error(None, f"{exc} (nothing was created)")

@@ -19,6 +19,10 @@ class EvaluationRound(models.Model):
         ANNOTATING = "annotating", "annotation rounds created"
         CLOSED = "closed"
 
+    class SeedPolicy(models.TextChoices):
+        EVALUATION = "evaluation", "the evaluation's seed: one per prompt, the same for every model"
+        ANY = "any", "any seed: any existing image of the (model, prompt)"
+
     name = models.CharField(max_length=200, unique=True)
     prompt_set = models.ForeignKey("catalog.PromptSet", on_delete=models.PROTECT, related_name="evaluations")
     limit = models.PositiveIntegerField(
@@ -26,6 +30,10 @@ class EvaluationRound(models.Model):
     )
     seed = models.BigIntegerField(default=0, help_text="Derives each prompt's image seed and the prompt sample.")
     k = models.PositiveSmallIntegerField(default=5, help_text="Judgments per item in the annotation rounds.")
+    seed_policy = models.CharField(
+        max_length=10, choices=SeedPolicy.choices, default=SeedPolicy.EVALUATION,
+        help_text="Which existing images may fill the jobs (images imported with their own seeds need 'any').",
+    )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.GENERATING, db_index=True)
     generation_batch = models.OneToOneField(
         "catalog.GenerationBatch", on_delete=models.PROTECT, related_name="evaluation",

@@ -44,6 +44,7 @@ def _text(report: dict[str, Any]) -> str:
     lines = [
         f"Evaluation {evaluation['id']}: {evaluation['name']}",
         f"Prompts: {evaluation['prompt_set']}; models in order: {', '.join(evaluation['models'])}; K = {evaluation['k']}",
+        *_seed_policy_lines(evaluation),
         "",
         report_format.render_text(report["table"]).rstrip("\n"),
         "",
@@ -125,3 +126,10 @@ def write_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _seed_policy_lines(evaluation: dict[str, Any]) -> list[str]:
+    # Reports stored before seed policies existed lack the key.
+    if "seed_policy" not in evaluation:
+        return []
+    return [f"Images: seed policy '{evaluation['seed_policy']}', {evaluation['seed_policy_label']}"]

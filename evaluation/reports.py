@@ -213,6 +213,7 @@ def report_from_data(
             "id": evaluation.pk, "name": evaluation.name, "prompt_set": evaluation.prompt_set.name,
             "models": [name for _, name in data.models], "seed": evaluation.seed, "k": evaluation.k,
             "status": evaluation.status, "missing_prompts": len(evaluation.missing_prompts or []),
+            "seed_policy": evaluation.seed_policy, "seed_policy_label": evaluation.get_seed_policy_display(),
         },
         table=table,
         comparisons=comparisons,

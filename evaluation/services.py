@@ -37,9 +37,13 @@ class EvaluationError(Exception):
 @transaction.atomic
 def evaluation_create(
     *, model_versions: Sequence[ModelVersion], prompt_set: PromptSet, limit: int | None = None, seed: int = 0,
-    k: int = 5, name: str = "", created_by=None,
+    k: int = 5, name: str = "", seed_policy: str = EvaluationRound.SeedPolicy.EVALUATION, created_by=None,
 ) -> EvaluationRound:
     """Create an evaluation round and one generation job per prompt per model (same seed per prompt)."""
+    if seed_policy not in EvaluationRound.SeedPolicy.values:
+        raise EvaluationError(
+            f"expected one of {', '.join(EvaluationRound.SeedPolicy.values)}, got {seed_policy!r}", field="seed_policy"
+        )
     if len(model_versions) < 2:
         raise EvaluationError("an evaluation compares at least 2 models", field="models")
     duplicates = sorted({m.name for m in model_versions if list(model_versions).count(m) > 1})
@@ -57,7 +61,8 @@ def evaluation_create(
         raise EvaluationError(f"an evaluation named {name!r} already exists", field="name")
     batch = generation_batch_create(model_versions=model_versions, prompts=prompts, seed=seed, label=f"evaluation {name}")
     evaluation = EvaluationRound.objects.create(
-        name=name, prompt_set=prompt_set, limit=limit, seed=seed, k=k, generation_batch=batch, created_by=created_by,
+        name=name, prompt_set=prompt_set, limit=limit, seed=seed, k=k, seed_policy=seed_policy, generation_batch=batch,
+        created_by=created_by,
     )
     EvaluationModel.objects.bulk_create(
         [EvaluationModel(evaluation_round=evaluation, model_version=m, position=i) for i, m in enumerate(model_versions)]
@@ -165,32 +170,54 @@ class EvaluationStart:
 @transaction.atomic
 def evaluation_start(
     *, model_versions: Sequence[ModelVersion], prompt_set: PromptSet, limit: int | None = None, seed: int = 0,
-    k: int = 5, name: str = "", from_existing: bool = False, created_by=None,
+    k: int = 5, name: str = "", from_existing: bool = False,
+    seed_policy: str = EvaluationRound.SeedPolicy.EVALUATION, created_by=None,
 ) -> EvaluationStart:
     """Create an evaluation and its jobs; with ``from_existing``, fill them and create the rounds now.
 
     Otherwise the jobs go to `gpu` workers once this transaction commits, and the annotation
-    rounds are created when the last image is done.
+    rounds are created when the last image is done; an external model (no weights) cannot
+    generate, so it needs ``from_existing``. ``seed_policy`` says which existing images fill the
+    jobs: ``evaluation`` (the job's seed) or ``any`` (any image of the job's model and prompt).
 
     All or nothing: with ``from_existing`` and not one prompt with every image, nothing is kept.
     """
+    if not from_existing:
+        external = [m.name for m in model_versions if m.is_external]
+        if external:
+            raise EvaluationError(
+                f"model '{external[0]}' has no weights: import its images and use --from-existing", field="models"
+            )
+        if seed_policy != EvaluationRound.SeedPolicy.EVALUATION:
+            raise EvaluationError("applies to existing images only: use it with --from-existing", field="seed_policy")
     evaluation = evaluation_create(
         model_versions=model_versions, prompt_set=prompt_set, limit=limit, seed=seed, k=k, name=name,
-        created_by=created_by,
+        seed_policy=seed_policy, created_by=created_by,
     )
     jobs = evaluation.jobs.count()
     filled, build = 0, None
     if from_existing:
-        filled = generation_jobs_fill_from_existing(batch=evaluation.generation_batch)
+        filled = evaluation_jobs_fill(evaluation=evaluation)
         if filled == 0:
-            raise EvaluationError(
-                f"no existing image matches any of the {jobs} (model, prompt, seed) jobs", field="from_existing"
-            )
+            if evaluation.seed_policy == EvaluationRound.SeedPolicy.EVALUATION:
+                detail = f"no existing image matches any of the {jobs} (model, prompt, seed) jobs" + (
+                    " (for images made with other seeds: --seed-policy any)"
+                )
+            else:
+                detail = f"no existing image matches any of the {jobs} (model, prompt) jobs"
+            raise EvaluationError(detail, field="from_existing")
         build = evaluation_annotation_create(evaluation=evaluation, created_by=created_by)
         evaluation.refresh_from_db()
     else:
         generation_dispatch(batch=evaluation.generation_batch)
     return EvaluationStart(evaluation=evaluation, jobs=jobs, filled=filled, build=build)
+
+
+def evaluation_jobs_fill(*, evaluation: EvaluationRound) -> int:
+    """Fill the evaluation's unfinished jobs from existing images, under its seed policy; returns how many."""
+    return generation_jobs_fill_from_existing(
+        batch=evaluation.generation_batch, match_seed=evaluation.seed_policy == EvaluationRound.SeedPolicy.EVALUATION
+    )
 
 
 # --- the stored report ---------------------------------------------------------------------

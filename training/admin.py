@@ -28,7 +28,9 @@ class TrainingRoundForm(forms.Form):
         Round.objects.filter(kind__in=kinds_with_pairs()),
         help_text="Its winner/loser pairs become the training data.",
     )
-    base_model = forms.ModelChoiceField(ModelVersion.objects.all())
+    base_model = forms.ModelChoiceField(
+        ModelVersion.objects.filter(kind=ModelVersion.Kind.PIPELINE), help_text="External models have no weights to train.",
+    )
     config = forms.ChoiceField(choices=config_choices, help_text="An example config from training/configs/.")
     overrides = forms.CharField(
         required=False, widget=forms.Textarea(attrs={"rows": 4}),

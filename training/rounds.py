@@ -15,12 +15,17 @@ from django.conf import settings
 from annotation.exports import ExportResult, preferences_export
 from annotation.models import Round
 from catalog.models import ModelVersion, PromptSet
+from catalog.services import ExternalModelError, model_weights_check
 from training.models import TrainingRun
 from training.services import training_config_validate, training_run_create
 
 
 class TrainingRoundError(ValueError):
-    """A refused training round; nothing was created."""
+    """A refused training round; nothing was created. ``code`` says why, for machines."""
+
+    def __init__(self, message: str, *, code: str = "invalid"):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ def training_round_launch(
     The base model's directory and the configuration are checked before anything is written; the export is immutable and
     content-addressed, so launching twice from the same judgments reuses the same dataset.
     """
+    try:
+        model_weights_check(model_version=base_model, purpose="trained")
+    except ExternalModelError as exc:
+        raise TrainingRoundError(f"--base-model: {exc}", code=exc.code) from exc
     if not Path(base_model.local_path).is_dir():
         raise TrainingRoundError(
             f"base model '{base_model.name}': its pipeline directory {base_model.local_path} does not exist"

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog.models import ModelVersion
-from catalog.services import RegistrationError, model_register
+from catalog.services import RegistrationError, model_register, model_weights_check
 from config.celery import enqueue_on_commit
 from training.models import TrainingRun, WorkerHeartbeat
 from training.signals import training_run_succeeded
@@ -63,7 +63,11 @@ def training_run_create(
     *, name: str, base_model: ModelVersion, dataset_path: str, config: dict, created_by=None,
     source_round=None, follow_up: dict | None = None,
 ) -> TrainingRun:
-    """Create a queued run and send it to a GPU worker once this transaction commits."""
+    """Create a queued run and send it to a GPU worker once this transaction commits.
+
+    Raises ExternalModelError for a base model without weights.
+    """
+    model_weights_check(model_version=base_model, purpose="trained")
     training_config_validate(base_model=base_model, dataset_path=dataset_path, config=config)
     if ModelVersion.objects.filter(name=name).exists():
         raise RegistrationError(f"a model named '{name}' exists; the run's checkpoint would take that name")

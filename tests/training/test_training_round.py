@@ -126,3 +126,19 @@ def test_researchers_launch_a_training_round_from_the_admin(judged_round, eager_
     run = TrainingRun.objects.get(name="from-admin")
     assert launched.status_code == 302 and launched["Location"].endswith(f"/{run.pk}/change/")
     assert run.source_round == round_ and run.config["max_train_steps"] == 2 and "pretrained_model" not in run.config
+
+
+def test_launch_refuses_an_external_model_before_exporting_anything(eager_tasks, judged_round, tmp_path, settings):
+    from catalog.services import external_model_register
+
+    external_model_register(name="lab-a")
+    config = tmp_path / "simpo.toml"
+    config.write_text(CONFIG)
+    with pytest.raises(CommandError) as refused:
+        call_command("launch_training_round", "prefs", "--base-model", "lab-a", "--config", str(config), "--name", "x")
+    message = str(refused.value)
+    assert message == (
+        "--base-model: model 'lab-a' is external (imported images, no weights): it cannot be trained (nothing was launched)"
+    )
+    assert not TrainingRun.objects.exists()
+    assert not (Path(settings.ARTIFACTS_ROOT) / "preferences").exists()

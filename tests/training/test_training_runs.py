@@ -119,3 +119,13 @@ def test_a_failing_run_records_the_error_and_can_not_be_claimed_again(base_model
     assert run.status == TrainingRun.Status.FAILED and "missing.png" in run.error
     assert tasks.gpu_train_run.apply(args=[run.pk]).get() == "skipped"
     assert not ModelVersion.objects.filter(name="broken").exists()
+
+
+def test_a_run_on_an_external_model_is_refused_with_its_code(sft_folder, artifacts):
+    from catalog.services import ExternalModelError, external_model_register
+
+    model = external_model_register(name="lab-a")
+    with pytest.raises(ExternalModelError, match="model 'lab-a' is external .*cannot be trained") as refused:
+        services.training_run_create(name="x", base_model=model, dataset_path=str(sft_folder), config=dict(TINY_SFT))
+    assert refused.value.code == "external_model"
+    assert not TrainingRun.objects.exists() and not OutboxMessage.objects.exists()

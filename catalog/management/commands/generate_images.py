@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from catalog.generation import pool_generation_create
 from catalog.models import ModelVersion, PromptSet
+from catalog.services import ExternalModelError
 from catalog.selectors import prompts_select
 
 
@@ -28,9 +29,12 @@ class Command(BaseCommand):
         if images_per_prompt < 1:
             raise CommandError("--images-per-prompt: must be at least 1")
         selected = prompts_select(prompt_set=prompt_set, limit=limit, seed=seed)
-        new, existing = pool_generation_create(
-            model_version=model_version, prompts=selected, images_per_prompt=images_per_prompt, seed=seed
-        )
+        try:
+            new, existing = pool_generation_create(
+                model_version=model_version, prompts=selected, images_per_prompt=images_per_prompt, seed=seed
+            )
+        except ExternalModelError as exc:
+            raise CommandError(f"--model: {exc}") from exc
         self.stdout.write(
             f"{new} images queued on the gpu queue for '{model}' ({existing} already queued or made) "
             f"over {len(selected)} prompts; then: create_round --kind best_worst --models {model} "

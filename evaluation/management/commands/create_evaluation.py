@@ -2,6 +2,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from catalog.models import ModelVersion, PromptSet
+from evaluation.models import EvaluationRound
 from evaluation.services import EvaluationError, evaluation_start
 from evaluation.summaries import describe_missing, describe_start
 
@@ -22,11 +23,17 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="", help="Name of the evaluation (default: models, set and seed).")
         parser.add_argument(
             "--from-existing", action="store_true",
-            help="Fill the jobs from existing images with the same (model, prompt, seed) and create the rounds now.",
+            help="Fill the jobs from existing images (see --seed-policy) and create the rounds now; "
+            "needed for external models.",
+        )
+        parser.add_argument(
+            "--seed-policy", choices=EvaluationRound.SeedPolicy.values, default=EvaluationRound.SeedPolicy.EVALUATION,
+            help="With --from-existing: 'evaluation' (default) takes images with the prompt's evaluation seed; "
+            "'any' takes any image of the (model, prompt), e.g. imported ones (the lowest seed where several).",
         )
         parser.add_argument("--user", help="Username recorded as the creator.")
 
-    def handle(self, *args, models, prompts, limit, seed, k, name, from_existing, user, **options):
+    def handle(self, *args, models, prompts, limit, seed, k, name, from_existing, seed_policy, user, **options):
         found = {m.name: m for m in ModelVersion.objects.filter(name__in=models)}
         unknown = [m for m in models if m not in found]
         if unknown:
@@ -42,7 +49,7 @@ class Command(BaseCommand):
         try:
             result = evaluation_start(
                 model_versions=[found[m] for m in models], prompt_set=prompt_set, limit=limit, seed=seed, k=k,
-                name=name, from_existing=from_existing, created_by=created_by,
+                name=name, from_existing=from_existing, seed_policy=seed_policy, created_by=created_by,
             )
         except EvaluationError as exc:
             raise CommandError(f"{exc} (nothing was created)") from exc
