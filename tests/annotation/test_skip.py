@@ -294,3 +294,27 @@ def test_every_next_gives_new_work_or_says_none_is_left(case, settings):
         doubles = Judgment.objects.values("item", "annotator").annotate(n=Count("id")).filter(n__gt=1)
         assert not doubles.exists()
         transaction.set_rollback(True)
+
+
+def test_the_admin_counts_and_lists_skips():
+    from django.test import Client
+
+    from annotation.models import AnnotatorProfile
+    from tests.factories import ResearcherFactory
+
+    round_ = pairwise_round(n_items=2, k=2)
+    (person,) = annotators(1)
+    task = next_task(round_, person)
+    assignment.lease_skip(annotator=person, lease_id=task.lease.id, reason="not_my_expertise")
+    AnnotatorProfile.objects.get_or_create(user=person)
+    client = Client()
+    client.force_login(ResearcherFactory())
+    listing = client.get("/admin/annotation/item/?skipped=yes")
+    assert listing.status_code == 200
+    assert f"/admin/annotation/item/{task.lease.item_id}/change/" in listing.content.decode()
+    assert f"/admin/annotation/item/{task.lease.item_id}/" not in client.get("/admin/annotation/item/?skipped=no").content.decode()
+    page = client.get(f"/admin/annotation/item/{task.lease.item_id}/change/").content.decode()
+    assert "Not my expertise" in page and person.username in page
+    assert client.get("/admin/annotation/lease/?skip_reason=not_my_expertise").status_code == 200
+    profiles = client.get("/admin/annotation/annotatorprofile/")
+    assert profiles.status_code == 200 and "Skips" in profiles.content.decode()
