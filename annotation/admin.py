@@ -1,16 +1,24 @@
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.db.models import Count, Q
 
 from annotation.models import Aggregate, AlignmentAnswer, AnnotatorProfile, Item, ItemImage, Judgment, Lease, Round
 
 
 @admin.register(AnnotatorProfile)
 class AnnotatorProfileAdmin(admin.ModelAdmin):
-    list_display = ("user", "synthetic")
+    list_display = ("user", "synthetic", "skip_count")
     list_filter = ("synthetic",)
     search_fields = ("user__username",)
     raw_id_fields = ("user",)
     readonly_fields = ("submit_tokens", "submit_tokens_at")
+
+    def get_queryset(self, request):
+        skips = Count("user__leases", filter=Q(user__leases__state=Lease.State.SKIPPED))
+        return super().get_queryset(request).annotate(_skips=skips)
+
+    @admin.display(description="skips", ordering="_skips")
+    def skip_count(self, obj):
+        return obj._skips
 
 
 @admin.action(description="Export preferences (winner/loser pairs) of the selected rounds")
@@ -98,15 +106,53 @@ class AggregateInline(admin.StackedInline):
     readonly_fields = [f.name for f in Aggregate._meta.fields if f.name != "item"]
 
 
+class SkipInline(admin.TabularInline):
+    """The item's skips: who declined it, why and when."""
+
+    model = Lease
+    verbose_name, verbose_name_plural = "skip", "skips"
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("annotator", "skip_reason", "skipped_at")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(state=Lease.State.SKIPPED).select_related("annotator")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class SkippedFilter(admin.SimpleListFilter):
+    title, parameter_name = "skipped", "skipped"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "skipped by someone"), ("no", "never skipped"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(_skips__gt=0)
+        if self.value() == "no":
+            return queryset.filter(_skips=0)
+        return queryset
+
+
 @admin.register(Item)
 class ItemAdmin(admin.ModelAdmin):
-    list_display = ("id", "round", "prompt", "is_gold", "slots_taken", "outcome", "n_judgments")
-    list_filter = ("round", "is_gold", "round__kind", "aggregate__outcome", "aggregate__no_majority")
+    list_display = ("id", "round", "prompt", "is_gold", "slots_taken", "outcome", "n_judgments", "skip_count")
+    list_filter = ("round", "is_gold", "round__kind", "aggregate__outcome", "aggregate__no_majority", SkippedFilter)
     search_fields = ("=id", "prompt__text", "item_images__image__public_id", "=item_images__public_id")
     raw_id_fields = ("prompt",)
     readonly_fields = ("slots_taken", "k", "created_at")
     list_select_related = ("round", "prompt", "aggregate")
-    inlines = [ItemImageInline, AggregateInline]
+    inlines = [ItemImageInline, AggregateInline, SkipInline]
+
+    def get_queryset(self, request):
+        skips = Count("leases", filter=Q(leases__state=Lease.State.SKIPPED), distinct=True)
+        return super().get_queryset(request).annotate(_skips=skips)
+
+    @admin.display(description="skips", ordering="_skips")
+    def skip_count(self, obj):
+        return obj._skips
 
     @admin.display(description="outcome", ordering="aggregate__outcome")
     def outcome(self, obj):
@@ -119,8 +165,8 @@ class ItemAdmin(admin.ModelAdmin):
 
 @admin.register(Lease)
 class LeaseAdmin(admin.ModelAdmin):
-    list_display = ("id", "round", "item", "annotator", "state", "leased_at", "expires_at")
-    list_filter = ("state", "round")
+    list_display = ("id", "round", "item", "annotator", "state", "skip_reason", "leased_at", "expires_at")
+    list_filter = ("state", "skip_reason", "round")
     search_fields = ("annotator__username", "=item__id")
     raw_id_fields = ("item", "annotator", "round")
 

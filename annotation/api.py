@@ -39,6 +39,8 @@ from annotation.serializers import (
     ResearchItemSerializer,
     ResearchJudgmentSerializer,
     RoundSerializer,
+    SkipRequestSerializer,
+    SkipResponseSerializer,
     SubmitRequestSerializer,
     SubmitResponseSerializer,
     UndoRequestSerializer,
@@ -104,7 +106,9 @@ ERRORS = {
     401: OpenApiResponse(ErrorSerializer, description="not_authenticated / authentication_failed (token)"),
     403: OpenApiResponse(ErrorSerializer, description="not_authenticated / permission_denied / csrf_failed"),
     404: OpenApiResponse(ErrorSerializer, description="not_found"),
-    409: OpenApiResponse(ErrorSerializer, description="lease_expired / already_judged / round_closed / undo refused"),
+    409: OpenApiResponse(
+        ErrorSerializer, description="lease_expired / already_judged / skipped / round_closed / undo refused"
+    ),
     429: OpenApiResponse(ErrorSerializer, description="throttled; see Retry-After"),
 }
 
@@ -184,6 +188,22 @@ class SubmitView(AnnotatorAPIView):
         if round_ is None:
             return None
         return assignment.item_next_for_annotator(round_=round_, annotator=request.user, exclude=exclude)
+
+
+class SkipView(AnnotatorAPIView):
+    @extend_schema(request=SkipRequestSerializer, responses={200: SkipResponseSerializer, **ERRORS}, tags=["annotate"])
+    def post(self, request):
+        params = SkipRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        result = assignment.lease_skip(
+            annotator=request.user, lease_id=data["lease"], reason=data["reason"],
+            next_exclude=data["exclude"] if data["next"] else None,
+        )
+        body = {"skipped": str(result.lease_id), "replayed": result.replayed}
+        if data["next"]:
+            body["next"] = selectors.task_payload(result.next_task) if result.next_task else None
+        return Response(body)
 
 
 class UndoView(AnnotatorAPIView):

@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/annotate/progress/", api.ProgressView.as_view(), name="annotate-progress"),
     path("api/annotate/rounds/<int:round_id>/next/", api.NextView.as_view(), name="annotate-next"),
     path("api/annotate/submit/", api.SubmitView.as_view(), name="annotate-submit"),
+    path("api/annotate/skip/", api.SkipView.as_view(), name="annotate-skip"),
     path("api/annotate/undo/", api.UndoView.as_view(), name="annotate-undo"),
     path("api/research/", include(research.urls)),
     re_path(r"^api/(?P<path>.*)$", api.not_found),  # after every API route: the rest of /api/ answers JSON

@@ -3,7 +3,8 @@
     ANNOTATION_UNDO_SECONDS          how long after a submission it can be undone (60)
     ANNOTATION_SUBMIT_RATE           sustained submissions per second per annotator (2.0)
     ANNOTATION_SUBMIT_BURST          submissions allowed in a burst (10)
-    ANNOTATION_MAX_LEASES            leases one annotator holds per round: current + preloaded (2)
+    ANNOTATION_MAX_LEASES            leases one annotator holds per round: current + preloaded (2); asking
+                                     for one more releases the oldest (see docs/annotation-api.md, next)
     ANNOTATION_RECLAIM_INTERVAL      seconds between reclaims of expired leases, per process (5.0)
     LOGIN_FAILURE_LIMIT              wrong passwords for one account that lock it (5)
     LOGIN_IP_FAILURE_LIMIT           wrong passwords from one client address, any accounts, that lock it (50)

@@ -148,12 +148,22 @@ class ItemImage(models.Model):
 
 
 class Lease(models.Model):
-    """An item reserved for one annotator until `expires_at`; one row per (item, annotator)."""
+    """An item reserved for one annotator until `expires_at`; one row per (item, annotator).
+
+    ``expired``: timed out, or released for another item; the item goes to this annotator again only
+    when nothing else is left. ``skipped``: declined with a reason; never offered to them again.
+    """
 
     class State(models.TextChoices):
         HELD = "held"
         SUBMITTED = "submitted"
         EXPIRED = "expired"
+        SKIPPED = "skipped"
+
+    class SkipReason(models.TextChoices):
+        IMAGE_DOES_NOT_LOAD = "image_does_not_load", "The image does not load"
+        CANNOT_JUDGE = "cannot_judge", "I cannot judge this item"
+        NOT_MY_EXPERTISE = "not_my_expertise", "Not my expertise"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="leases")
@@ -164,10 +174,19 @@ class Lease(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     leased_at = models.DateTimeField()
     expires_at = models.DateTimeField()
+    skip_reason = models.CharField(max_length=20, choices=SkipReason.choices, blank=True, default="")
+    skipped_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-leased_at"]
-        constraints = [models.UniqueConstraint(fields=["item", "annotator"], name="unique_lease_item_annotator")]
+        constraints = [
+            models.UniqueConstraint(fields=["item", "annotator"], name="unique_lease_item_annotator"),
+            models.CheckConstraint(
+                condition=(models.Q(state="skipped") & ~models.Q(skip_reason="") & models.Q(skipped_at__isnull=False))
+                | (~models.Q(state="skipped") & models.Q(skip_reason="") & models.Q(skipped_at__isnull=True)),
+                name="lease_skip_reason_iff_skipped",
+            ),
+        ]
         indexes = [
             models.Index(fields=["round", "state", "expires_at"], name="lease_reclaim_idx"),
             models.Index(fields=["annotator", "round", "state"], name="lease_annotator_idx"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.db.models import Avg, Count, Exists, OuterRef, Q, Sum
@@ -60,7 +60,8 @@ def annotator_progress(*, annotator) -> dict:
         if round_.gold_rate == 0:
             items = items.filter(is_gold=False)
         held_or_judged = Lease.objects.filter(
-            item=OuterRef("pk"), annotator=annotator, state__in=[Lease.State.HELD, Lease.State.SUBMITTED]
+            item=OuterRef("pk"), annotator=annotator,
+            state__in=[Lease.State.HELD, Lease.State.SUBMITTED, Lease.State.SKIPPED],
         )
         servable = items.filter(Q(is_gold=True) | Q(aggregate__complete=False)).exclude(Exists(held_or_judged))
         rounds.append({
@@ -144,11 +145,14 @@ class RoundSummary:
     judgments: int
     synthetic_judgments: int
     excluded_annotators: list[int]
+    skips: int = 0
+    skips_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 def round_summary(*, round_: Round) -> RoundSummary:
     rows = Aggregate.objects.filter(round=round_, item__is_gold=False)
     complete = rows.filter(complete=True)
+    by_reason = skip_counts(round_=round_, by="skip_reason")
     return RoundSummary(
         items=rows.count(),
         complete=complete.count(),
@@ -159,4 +163,12 @@ def round_summary(*, round_: Round) -> RoundSummary:
         judgments=Judgment.objects.filter(round=round_, undone_at__isnull=True).count(),
         synthetic_judgments=complete.aggregate(n=Sum("n_synthetic"))["n"] or 0,
         excluded_annotators=sorted(annotators_excluded(round_=round_)),
+        skips=sum(by_reason.values()),
+        skips_by_reason=by_reason,
     )
+
+
+def skip_counts(*, round_: Round, by: str) -> dict:
+    """Skipped leases of the round counted by ``by``: ``skip_reason``, ``annotator_id`` or ``item_id``."""
+    rows = Lease.objects.filter(round=round_, state=Lease.State.SKIPPED).values(by).annotate(n=Count("id"))
+    return {row[by]: row["n"] for row in rows.order_by(by)}

@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from annotation.criteria import Criterion
 from annotation.kinds import KINDS
-from annotation.models import Aggregate, Item, Judgment, Round
+from annotation.models import Aggregate, Item, Judgment, Lease, Round
 
 # --- annotator side -------------------------------------------------------------------
 
@@ -74,6 +74,30 @@ class SubmitResponseSerializer(serializers.Serializer):
     judgment = serializers.UUIDField()
     replayed = serializers.BooleanField()
     undo_until = serializers.DateTimeField()
+    next = TaskSerializer(
+        allow_null=True, required=False,
+        help_text="only when the request had next: true; null when nothing is left for this annotator",
+    )
+
+
+class SkipRequestSerializer(serializers.Serializer):
+    lease = UUIDField()
+    reason = serializers.ChoiceField(
+        choices=Lease.SkipReason.choices,
+        help_text="; ".join(f"{value}: {label}" for value, label in Lease.SkipReason.choices),
+    )
+    next = serializers.BooleanField(
+        required=False, default=False, help_text="also lease and return the annotator's next task of the round"
+    )
+    exclude = serializers.ListField(
+        child=UUIDField(), required=False, default=list, max_length=20,
+        help_text="with next: leases the client still holds (as in next)",
+    )
+
+
+class SkipResponseSerializer(serializers.Serializer):
+    skipped = serializers.UUIDField(help_text="the lease skipped")
+    replayed = serializers.BooleanField(help_text="true when the lease was already skipped: nothing changed")
     next = TaskSerializer(
         allow_null=True, required=False,
         help_text="only when the request had next: true; null when nothing is left for this annotator",

@@ -264,12 +264,13 @@ RECORDS: tuple[type[Record], ...] = (
 
 # Columns written by the INSERT and UPDATE statements below (checked against the models too).
 LEASE_INSERT_COLUMNS = ("id", "round_id", "item_id", "annotator_id", "state", "layout", "created_at", "leased_at",
-                        "expires_at")
+                        "expires_at", "skip_reason")
 JUDGMENT_INSERT_COLUMNS = tuple(c for c in JudgmentRow.columns() if c not in ("id", "undone_at"))
 AGGREGATE_UPDATE_COLUMNS = tuple(c for c in AggregateRow.columns() if c != "item_id")
 WRITTEN_COLUMNS: tuple[tuple[type, tuple[str, ...]], ...] = (
     (Lease, LEASE_INSERT_COLUMNS), (Judgment, JUDGMENT_INSERT_COLUMNS), (AggregateModel, AGGREGATE_UPDATE_COLUMNS),
-    (AnnotatorProfile, ("submit_tokens", "submit_tokens_at")), (Item, ("slots_taken",)), (Lease, ("state",)),
+    (AnnotatorProfile, ("submit_tokens", "submit_tokens_at")), (Item, ("slots_taken",)),
+    (Lease, ("state", "skip_reason", "skipped_at")),
     (ItemImage, ("item_id", "image_id", "order")),
 )
 
@@ -389,15 +390,43 @@ def lease_release(*, lease_id, item_id: int) -> None:
             cursor.execute(f"UPDATE {ITEMS} SET slots_taken = slots_taken - 1 WHERE id = %s", [item_id])
 
 
-def item_pick(*, round_id: int, annotator_id: int, gold: bool, k: int, skip_items: Iterable[int]) -> ItemRow | None:
-    """Take a slot of the fullest item that has one free and that this annotator does not hold or judged.
+def lease_skip(*, lease_id, item_id: int, held: bool, reason: str, at: datetime) -> None:
+    """Mark the annotator's lease skipped; a held lease gives its slot back (the caller locked the lease)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {LEASES} SET state = %s, skip_reason = %s, skipped_at = %s WHERE id = %s",
+            [Lease.State.SKIPPED, reason, _datetime_param(at), _uuid_param(lease_id)],
+        )
+        if held:
+            cursor.execute(f"UPDATE {ITEMS} SET slots_taken = slots_taken - 1 WHERE id = %s", [item_id])
+
+
+def item_pick(
+    *, round_id: int, annotator_id: int, gold: bool, k: int, fresh: bool, skip_items: Iterable[int] = (),
+    skip_leases: Iterable = (),
+) -> ItemRow | None:
+    """Take a slot of the fullest item that has one free and that this annotator may be given.
+
+    ``fresh``: an item this annotator never had a lease of. Otherwise also one whose lease of theirs
+    expired or was released (not one they hold, judged or skipped, nor one whose lease is in
+    ``skip_leases``): the fallback once nothing fresh is left. Either way the NOT EXISTS is one
+    probe of the (item, annotator) unique index.
 
     One statement: the scan locks its pick (``SKIP LOCKED``: items other annotators are
     taking are passed over, not waited for) and the UPDATE takes the slot, guarded by
     ``slots_taken < K`` (gold items are outside K).
     """
     skip_items = sorted(skip_items)
-    params: list = [round_id, gold, annotator_id, Lease.State.HELD, Lease.State.SUBMITTED]
+    params: list = [round_id, gold, annotator_id]
+    mine = ""
+    if not fresh:
+        states = (Lease.State.HELD, Lease.State.SUBMITTED, Lease.State.SKIPPED)
+        skip_leases = [_uuid_param(lease_id) for lease_id in skip_leases]
+        mine = f" AND (l.state IN ({', '.join(['%s'] * len(states))})"
+        if skip_leases:
+            mine += f" OR l.id IN ({', '.join(['%s'] * len(skip_leases))})"
+        mine += ")"
+        params += [*states, *skip_leases]
     where = ""
     if skip_items:
         where += f" AND i.id NOT IN ({', '.join(['%s'] * len(skip_items))})"
@@ -411,21 +440,21 @@ def item_pick(*, round_id: int, annotator_id: int, gold: bool, k: int, skip_item
     return _first(_rows(
         f"UPDATE {ITEMS} SET slots_taken = slots_taken + 1 WHERE id = ("
         f" SELECT i.id FROM {ITEMS} i WHERE i.round_id = %s AND i.is_gold = %s"
-        f" AND NOT EXISTS (SELECT 1 FROM {LEASES} l WHERE l.item_id = i.id AND l.annotator_id = %s"
-        " AND l.state IN (%s, %s))" + where + f" ORDER BY {order} LIMIT 1" + _lock(skip_locked=True) + ")"
+        f" AND NOT EXISTS (SELECT 1 FROM {LEASES} l WHERE l.item_id = i.id AND l.annotator_id = %s" + mine + ")"
+        + where + f" ORDER BY {order} LIMIT 1" + _lock(skip_locked=True) + ")"
         + guard + f" RETURNING {_returning(ItemRow, 'i')}",
         params + ([k] if guard else []), (ItemRow, "i"),
     ))
 
 
-def leases_held(*, round_id: int, annotator_id: int, now: datetime) -> list[tuple[LeaseRow, ItemRow]]:
-    """The annotator's unexpired held leases in the round with their items, oldest first."""
+def leases_held(*, round_id: int, annotator_id: int) -> list[tuple[LeaseRow, ItemRow]]:
+    """The annotator's held leases in the round with their items, oldest first (expired ones too)."""
     parts = ((LeaseRow, "l"), (ItemRow, "i"))
     rows = _rows(
         f"SELECT {_select(*parts)} FROM {LEASES} l JOIN {ITEMS} i ON i.id = l.item_id"
-        " WHERE l.round_id = %s AND l.annotator_id = %s AND l.state = %s AND l.expires_at > %s"
+        " WHERE l.round_id = %s AND l.annotator_id = %s AND l.state = %s"
         " ORDER BY l.leased_at, l.id",
-        [round_id, annotator_id, Lease.State.HELD, _datetime_param(now)], *parts,
+        [round_id, annotator_id, Lease.State.HELD], *parts,
     )
     return [tuple(row) for row in rows]
 
@@ -436,7 +465,7 @@ def lease_upsert(*, lease: LeaseRow) -> LeaseRow:
         "id": _uuid_param(lease.id), "round_id": lease.round_id, "item_id": lease.item_id,
         "annotator_id": lease.annotator_id, "state": lease.state, "layout": _json_param(lease.layout),
         "created_at": _datetime_param(lease.leased_at), "leased_at": _datetime_param(lease.leased_at),
-        "expires_at": _datetime_param(lease.expires_at),
+        "expires_at": _datetime_param(lease.expires_at), "skip_reason": "",
     }
     return _first(_rows(_LEASE_UPSERT, [values[c] for c in LEASE_INSERT_COLUMNS], (LeaseRow, "l")))
 

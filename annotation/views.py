@@ -9,7 +9,7 @@ from annotation.conf import setting
 from annotation.criteria import Criterion
 from annotation.forms import LoginForm
 from annotation.kinds import item_kind
-from annotation.models import Round
+from annotation.models import Lease, Round
 from annotation.roles import is_annotator, is_researcher
 
 
@@ -66,7 +66,9 @@ def annotate(request, kind: str, round_id: int):
             "next": reverse("annotate-next", kwargs={"round_id": round_id}),
             "submit": reverse("annotate-submit"),
             "undo": reverse("annotate-undo"),
+            "skip": reverse("annotate-skip"),
             "progress": reverse("annotate-progress"),
         },
+        "skip_reasons": [{"code": code, "label": label} for code, label in Lease.SkipReason.choices],
     }
     return render(request, item_kind(kind).page[1], {"task_config": task_config})

@@ -103,10 +103,12 @@ def _text(report: dict[str, Any]) -> str:
             score = entry["majority_agreement"]
             lines.append(
                 f"  {entry['annotator']}{' (synthetic)' if entry['synthetic'] else ''}: {entry['judgments']} judgments, "
+                f"{entry.get('skips', 0)} skipped, "
                 f"agreement {pct(score['rate']) if score else '–'}%, gold {pct(entry['gold_accuracy'])}%"
             )
     judgments = report["judgments"]
-    lines += ["", f"Judgments: {judgments['total']} ({judgments['synthetic']} synthetic, {judgments['human']} human)"]
+    lines += ["", f"Judgments: {judgments['total']} ({judgments['synthetic']} synthetic, {judgments['human']} human);"
+              f" items skipped: {judgments.get('skips', 0)}"]
     for message in report["messages"]:
         lines.append(f"note: {message}")
     return "\n".join(lines) + "\n"

@@ -224,7 +224,7 @@ def report_from_data(
         leaderboards=leaderboards,
         judgments={
             "total": data.judgments_total, "synthetic": data.judgments_synthetic,
-            "human": data.judgments_total - data.judgments_synthetic,
+            "human": data.judgments_total - data.judgments_synthetic, "skips": data.skips_total,
         },
         settings={
             "confidence": confidence, "n_resamples": n_resamples, "seed": seed, "p_adjust": p_adjust,
@@ -308,13 +308,13 @@ def _annotator_scores(data: EvaluationData, confidence: float) -> list[dict[str,
         gold = data.gold.get(annotator_id)
         scores.append({
             "annotator": info["username"], "synthetic": info["synthetic"], "judgments": info["judgments"],
-            "majority_agreement": score,
+            "skips": info.get("skips", 0), "majority_agreement": score,
             "gold_accuracy": gold[0] if gold else None, "gold_judgments": gold[1] if gold else 0,
         })
     if data.excluded_annotators:
         scores.append({
             "annotator": f"{len(data.excluded_annotators)} annotators excluded for gold accuracy",
-            "synthetic": False, "judgments": 0, "majority_agreement": None, "gold_accuracy": None,
+            "synthetic": False, "judgments": 0, "skips": 0, "majority_agreement": None, "gold_accuracy": None,
             "gold_judgments": 0, "excluded": True,
         })
     return scores

@@ -9,7 +9,7 @@ from django.db.models import Count, Max, Q
 
 from annotation import voting
 from annotation.kinds.pairwise import Pairwise
-from annotation.models import Aggregate, Item, ItemImage, Judgment, Round
+from annotation.models import Aggregate, Item, ItemImage, Judgment, Lease, Round
 from annotation.selectors import annotators_excluded, gold_accuracy
 from catalog.models import GenerationJob
 from evaluation.models import EvaluationRound, StoredReport
@@ -45,8 +45,9 @@ def report_source_state(*, evaluation: EvaluationRound, n_resamples: int) -> Rep
         total=Count("id"), live=Count("id", filter=Q(undone_at__isnull=True))
     )
     latest = Aggregate.objects.filter(round_id__in=rounds).aggregate(latest=Max("updated_at"))["latest"]
+    skips = Lease.objects.filter(round_id__in=rounds, state=Lease.State.SKIPPED).count()
     key = "|".join([
-        evaluation.status, ",".join(map(str, rounds)), str(judgments["total"]), str(judgments["live"]),
+        evaluation.status, ",".join(map(str, rounds)), str(judgments["total"]), str(judgments["live"]), str(skips),
         latest.isoformat() if latest else "-", str(n_resamples),
     ])
     return ReportSourceState(key=key, judgment_count=judgments["live"])
@@ -101,6 +102,7 @@ class EvaluationData:
     judgments_total: int
     judgments_synthetic: int
     excluded_annotators: set[int]
+    skips_total: int = 0  # items annotators declined (skipped): no judgment, the slot went to another
 
 
 def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
@@ -117,7 +119,7 @@ def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
     annotators: dict[int, dict] = {}
     gold_totals: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
     excluded_all: set[int] = set()
-    judgments_total = judgments_synthetic = 0
+    judgments_total = judgments_synthetic = skips_total = 0
 
     for round_ in rounds:
         excluded = annotators_excluded(round_=round_)
@@ -139,6 +141,18 @@ def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
                 j["annotator_id"], {"username": j["annotator__username"], "synthetic": j["synthetic"], "judgments": 0}
             )
             entry["judgments"] += 1
+        skips = (
+            Lease.objects.filter(round=round_, state=Lease.State.SKIPPED, item__is_gold=False)
+            .values("annotator_id", "annotator__username", "annotator__annotator_profile__synthetic")
+            .annotate(n=Count("id")).order_by()
+        )
+        for row in skips:
+            entry = annotators.setdefault(row["annotator_id"], {
+                "username": row["annotator__username"],
+                "synthetic": bool(row["annotator__annotator_profile__synthetic"]), "judgments": 0,
+            })
+            entry["skips"] = entry.get("skips", 0) + row["n"]
+            skips_total += row["n"]
         items = Item.objects.filter(round=round_, is_gold=False).values_list("id", "prompt_id", "prompt__category")
         reader = _ROUND_READERS.get(round_.kind)
         if reader is not None:  # rounds of other kinds are no part of a report
@@ -149,7 +163,7 @@ def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
         annotators=annotators,
         gold={a: (total / n, int(n)) for a, (total, n) in gold_totals.items() if n},
         judgments_total=judgments_total, judgments_synthetic=judgments_synthetic,
-        excluded_annotators=excluded_all,
+        excluded_annotators=excluded_all, skips_total=skips_total,
     )
 
 

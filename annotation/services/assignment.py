@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from annotation import sql
 from annotation.conf import setting
-from annotation.errors import AnnotationNotFound
+from annotation.errors import AnnotationNotFound, Conflict, InvalidInput
 from annotation.kinds import ItemContext
 from annotation.models import AnnotatorProfile, Item, Lease, Round
 
@@ -108,11 +108,21 @@ def item_next_for_annotator(
 
 
 def item_next(*, round_: Round | sql.RoundRow, annotator, exclude, now: datetime, rng: random.Random) -> Task | None:
-    """The body of ``item_next_for_annotator``; the caller holds the annotator's profile lock."""
+    """The body of ``item_next_for_annotator``; the caller holds the annotator's profile lock.
+
+    What the annotator let go never blocks new work: their expired leases give their slots back
+    here, and an item whose lease expired or was released goes to them again only when no item
+    they never had is left (and never while its lease is in ``exclude``); a skipped item never.
+    """
     exclude = {str(lease_id) for lease_id in exclude}
     if _reclaim_due(round_.id):
         _leases_reclaim(round_=round_, now=now, limit=100)
-    held = sql.leases_held(round_id=round_.id, annotator_id=annotator.pk, now=now)
+    held = []
+    for lease, item_row in sql.leases_held(round_id=round_.id, annotator_id=annotator.pk):
+        if lease.expires_at > now:
+            held.append((lease, item_row))
+        else:
+            sql.lease_release(lease_id=lease.id, item_id=lease.item_id)
     for lease, item_row in held:
         if str(lease.id) not in exclude:
             return Task(lease=lease, round=round_, item=ItemContext.of_row(item_row, round_))
@@ -123,8 +133,14 @@ def item_next(*, round_: Round | sql.RoundRow, annotator, exclude, now: datetime
 
     want_gold = round_.gold_rate > 0 and rng.random() < round_.gold_rate
     row = None
-    for gold in ([True, False] if want_gold else [False]):
-        row = sql.item_pick(round_id=round_.id, annotator_id=annotator.pk, gold=gold, k=round_.k, skip_items=skip_items)
+    for fresh in (True, False):
+        for gold in ([True, False] if want_gold else [False]):
+            row = sql.item_pick(
+                round_id=round_.id, annotator_id=annotator.pk, gold=gold, k=round_.k, fresh=fresh,
+                skip_items=skip_items, skip_leases=() if fresh else exclude,
+            )
+            if row is not None:
+                break
         if row is not None:
             break
     if row is None:
@@ -137,6 +153,43 @@ def item_next(*, round_: Round | sql.RoundRow, annotator, exclude, now: datetime
         layout=layout, leased_at=now, expires_at=now + timedelta(seconds=round_.lease_ttl_seconds),
     ))
     return Task(lease=lease, round=round_, item=item)
+
+
+def lease_skip(
+    *, annotator, lease_id, reason: str, now: datetime | None = None, next_exclude: list | tuple | None = None,
+) -> SkipResult:
+    """Decline the annotator's leased item with a reason: its slot goes to another annotator, and
+    the item is never offered to this one again. Skipping a skipped lease again changes nothing.
+
+    With ``next_exclude`` the annotator's next task is leased in the same transaction, as in submit.
+    """
+    now = now or timezone.now()
+    if reason not in Lease.SkipReason.values:
+        raise InvalidInput(f"must be one of {', '.join(Lease.SkipReason.values)}", field="reason")
+    with transaction.atomic():
+        found = sql.lease_for_submit(annotator_id=annotator.pk, lease_id=lease_id)
+        if found is None:
+            raise AnnotationNotFound("no such lease for this annotator")
+        lease, round_ = found.lease, found.round
+        replayed = lease.state == Lease.State.SKIPPED
+        if not replayed:
+            if round_.status != Round.Status.OPEN:
+                raise Conflict(f"round {round_.id} is {round_.status}: it takes no skips", code="round_closed")
+            if lease.state == Lease.State.SUBMITTED:
+                raise Conflict("this item is already judged by this annotator", code="already_judged")
+            sql.lease_skip(lease_id=lease.id, item_id=lease.item_id, held=lease.state == Lease.State.HELD,
+                           reason=reason, at=now)
+        next_task = None
+        if next_exclude is not None and round_.status == Round.Status.OPEN:
+            next_task = item_next(round_=round_, annotator=annotator, exclude=next_exclude, now=now, rng=system_random)
+    return SkipResult(lease_id=lease.id, replayed=replayed, next_task=next_task)
+
+
+@dataclass(frozen=True)
+class SkipResult:
+    lease_id: uuid.UUID
+    replayed: bool
+    next_task: Task | None = None
 
 
 system_random = random.SystemRandom()

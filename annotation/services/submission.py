@@ -83,6 +83,8 @@ def judgment_submit(
                 _rate_limit_take(found.profile, now)
             if lease.state == Lease.State.SUBMITTED:
                 raise Conflict("this item is already judged by this annotator", code="already_judged")
+            if lease.state == Lease.State.SKIPPED:
+                raise Conflict("this annotator skipped this item", code="skipped")
             item = ItemContext.of_row(found.item, round_)
             parsed = answer_parse(item=item, answer=answer)
             if lease.state == Lease.State.EXPIRED:

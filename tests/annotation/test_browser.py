@@ -19,7 +19,7 @@ from django.core.files.base import ContentFile
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
-from annotation.models import AlignmentAnswer, Judgment
+from annotation.models import AlignmentAnswer, Judgment, Lease
 from annotation.services.rounds import ItemSpec, round_create
 from tests.annotation.builders import shown_id
 from tests.factories import AlignmentQuestionFactory, AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory
@@ -383,6 +383,40 @@ def test_undo_puts_the_last_item_back(work, open_page):
     page.keyboard.press("1")
     redo = eventually(page, lambda: Judgment.objects.filter(annotator=work["annotator"], undone_at__isnull=True).first())
     assert shown_id(redo, redo.winner) == first[0]
+
+
+def test_s_skips_an_item_with_a_reason_and_it_never_comes_back(work, open_page):
+    page = open_page(DESKTOP)
+    login(page)
+    page.goto(f"/annotate/pairwise/{work['flaws'].pk}/")
+    wait_for_task(page, 2)
+    first = screen_ids(page)
+    page.keyboard.press("s")
+    page.wait_for_selector("#skip-chooser:not([hidden])")
+    shot(page, "skip-chooser-1280x800")
+    page.keyboard.press("Escape")  # cancelled: nothing is sent, the item stays
+    page.wait_for_selector("#skip-chooser", state="hidden")
+    assert screen_ids(page) == first
+    assert not Lease.objects.filter(annotator=work["annotator"], state=Lease.State.SKIPPED).exists()
+    page.keyboard.press("S")
+    page.keyboard.press("2")  # the second reason: cannot judge; 2 is not "tie" while the chooser is open
+    page.wait_for_function("id => !document.querySelector('#grid img').src.includes(id)", arg=first[0])
+    skipped = eventually(page, lambda: Lease.objects.filter(annotator=work["annotator"], state=Lease.State.SKIPPED).first())
+    assert skipped.skip_reason == "cannot_judge"
+    assert not Judgment.objects.filter(annotator=work["annotator"]).exists()
+    page.keyboard.press("1")  # the other item is judged; the skipped one is not offered again
+    page.wait_for_selector("#empty-state:not([hidden])")
+    judged = eventually(page, lambda: Judgment.objects.filter(annotator=work["annotator"]).first())
+    assert judged.item_id != skipped.item_id
+
+    page.goto(f"/annotate/best-worst/{work['best_worst'].pk}/")  # 1 picks a reason here too, not an image
+    wait_for_task(page, 5)
+    page.keyboard.press("s")
+    page.keyboard.press("1")
+    page.wait_for_selector("#empty-state:not([hidden])")
+    assert eventually(page, lambda: Lease.objects.filter(
+        annotator=work["annotator"], round=work["best_worst"], skip_reason="image_does_not_load"
+    ).exists())
 
 
 def test_leaving_an_item_and_coming_back_from_the_dashboard_resumes_it(work, open_page):

@@ -54,7 +54,7 @@ def test_rows_decode_by_column_name_into_frozen_records():
     round_ = pairwise_round(n_items=1, k=2)
     (person,) = annotators(1)
     task = assignment.item_next_for_annotator(round_=round_, annotator=person)
-    (lease, item), = sql.leases_held(round_id=round_.pk, annotator_id=person.pk, now=timezone.now())
+    (lease, item), = sql.leases_held(round_id=round_.pk, annotator_id=person.pk)
     stored = Lease.objects.get()
     assert lease == sql.LeaseRow.from_instance(stored) == task.lease
     assert isinstance(lease.id, uuid.UUID) and lease.layout == stored.layout

@@ -38,8 +38,14 @@ def test_annotator_gets_the_page_of_the_round_kind(client):
             "next": f"/api/annotate/rounds/{round_.pk}/next/",
             "submit": "/api/annotate/submit/",
             "undo": "/api/annotate/undo/",
+            "skip": "/api/annotate/skip/",
             "progress": "/api/annotate/progress/",
         },
+        "skip_reasons": [
+            {"code": "image_does_not_load", "label": "The image does not load"},
+            {"code": "cannot_judge", "label": "I cannot judge this item"},
+            {"code": "not_my_expertise", "label": "Not my expertise"},
+        ],
     }
     # The round's name is the researchers' and may name the models: the page never carries it.
     assert round_.name not in response.content.decode()

@@ -100,7 +100,7 @@ def test_full_flow_counts_match_what_was_submitted(flow):
     assert alignment["b"]["rate"] == pytest.approx((2 * 0.5 + 2 * 1.0) / 4)
     assert alignment["n_prompts"] == 4
     assert [m["summary"]["rate"] for m in data["alignment_by_model"]] == [pytest.approx(1.0), pytest.approx(0.75)]
-    assert data["judgments"] == {"total": stored, "synthetic": 20, "human": stored - 20}
+    assert data["judgments"] == {"total": stored, "synthetic": 20, "human": stored - 20, "skips": 0}
     # Four annotators always agree with the others' majority; the dissenter never does.
     scores = {a["annotator"]: a["majority_agreement"]["rate"] for a in data["annotators"]}
     assert scores["annotator-dissent"] == 0.0
@@ -116,6 +116,28 @@ def test_full_flow_counts_match_what_was_submitted(flow):
     agreement = data["comparisons"][0]["visual_flaws"]["agreement"]
     assert agreement["n_votes"] == 30 and agreement["fleiss_kappa"] is not None
     assert data["leaderboards"] == {}  # two models: no leaderboard
+
+
+def test_skips_are_counted_per_annotator_and_in_all(flow):
+    from django.utils import timezone
+
+    from annotation.models import Item, Lease
+    from evaluation.selectors import report_source_state
+
+    evaluation, _ = flow
+    before = report_source_state(evaluation=evaluation, n_resamples=10).key
+    (skipper,) = annotators(1, username="annotator-skipper")
+    now = timezone.now()
+    for item in Item.objects.filter(round__in=evaluation.annotation_rounds.all(), is_gold=False)[:3]:
+        Lease.objects.create(
+            round_id=item.round_id, item=item, annotator=skipper, state=Lease.State.SKIPPED, layout=[],
+            leased_at=now, expires_at=now, skip_reason=Lease.SkipReason.CANNOT_JUDGE, skipped_at=now,
+        )
+    assert report_source_state(evaluation=evaluation, n_resamples=10).key != before  # a skip refreshes the report
+    data = evaluation_report_build(evaluation=evaluation).to_dict()
+    assert data["judgments"]["skips"] == 3
+    (entry,) = [a for a in data["annotators"] if a["annotator"] == "annotator-skipper"]
+    assert (entry["judgments"], entry["skips"]) == (0, 3)
 
 
 def test_table_renders_in_all_four_formats(flow, tmp_path):

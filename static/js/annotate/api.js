@@ -85,6 +85,11 @@ export class AnnotateApi {
     return this.#withRetries(() => this.#request("POST", this.urls.submit, payload), options);
   }
 
+  // Declines the leased item with a reason; repeating it changes nothing, so it is retried like submit.
+  skip(payload, options = {}) {
+    return this.#withRetries(() => this.#request("POST", this.urls.skip, payload), options);
+  }
+
   undo(judgment) {
     return this.#request("POST", this.urls.undo, { judgment });
   }

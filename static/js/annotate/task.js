@@ -9,7 +9,7 @@ import { SyncViewer } from "./viewer.js";
 
 export class TaskPage {
   constructor({ config, kind }) {
-    this.config = config; // {round, kind, urls: {next, submit, undo, progress}}
+    this.config = config; // {round, kind, urls: {next, submit, undo, skip, progress}, skip_reasons: [{code, label}]}
     this.kind = kind; // {mount(task, page) -> view}
     this.api = new AnnotateApi(config.urls);
     this.viewer = new SyncViewer({ onChange: (state) => this.#showZoom(state) });
@@ -202,6 +202,55 @@ export class TaskPage {
     this.#showNext();
   }
 
+  // ---- skip ------------------------------------------------------------------------
+
+  #skipOpen() {
+    return !this.$("skip-chooser").hidden;
+  }
+
+  openSkip() {
+    if (!this.current || this.busy) return;
+    this.$("skip-chooser").hidden = false;
+    this.$("skip-title").focus();
+  }
+
+  closeSkip() {
+    this.$("skip-chooser").hidden = true;
+    if (this.current && this.current.view.focus) this.current.view.focus();
+  }
+
+  // Declines the item on screen: like a submission it goes out in order, in the background,
+  // and brings the next task along; the item is never shown to this annotator again.
+  skip(reason) {
+    this.$("skip-chooser").hidden = true;
+    if (!this.current || this.busy) return;
+    const { task } = this.current;
+    const key = `skip-${task.lease}`;
+    const payload = { lease: task.lease, reason, next: true };
+    const label = (this.config.skip_reasons.find((r) => r.code === reason) || { label: reason }).label;
+    const record = { task };
+    record.done = this.submitted
+      .then(() => {
+        payload.exclude = this.#heldLeases().filter((lease) => lease !== task.lease);
+        return this.api.skip(payload, { onRetry: () => this.toast("Connection trouble: retrying your skip…") });
+      })
+      .then(async (response) => {
+        await this.#queueTask(response && response.next);
+        this.refreshProgress();
+        return response;
+      })
+      .catch((error) => {
+        this.toast(`The skip was not saved: ${error.message}`, { error: true, sticky: true });
+        throw error;
+      })
+      .finally(() => this.pending.delete(key));
+    this.submitted = record.done.catch(() => {});
+    this.pending.set(key, record);
+    this.current = null;
+    this.toast(`Skipped: ${label}.`);
+    this.#showNext();
+  }
+
   async undo() {
     await this.advancing; // let the item switch that the submission started finish first
     const record = this.lastSubmitted;
@@ -301,6 +350,11 @@ export class TaskPage {
     on("zoom-native", () => this.viewer.zoomNative());
     on("loupe-toggle", () => this.viewer.toggleLoupe());
     on("undo", () => this.undo());
+    on("skip", () => this.openSkip());
+    on("skip-cancel", () => this.closeSkip());
+    for (const button of document.querySelectorAll(".skip-reason")) {
+      button.addEventListener("click", () => this.skip(button.dataset.reason));
+    }
     on("toast", () => { this.$("toast").hidden = true; });
   }
 
@@ -309,6 +363,19 @@ export class TaskPage {
     const target = event.target;
     if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.isContentEditable)) return;
     const key = event.key;
+    if (this.#skipOpen()) {
+      // The reason chooser is modal: its number keys and Escape, nothing else.
+      const reason = this.config.skip_reasons[Number(key) - 1];
+      if (/^[1-9]$/.test(key) && reason) this.skip(reason.code);
+      else if (key === "Escape") this.closeSkip();
+      event.preventDefault();
+      return;
+    }
+    if (key === "s" || key === "S") {
+      this.openSkip();
+      event.preventDefault();
+      return;
+    }
     if (key === "Shift") {
       if (!event.repeat) this.viewer.holdLoupe(true);
       return;
