@@ -192,7 +192,7 @@ def report_from_data(
         run = [CRITERION_TITLES.get(c, "text alignment").lower() for c in (*CRITERIA, "text_alignment")
                if any(cells.get(c) and cells[c]["p_value"] is not None for cells in table)]
         messages.append(
-            f"Adjusted p-values: {p_adjust} over the {n_tests} tests actually run in the table "
+            f"Adjusted p-values: {p_adjust} over the {n_tests} test{'s' if n_tests != 1 else ''} actually run in the table "
             f"({', '.join(run)}); a criterion without a round, or without decided prompts, adds no test."
         )
 

@@ -35,18 +35,19 @@ class ReportSourceState:
 
 
 def report_source_state(*, evaluation: EvaluationRound, n_resamples: int) -> ReportSourceState:
-    """The evaluation's status, rounds, judgments (submitted and undone) and latest aggregate change.
+    """The evaluation's status, rounds (and how each closed), judgments (submitted and undone) and latest aggregate change.
 
     Any submission, undo, or aggregate recompute (gold answers, exclusions) changes the key, and
     so does the bootstrap setting the report is computed with.
     """
-    rounds = sorted(evaluation.annotation_rounds.values_list("pk", flat=True))
+    closings = sorted(evaluation.annotation_rounds.values_list("pk", "status", "close_rule"))
+    rounds = [pk for pk, _status, _rule in closings]
     judgments = Judgment.objects.filter(round_id__in=rounds).aggregate(
         total=Count("id"), live=Count("id", filter=Q(undone_at__isnull=True))
     )
     latest = Aggregate.objects.filter(round_id__in=rounds).aggregate(latest=Max("updated_at"))["latest"]
     key = "|".join([
-        evaluation.status, ",".join(map(str, rounds)), str(judgments["total"]), str(judgments["live"]),
+        evaluation.status, ",".join(f"{pk}:{status}:{rule}" for pk, status, rule in closings), str(judgments["total"]), str(judgments["live"]),
         latest.isoformat() if latest else "-", str(n_resamples),
     ])
     return ReportSourceState(key=key, judgment_count=judgments["live"])
