@@ -146,3 +146,15 @@ def test_an_unused_criterion_no_longer_changes_the_other_criterions_adjusted_p_v
     raw = result["table"][0]["visual_flaws"]["p_value"]
     assert p_adjusted["visual_flaws"] == pytest.approx(raw)
     assert p_adjusted["visual_flaws+visual_appeal"] == pytest.approx(min(1.0, 2 * raw))
+
+
+def test_the_agreement_note_of_a_round_without_judgments_says_it_has_items():
+    prompt_set, _versions, _prompts = prompt_set_with_images(models=["base", "tuned"], n_prompts=3, with_questions=0)
+    call_command("create_evaluation", "--models", "base", "tuned", "--prompts", prompt_set.name,
+                 "--criteria", "visual_flaws", "--from-existing", "--name", "fresh", stdout=io.StringIO())
+    evaluation = EvaluationRound.objects.get(name="fresh")
+    agreement = report(str(evaluation.pk))["table"][0]["visual_flaws"]["agreement"]
+    assert agreement["message"] == "No judgments yet on its 3 items: agreement is undefined."
+    annotate_votes(evaluation.annotation_rounds.get(), [["A", "B"]])
+    agreement = report(str(evaluation.pk))["table"][0]["visual_flaws"]["agreement"]
+    assert agreement["message"] == "1 of its 3 items have judgments, but not one is complete yet: agreement is undefined."
