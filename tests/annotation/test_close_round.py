@@ -7,15 +7,17 @@ declines an item simply stops judging there (its lease held), so that item ends 
 from __future__ import annotations
 
 import io
+import threading
 import uuid
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from annotation import errors
-from annotation.models import Aggregate, Item, Round
+from annotation import errors, sql
+from annotation.models import Aggregate, Item, Judgment, Round
 from annotation.services import assignment, rounds, submission
 from tests.annotation.builders import annotate_votes, pairwise_round
 from tests.factories import AnnotatorFactory, ResearcherFactory
@@ -206,3 +208,76 @@ def test_admin_actions_close_the_selected_rounds():
     }, follow=True)
     assert b"already closed under count-partial" in again.content
     assert Round.objects.get(pk=round_.pk).close_rule == "count-partial"
+
+
+def _in_thread(target, outcome: dict, key: str) -> threading.Thread:
+    def run():
+        try:
+            outcome[key] = target()
+        except BaseException as exc:  # noqa: BLE001 - read by the test
+            outcome[key] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_submission_in_flight_is_counted_by_the_close_that_waits_for_it(postgres):
+    round_ = pairwise_round(n_items=1, k=5)
+    annotate_votes(round_, [["A", "A", "A"]])
+    person = AnnotatorFactory()
+    task = assignment.item_next_for_annotator(round_=round_, annotator=person)
+    locked, release, outcome = threading.Event(), threading.Event(), {}
+
+    def submit_slowly():
+        with transaction.atomic():
+            sql.lease_for_submit(annotator_id=person.pk, lease_id=task.lease.id)  # what a submission locks first
+            locked.set()
+            release.wait(10)
+            return submission.judgment_submit(annotator=person, lease_id=task.lease.id, client_uuid=uuid.uuid4(),
+                                              answer={"outcome": "tie"}, elapsed_ms=900)
+
+    submitter = _in_thread(submit_slowly, outcome, "submit")
+    assert locked.wait(10)
+    closer = _in_thread(lambda: rounds.round_close(round_=round_, rule="count-partial"), outcome, "close")
+    closer.join(0.5)
+    assert closer.is_alive(), "the close must wait for the submission that holds the round"
+    release.set()
+    submitter.join(10), closer.join(10)
+    assert not isinstance(outcome["submit"], BaseException), outcome["submit"]
+    # The close counted the fourth vote: 4 of K = 5 is enough, 3 A of 4 decides.
+    assert outcome["close"].decided_short == 1
+    (aggregate,) = aggregates(round_)
+    assert (aggregate.complete, aggregate.n_judgments, label(aggregate)) == (True, 4, "A")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_submission_that_waits_for_a_close_is_refused(postgres):
+    round_ = pairwise_round(n_items=1, k=5)
+    person = AnnotatorFactory()
+    task = assignment.item_next_for_annotator(round_=round_, annotator=person)
+    closed, release, outcome = threading.Event(), threading.Event(), {}
+
+    def close_slowly():
+        with transaction.atomic():
+            result = rounds.round_close(round_=round_, rule="drop-partial")
+            closed.set()
+            release.wait(10)
+            return result
+
+    closer = _in_thread(close_slowly, outcome, "close")
+    assert closed.wait(10)
+    submitter = _in_thread(lambda: submission.judgment_submit(
+        annotator=person, lease_id=task.lease.id, client_uuid=uuid.uuid4(), answer={"outcome": "tie"}, elapsed_ms=900,
+    ), outcome, "submit")
+    submitter.join(0.5)
+    assert submitter.is_alive(), "the submission must wait for the close"
+    release.set()
+    closer.join(10), submitter.join(10)
+    assert isinstance(outcome["submit"], errors.Conflict) and outcome["submit"].code == "round_closed"
+    assert not Judgment.objects.filter(round=round_).exists()
