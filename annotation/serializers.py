@@ -126,6 +126,10 @@ class ItemSpecSerializer(serializers.Serializer):
 class RoundSerializer(serializers.ModelSerializer):
     items = ItemSpecSerializer(many=True, write_only=True, required=False)
     item_count = serializers.SerializerMethodField()
+    close_rule = serializers.ChoiceField(
+        choices=Round.CloseRule.choices, allow_blank=True, read_only=True,
+        help_text="How items short of K count since the round closed (POST .../close/); empty while it is open.",
+    )
 
     class Meta:
         model = Round
