@@ -71,7 +71,8 @@ def close_drop_partial_action(modeladmin, request, queryset):
 
 @admin.register(Round)
 class RoundAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "criterion", "k", "status", "item_count", "complete_count", "no_majority_count", "created_at")
+    list_display = ("name", "kind", "criterion", "k", "status", "close_rule", "item_count", "complete_count", "no_majority_count",
+                    "created_at")
     list_filter = ("kind", "criterion", "status")
     search_fields = ("name",)
     readonly_fields = ("close_rule", "closed_at", "created_at", "created_by")

@@ -22,10 +22,9 @@ from typing import Any
 from django.conf import settings
 
 from annotation.criteria import Criterion
-from annotation.models import Aggregate
+from annotation.models import Aggregate, Round
 from evaluation import stats
 from evaluation.models import EvaluationRound
-from annotation.models import Round
 from evaluation.selectors import EvaluationData, PairwiseItem, evaluation_data, round_data
 
 CRITERIA = stats.CRITERIA
@@ -191,9 +190,10 @@ def report_from_data(
     if n_tests:
         run = [CRITERION_TITLES.get(c, "text alignment").lower() for c in (*CRITERIA, "text_alignment")
                if any(cells.get(c) and cells[c]["p_value"] is not None for cells in table)]
+        tests = f"{n_tests} test{'s' if n_tests != 1 else ''}"
         messages.append(
-            f"Adjusted p-values: {p_adjust} over the {n_tests} test{'s' if n_tests != 1 else ''} actually run in the table "
-            f"({', '.join(run)}); a criterion without a round, or without decided prompts, adds no test."
+            f"Adjusted p-values: {p_adjust} over the {tests} actually run in the table ({', '.join(run)}); "
+            "a criterion without a round, or without decided prompts, adds no test."
         )
 
     alignment_by_model = None
