@@ -54,13 +54,38 @@ def recompute_aggregates_action(modeladmin, request, queryset):
         )
 
 
+def _close_rounds(modeladmin, request, queryset, rule: str):
+    from annotation.errors import AnnotationError
+    from annotation.services.rounds import round_close
+
+    for round_ in queryset:
+        try:
+            closing = round_close(round_=round_, rule=rule)
+        except AnnotationError as exc:
+            modeladmin.message_user(request, f"{round_}: {exc.detail}", level=messages.ERROR)
+            continue
+        modeladmin.message_user(request, f"{round_}: {closing.line()}", level=messages.SUCCESS)
+
+
+@admin.action(description="Close the selected rounds: decide items short of K by the votes they have (count-partial)")
+def close_count_partial_action(modeladmin, request, queryset):
+    _close_rounds(modeladmin, request, queryset, Round.CloseRule.COUNT_PARTIAL)
+
+
+@admin.action(description="Close the selected rounds: leave items short of K out (drop-partial)")
+def close_drop_partial_action(modeladmin, request, queryset):
+    _close_rounds(modeladmin, request, queryset, Round.CloseRule.DROP_PARTIAL)
+
+
 @admin.register(Round)
 class RoundAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "criterion", "k", "status", "item_count", "complete_count", "no_majority_count", "created_at")
+    list_display = ("name", "kind", "criterion", "k", "status", "close_rule", "item_count", "complete_count", "no_majority_count",
+                    "created_at")
     list_filter = ("kind", "criterion", "status")
     search_fields = ("name",)
-    readonly_fields = ("created_at", "created_by")
-    actions = [export_preferences_action, recompute_aggregates_action]
+    readonly_fields = ("close_rule", "closed_at", "created_at", "created_by")
+    actions = [export_preferences_action, recompute_aggregates_action, close_count_partial_action,
+               close_drop_partial_action]
 
     def get_readonly_fields(self, request, obj=None):
         # Items carry a copy of K (the database checks against it), so K is set once.

@@ -38,6 +38,8 @@ from annotation.serializers import (
     ProgressSerializer,
     ResearchItemSerializer,
     ResearchJudgmentSerializer,
+    RoundClosingSerializer,
+    RoundCloseSerializer,
     RoundSerializer,
     SkipRequestSerializer,
     SkipResponseSerializer,
@@ -107,7 +109,7 @@ ERRORS = {
     403: OpenApiResponse(ErrorSerializer, description="not_authenticated / permission_denied / csrf_failed"),
     404: OpenApiResponse(ErrorSerializer, description="not_found"),
     409: OpenApiResponse(
-        ErrorSerializer, description="lease_expired / already_judged / skipped / round_closed / undo refused"
+        ErrorSerializer, description="lease_expired / already_judged / skipped / round_closed / undo refused / round_already_closed"
     ),
     429: OpenApiResponse(ErrorSerializer, description="throttled; see Retry-After"),
 }
@@ -293,6 +295,14 @@ class RoundViewSet(
     @action(detail=True, methods=["post"])
     def aggregate(self, request, pk=None):
         return Response(asdict(aggregation.round_aggregate(round_=self.get_object())))
+
+    @extend_schema(request=RoundCloseSerializer, responses={200: RoundClosingSerializer, **ERRORS})
+    @action(detail=True, methods=["post"])
+    def close(self, request, pk=None):
+        round_ = self.get_object()
+        params = RoundCloseSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        return Response(rounds.round_close(round_=round_, rule=params.validated_data["rule"]).as_dict())
 
     @extend_schema(responses={200: dict, **ERRORS})
     @action(detail=True, methods=["get"])

@@ -7,6 +7,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from annotation import voting
 from annotation.criteria import Criterion
 from catalog.models import AlignmentQuestion, Image, Prompt, new_public_id
 
@@ -45,6 +46,10 @@ class Round(models.Model):
         OPEN = "open"
         CLOSED = "closed"
 
+    class CloseRule(models.TextChoices):
+        COUNT_PARTIAL = voting.COUNT_PARTIAL, "Decide items with enough votes by the votes they have"
+        DROP_PARTIAL = voting.DROP_PARTIAL, "Leave items short of K out"
+
     name = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=20, choices=Kind.choices)
     criterion = models.CharField(max_length=20, choices=Criterion.choices(), blank=True)
@@ -56,6 +61,11 @@ class Round(models.Model):
         null=True, blank=True, help_text="Annotators whose gold accuracy is below this are left out of aggregation."
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN, db_index=True)
+    close_rule = models.CharField(
+        max_length=20, choices=CloseRule.choices, blank=True,
+        help_text="How the round's items short of K count, once it was closed early (round_close).",
+    )
+    closed_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -280,7 +290,10 @@ class Aggregate(models.Model):
     n_rejected = models.PositiveSmallIntegerField(default=0)
     n_excluded = models.PositiveSmallIntegerField(default=0, help_text="From annotators below the gold threshold.")
     n_synthetic = models.PositiveSmallIntegerField(default=0, help_text="Counted judgments from synthetic accounts.")
-    complete = models.BooleanField(default=False, help_text="The item has K judgments.")
+    complete = models.BooleanField(
+        default=False,
+        help_text="The item counts: it has K judgments, or its round was closed under count-partial with enough votes.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -172,3 +172,47 @@ def skip_counts(*, round_: Round, by: str) -> dict:
     """Skipped leases of the round counted by ``by``: ``skip_reason``, ``annotator_id`` or ``item_id``."""
     rows = Lease.objects.filter(round=round_, state=Lease.State.SKIPPED).values(by).annotate(n=Count("id"))
     return {row[by]: row["n"] for row in rows.order_by(by)}
+
+
+@dataclass(frozen=True)
+class RoundClosing:
+    """How a round's (non-gold) items count: with K judgments, decided short of K when it was closed
+    under count-partial, or left out (still open, undecided under count-partial, dropped under drop-partial)."""
+
+    status: str
+    rule: str  # "" until the round is closed early
+    closed_at: str | None
+    items: int
+    complete_k: int
+    decided_short: int
+    left_out: int
+
+    def line(self) -> str:
+        """One line on how the round counts its items (the admin, ``close_round`` and reports print it)."""
+        if self.rule == Round.CloseRule.COUNT_PARTIAL:
+            short = f"{self.decided_short} decided by the votes they have, {self.left_out} undecided"
+        elif self.rule:
+            short = f"{self.left_out} short of K left out"
+        else:
+            short = f"{self.left_out} still open"
+        state = f"closed under {self.rule}" if self.rule else self.status
+        return f"{state}: {self.complete_k} of {self.items} items with K judgments, {short}"
+
+    def as_dict(self) -> dict:
+        return {
+            "status": self.status, "rule": self.rule, "closed_at": self.closed_at, "items": self.items,
+            "complete_k": self.complete_k, "decided_short": self.decided_short, "left_out": self.left_out,
+        }
+
+
+def round_closing(*, round_: Round) -> RoundClosing:
+    counts = Aggregate.objects.filter(round=round_, item__is_gold=False).aggregate(
+        items=Count("item_id"),
+        complete_k=Count("item_id", filter=Q(complete=True, n_judgments__gte=round_.k)),
+        decided_short=Count("item_id", filter=Q(complete=True, n_judgments__lt=round_.k)),
+        left_out=Count("item_id", filter=Q(complete=False)),
+    )
+    return RoundClosing(
+        status=round_.status, rule=round_.close_rule,
+        closed_at=round_.closed_at.isoformat() if round_.closed_at else None, **counts,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from annotation import voting
 from annotation.criteria import Criterion
 from annotation.kinds import KINDS
 from annotation.models import Aggregate, Item, Judgment, Lease, Round
@@ -149,14 +150,18 @@ class ItemSpecSerializer(serializers.Serializer):
 class RoundSerializer(serializers.ModelSerializer):
     items = ItemSpecSerializer(many=True, write_only=True, required=False)
     item_count = serializers.SerializerMethodField()
+    close_rule = serializers.ChoiceField(
+        choices=Round.CloseRule.choices, allow_blank=True, read_only=True,
+        help_text="How items short of K count since the round closed (POST .../close/); empty while it is open.",
+    )
 
     class Meta:
         model = Round
         fields = [
             "id", "name", "kind", "criterion", "k", "lease_ttl_seconds", "no_majority_rule", "gold_rate",
-            "gold_min_accuracy", "status", "created_at", "item_count", "items",
+            "gold_min_accuracy", "status", "close_rule", "closed_at", "created_at", "item_count", "items",
         ]
-        read_only_fields = ["id", "created_at", "item_count"]
+        read_only_fields = ["id", "close_rule", "closed_at", "created_at", "item_count"]
 
     def get_item_count(self, obj) -> int:
         return obj.items.count()
@@ -168,6 +173,24 @@ class RoundSerializer(serializers.ModelSerializer):
             for name in ("kind", "items", "k"):
                 fields[name].read_only = True
         return fields
+
+
+class RoundCloseSerializer(serializers.Serializer):
+    rule = serializers.ChoiceField(
+        choices=voting.CLOSE_RULES,
+        help_text="count-partial: an item short of K is decided by the votes it has when it has at least "
+                  "⌈K/2⌉ + 1, else it is undecided; drop-partial: items short of K are left out.",
+    )
+
+
+class RoundClosingSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    rule = serializers.CharField(help_text="count-partial or drop-partial; empty while the round is open")
+    closed_at = serializers.DateTimeField(allow_null=True)
+    items = serializers.IntegerField(help_text="non-gold items")
+    complete_k = serializers.IntegerField(help_text="items with K judgments")
+    decided_short = serializers.IntegerField(help_text="items decided with fewer than K judgments (count-partial)")
+    left_out = serializers.IntegerField(help_text="items undecided (count-partial), dropped (drop-partial) or open")
 
 
 class ResearchItemSerializer(serializers.ModelSerializer):

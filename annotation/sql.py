@@ -45,6 +45,11 @@ def _lock(*, skip_locked: bool = False, of: str = "") -> str:
     return " FOR NO KEY UPDATE" + (f" OF {of}" if of else "") + (" SKIP LOCKED" if skip_locked else "")
 
 
+def _key_share(*, of: str) -> str:
+    """A shared lock that only ``SELECT … FOR UPDATE`` waits for (closing a round); empty on SQLite."""
+    return f" FOR KEY SHARE OF {of}" if connection.features.has_select_for_update else ""
+
+
 def _uuid_param(value) -> uuid.UUID | str:
     value = value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
     return value if connection.features.has_native_uuid_field else value.hex
@@ -129,6 +134,7 @@ class RoundRow(Record):
     gold_rate: float
     no_majority_rule: str
     gold_min_accuracy: float | None
+    close_rule: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,7 +517,7 @@ def lease_for_submit(*, annotator_id: int, lease_id) -> SubmitRows | None:
     except ValueError:
         return None
     rows = _first(_rows(
-        _lease_for_submit_statement(_lock(of="p, l")), [annotator_id, lease_param],
+        _lease_for_submit_statement(_lock(of="p, l") + _key_share(of="r")), [annotator_id, lease_param],
         (ProfileRow, "p"), (LeaseRow, "l"), (ItemRow, "i"), (RoundRow, "r"),
     ))
     return None if rows is None else SubmitRows(*rows)

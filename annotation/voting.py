@@ -38,11 +38,28 @@ from dataclasses import dataclass, field
 A, B, TIE, REJECT = "a", "b", "tie", "reject"
 PAIRWISE_VOTES = (A, B, TIE, REJECT)
 NO_MAJORITY_TIE, NO_MAJORITY_MEAN_SCORE = "tie", "mean_score"
+# How a round closed early counts its items short of K judgments.
+COUNT_PARTIAL, DROP_PARTIAL = "count-partial", "drop-partial"
+CLOSE_RULES = (COUNT_PARTIAL, DROP_PARTIAL)
 
 
 def majority_threshold(*, k: int, n_votes: int) -> int:
     """Votes a label needs: more than half of K (3 of 5); more than half of the votes if more arrived."""
     return max(k, n_votes) // 2 + 1
+
+
+def partial_minimum(*, k: int) -> int:
+    """Counted votes an item short of K needs to be decided when its round closes under count-partial: ⌈K/2⌉ + 1."""
+    return (k + 1) // 2 + 1
+
+
+def closing_k(*, k: int, n_votes: int) -> int | None:
+    """The K that a short item's majority is counted against when its round closes under ``count-partial``.
+
+    With n ≥ ⌈K/2⌉ + 1 counted votes, the n votes themselves: a label then needs more than half of
+    them (3 of 4, 4 of 6), by ``majority_threshold(k=n, ...)``. With fewer, None: the item is undecided.
+    """
+    return n_votes if n_votes >= partial_minimum(k=k) else None
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,23 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from annotation.criteria import Criterion
+
+TEXT_ALIGNMENT = "text_alignment"
+# What an evaluation can measure: the pairwise criteria, each a round, and text alignment, a round of its own.
+CRITERIA = (*(c.value for c in Criterion), TEXT_ALIGNMENT)
+
+
+def all_criteria() -> list[str]:
+    return list(CRITERIA)
+
 
 class EvaluationRound(models.Model):
     """A comparison of two or more model versions on a prompt set, one image per prompt per model.
 
     The models are ordered: the first is "Model A" of every comparison it is in, and so on.
-    The annotation rounds it created (pairwise visual flaws, pairwise visual appeal, alignment)
-    hold the judgments its report is built from.
+    The annotation rounds it created (pairwise visual flaws, pairwise visual appeal, alignment:
+    those of its ``criteria``) hold the judgments its report is built from.
     """
 
     class Status(models.TextChoices):
@@ -33,6 +43,10 @@ class EvaluationRound(models.Model):
     seed_policy = models.CharField(
         max_length=10, choices=SeedPolicy.choices, default=SeedPolicy.EVALUATION,
         help_text="Which existing images may fill the jobs (images imported with their own seeds need 'any').",
+    )
+    criteria = models.JSONField(
+        default=all_criteria, help_text="What is measured, one annotation round each: visual_flaws, visual_appeal, "
+        "text_alignment (default: all three).",
     )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.GENERATING, db_index=True)
     generation_batch = models.OneToOneField(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import report_format
-from evaluation.reports import CRITERION_TITLES
+from evaluation.reports import CRITERION_TITLES, closing_line
 
 FORMATS = ("table", "csv", "json", "latex")
 
@@ -41,10 +41,15 @@ def report_render(report: Mapping[str, Any], fmt: str) -> str:
 def _text(report: dict[str, Any]) -> str:
     pct, p, number = report_format.format_percent, report_format.format_p, report_format.format_number
     evaluation = report["evaluation"]
+    title = f"Round {evaluation['round']}" if evaluation.get("round") else f"Evaluation {evaluation['id']}"
     lines = [
-        f"Evaluation {evaluation['id']}: {evaluation['name']}",
+        f"{title}: {evaluation['name']}",
         f"Prompts: {evaluation['prompt_set']}; models in order: {', '.join(evaluation['models'])}; K = {evaluation['k']}",
         *_seed_policy_lines(evaluation),
+    ]
+    for entry in report.get("rounds", []):  # reports stored before rounds were recorded have none
+        lines.append(f"  round {entry['name']!r} ({entry['kind']}): {closing_line(entry)}")
+    lines += [
         "",
         report_format.render_text(report["table"]).rstrip("\n"),
         "",

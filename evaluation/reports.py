@@ -6,8 +6,9 @@ is the prompt: within one comparison each prompt has one item per criterion, and
 that item's stored majority ("A" when the aggregate's winner image is Model A's, "B" when it is
 Model B's, "tie"); its alignment answers are the stored per-question results. The report never
 votes: ``annotation.voting`` decided every outcome when the aggregates were stored. Only
-complete items (K judgments) count; the report says how many are still open. Every undefined
-number is ``None`` with a message, never NaN.
+complete items count: K judgments, or, in a round closed early under ``count-partial``, enough
+votes for a majority of the votes it has; the report states each round's rule and how many items
+it touched, and how many are still open. Every undefined number is ``None`` with a message, never NaN.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 from django.conf import settings
 
 from annotation.criteria import Criterion
-from annotation.models import Aggregate
+from annotation.models import Aggregate, Round
 from evaluation import stats
 from evaluation.models import EvaluationRound
-from evaluation.selectors import EvaluationData, PairwiseItem, evaluation_data
+from evaluation.selectors import EvaluationData, PairwiseItem, evaluation_data, round_data
 
 CRITERIA = stats.CRITERIA
 CRITERION_TITLES = {c.value: c.label for c in Criterion}
@@ -39,7 +40,8 @@ def bootstrap_resamples() -> int:
 class EvaluationReport:
     """Every number of an evaluation's report, as plain JSON-ready values (see ``to_dict``)."""
 
-    evaluation: dict[str, Any]
+    evaluation: dict[str, Any]  # what the report is of: an evaluation, or one round (``round`` set)
+    rounds: list[dict[str, Any]]  # each annotation round and how it counts its items (``round_closing``)
     table: list[dict[str, Any]]
     comparisons: list[dict[str, Any]]
     alignment_by_model: list[dict[str, Any]] | None
@@ -67,6 +69,17 @@ def evaluation_report_build(
     )
 
 
+def round_report_build(
+    *, round_: Round, confidence: float = 0.95, n_resamples: int | None = None, seed: int = 0,
+    p_adjust: str = "holm", power: float = 0.8,
+) -> EvaluationReport:
+    """The report of one pairwise or alignment round (``selectors.round_reportable``), made outside an evaluation."""
+    return report_from_data(
+        round_data(round_=round_), confidence=confidence, n_resamples=n_resamples or bootstrap_resamples(),
+        seed=seed, p_adjust=p_adjust, power=power,
+    )
+
+
 def report_from_data(
     data: EvaluationData, *, confidence: float, n_resamples: int, seed: int, p_adjust: str, power: float
 ) -> EvaluationReport:
@@ -75,14 +88,18 @@ def report_from_data(
     messages: list[str] = []
     bootstrap = stats.PromptBootstrap(n_resamples=n_resamples, seed=seed)
 
-    if not data.pairwise:
+    if not data.pairwise and data.evaluation is not None and not data.rounds:
         messages.append("This evaluation has no pairwise annotation rounds yet (images are still being generated).")
+    for entry in data.rounds:
+        if entry["rule"]:
+            messages.append(f"Round {entry['name']!r}: {closing_line(entry)}.")
 
     # Per comparison and criterion: the labels of complete items, their vote tables, position counts.
     steps: list[stats.Steps[Any]] = []
     slots: list[tuple] = []
     details: dict[tuple[int, int], dict[str, Any]] = {pair: {} for pair in pairs}
     category_labels: dict[tuple[int, int, str, str], list[str]] = defaultdict(list)
+    rules = {r["criterion"]: r["rule"] for r in data.rounds if r["kind"] == Round.Kind.PAIRWISE}
     for criterion in CRITERIA:
         items_by_pair: dict[tuple[int, int], list[PairwiseItem]] = defaultdict(list)
         for item in data.pairwise.get(criterion, []):
@@ -91,12 +108,15 @@ def report_from_data(
             if criterion not in data.pairwise:
                 continue
             detail = _pairwise_detail(items_by_pair.get(pair, []), pair)
+            detail["rule"] = rules.get(criterion, "")
             details[pair][criterion] = detail
             steps.append(stats.pairwise_steps(
                 detail["labels"], confidence, no_majority=detail["no_majority"], power=power
             ))
             slots.append(("pairwise", pair, criterion))
-            steps.append(stats.agreement_steps(stats.vote_table(detail["votes"], stats.LABELS), confidence))
+            steps.append(_agreement_noted(
+                stats.agreement_steps(stats.vote_table(detail["votes"], stats.LABELS), confidence), detail
+            ))
             slots.append(("agreement", pair, criterion))
             for category, label in zip(detail["categories"], detail["labels"]):
                 category_labels[(*pair, criterion, category)].append(label)
@@ -108,7 +128,10 @@ def report_from_data(
     # Text alignment: per model outcomes over complete items, then paired comparisons.
     alignment_outcomes: dict[int, dict[str, dict[str, bool]]] | None = None
     if data.alignment is None:
-        if data.pairwise:
+        if "text_alignment" not in data.source.get("criteria", ["text_alignment"]):
+            if data.evaluation is not None:
+                messages.append("Text alignment is not among this evaluation's criteria: it is not measured.")
+        elif data.pairwise:
             messages.append(
                 "No prompt of this evaluation has alignment questions: text alignment is not measured."
             )
@@ -163,6 +186,15 @@ def report_from_data(
         comparison["text_alignment"] = text_alignment
         comparisons.append(comparison)
     table = stats.paper_table_rows(rows, p_adjust=p_adjust)
+    n_tests = stats.table_tests(rows)
+    if n_tests:
+        run = [CRITERION_TITLES.get(c, "text alignment").lower() for c in (*CRITERIA, "text_alignment")
+               if any(cells.get(c) and cells[c]["p_value"] is not None for cells in table)]
+        tests = f"{n_tests} test{'s' if n_tests != 1 else ''}"
+        messages.append(
+            f"Adjusted p-values: {p_adjust} over the {tests} actually run in the table ({', '.join(run)}); "
+            "a criterion without a round, or without decided prompts, adds no test."
+        )
 
     alignment_by_model = None
     if alignment_outcomes is not None:
@@ -207,14 +239,9 @@ def report_from_data(
             except ValueError as error:
                 messages.append(f"{CRITERION_TITLES[criterion]}: no leaderboard: {error}")
 
-    evaluation = data.evaluation
     return EvaluationReport(
-        evaluation={
-            "id": evaluation.pk, "name": evaluation.name, "prompt_set": evaluation.prompt_set.name,
-            "models": [name for _, name in data.models], "seed": evaluation.seed, "k": evaluation.k,
-            "status": evaluation.status, "missing_prompts": len(evaluation.missing_prompts or []),
-            "seed_policy": evaluation.seed_policy, "seed_policy_label": evaluation.get_seed_policy_display(),
-        },
+        evaluation=dict(data.source),
+        rounds=data.rounds,
         table=table,
         comparisons=comparisons,
         alignment_by_model=alignment_by_model,
@@ -228,7 +255,7 @@ def report_from_data(
         },
         settings={
             "confidence": confidence, "n_resamples": n_resamples, "seed": seed, "p_adjust": p_adjust,
-            "power": power,
+            "p_adjust_tests": n_tests, "power": power,
         },
         messages=messages,
     )
@@ -237,12 +264,13 @@ def report_from_data(
 def _pairwise_detail(items: list[PairwiseItem], pair: tuple[int, int]) -> dict[str, Any]:
     """Labels of one comparison's complete items (in prompt order), their votes and position counts."""
     labels, votes, categories = [], [], []
-    no_majority = unresolved = left = right = complete = 0
+    no_majority = unresolved = left = right = complete = short = 0
     for item in sorted(items, key=lambda i: i.prompt_id):
         left, right = left + item.left_wins, right + item.right_wins
         if not item.complete:
             continue
         complete += 1
+        short += int(item.short)
         if item.outcome == Aggregate.Outcome.WINNER:
             label = "A" if item.winner == item.image_a else "B"
         elif item.outcome == Aggregate.Outcome.TIE:
@@ -257,8 +285,35 @@ def _pairwise_detail(items: list[PairwiseItem], pair: tuple[int, int]) -> dict[s
     return {
         "labels": labels, "votes": votes, "categories": categories, "no_majority": no_majority,
         "unresolved": unresolved, "left_wins": left, "right_wins": right, "items": len(items),
-        "items_complete": complete,
+        "items_complete": complete, "items_short": short, "items_judged": sum(1 for i in items if i.votes),
     }
+
+
+def closing_line(entry: dict[str, Any]) -> str:
+    """How a round counts its items, in words (``RoundClosing.line``'s words, from the report's dict)."""
+    if entry["rule"] == Round.CloseRule.COUNT_PARTIAL:
+        short = (f"{entry['decided_short']} decided by the majority of the votes they have, "
+                 f"{entry['left_out']} undecided (too few votes) and left out")
+    elif entry["rule"]:
+        short = f"{entry['left_out']} short of K left out"
+    else:
+        short = f"{entry['left_out']} still open"
+    state = f"closed under {entry['rule']}" if entry["rule"] else entry["status"]
+    return f"{state}: {entry['complete_k']} of {entry['items']} items with K = {entry['k']} judgments, {short}"
+
+
+def _agreement_noted(steps, detail: dict[str, Any]):
+    """Agreement steps whose "no items" message says why: no items, no judgments, or no complete item yet."""
+    summary = yield from steps
+    if summary.n_items or detail["items_complete"]:
+        return summary
+    if detail["items"] == 0:
+        why = "This comparison has no items"
+    elif detail["items_judged"] == 0:
+        why = f"No judgments yet on its {detail['items']} items"
+    else:
+        why = f"{detail['items_judged']} of its {detail['items']} items have judgments, but not one is complete yet"
+    return replace(summary, message=f"{why}: agreement is undefined.")
 
 
 def _with_notes(summary, detail) -> Any:
@@ -267,10 +322,23 @@ def _with_notes(summary, detail) -> Any:
     notes = []
     if detail["items"] == 0:
         notes.append("This comparison has no items.")
+    elif detail["items_complete"] < detail["items"] and detail.get("rule"):
+        left_out = detail["items"] - detail["items_complete"]
+        why = ("too few votes for a decision (count-partial needs ⌈K/2⌉ + 1)"
+               if detail["rule"] == Round.CloseRule.COUNT_PARTIAL else "fewer than K judgments (drop-partial)")
+        notes.append(
+            f"{left_out} of {detail['items']} prompts had {why} when the round closed and are left out; "
+            f"the numbers use the {detail['items_complete']} decided ones."
+        )
     elif detail["items_complete"] < detail["items"]:
         notes.append(
             f"{detail['items'] - detail['items_complete']} of {detail['items']} prompts still need judgments; "
             f"the numbers use the {detail['items_complete']} complete ones."
+        )
+    if detail["items_short"]:
+        notes.append(
+            f"{detail['items_short']} prompts were decided with fewer than K judgments, by the majority of the "
+            "votes each has (the round was closed under count-partial)."
         )
     if detail["unresolved"]:
         notes.append(f"{detail['unresolved']} prompts were rejected by every annotator (cannot compare) and are left out.")

@@ -10,8 +10,8 @@ from django.db.models import Count, Max, Q
 from annotation import voting
 from annotation.kinds.pairwise import Pairwise
 from annotation.models import Aggregate, Item, ItemImage, Judgment, Lease, Round
-from annotation.selectors import annotators_excluded, gold_accuracy
-from catalog.models import GenerationJob
+from annotation.selectors import annotators_excluded, gold_accuracy, round_closing
+from catalog.models import GenerationJob, ModelVersion
 from evaluation.models import EvaluationRound, StoredReport
 
 UNCATEGORIZED = "(no category)"
@@ -35,19 +35,21 @@ class ReportSourceState:
 
 
 def report_source_state(*, evaluation: EvaluationRound, n_resamples: int) -> ReportSourceState:
-    """The evaluation's status, rounds, judgments (submitted and undone) and latest aggregate change.
+    """The evaluation's status, rounds (and how each closed), judgments (submitted and undone) and latest aggregate change.
 
     Any submission, undo, or aggregate recompute (gold answers, exclusions) changes the key, and
     so does the bootstrap setting the report is computed with.
     """
-    rounds = sorted(evaluation.annotation_rounds.values_list("pk", flat=True))
+    closings = sorted(evaluation.annotation_rounds.values_list("pk", "status", "close_rule"))
+    rounds = [pk for pk, _status, _rule in closings]
     judgments = Judgment.objects.filter(round_id__in=rounds).aggregate(
         total=Count("id"), live=Count("id", filter=Q(undone_at__isnull=True))
     )
     latest = Aggregate.objects.filter(round_id__in=rounds).aggregate(latest=Max("updated_at"))["latest"]
     skips = Lease.objects.filter(round_id__in=rounds, state=Lease.State.SKIPPED).count()
     key = "|".join([
-        evaluation.status, ",".join(map(str, rounds)), str(judgments["total"]), str(judgments["live"]), str(skips),
+        evaluation.status, ",".join(f"{pk}:{status}:{rule}" for pk, status, rule in closings), str(judgments["total"]),
+        str(judgments["live"]), str(skips),
         latest.isoformat() if latest else "-", str(n_resamples),
     ])
     return ReportSourceState(key=key, judgment_count=judgments["live"])
@@ -72,6 +74,7 @@ class PairwiseItem:
     outcome: str = Aggregate.Outcome.PENDING
     winner: int | None = None
     no_majority: bool = False
+    short: bool = False  # decided with fewer than K judgments (its round closed under count-partial)
     votes: list[tuple[int, str]] = field(default_factory=list)  # (annotator id, "A" | "tie" | "B" | "reject")
     left_wins: int = 0
     right_wins: int = 0
@@ -86,6 +89,7 @@ class AlignmentItem:
     category: str
     model: int
     complete: bool = False
+    short: bool = False
     answers: dict[str, bool] = field(default_factory=dict)
 
 
@@ -93,7 +97,9 @@ class AlignmentItem:
 class EvaluationData:
     """Everything a report needs, read from the database in a few queries."""
 
-    evaluation: EvaluationRound
+    evaluation: EvaluationRound | None  # None: the report of one annotation round (``round_data``)
+    source: dict  # what the report is of: id, name, prompt set, models, seed, K, status
+    rounds: list[dict]  # per annotation round: name, kind, criterion and how it counts its items (``round_closing``)
     models: list[tuple[int, str]]
     pairwise: dict[str, list[PairwiseItem]]  # criterion -> items
     alignment: list[AlignmentItem] | None  # None: the evaluation has no alignment round
@@ -114,7 +120,46 @@ def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
     the stored aggregates.
     """
     models = [(m.pk, m.name) for m in evaluation.ordered_models()]
-    rounds = list(evaluation.annotation_rounds.all())
+    source = {
+        "id": evaluation.pk, "round": None, "name": evaluation.name, "prompt_set": evaluation.prompt_set.name,
+        "models": [name for _, name in models], "seed": evaluation.seed, "k": evaluation.k,
+        "status": evaluation.status, "missing_prompts": len(evaluation.missing_prompts or []),
+        "criteria": list(evaluation.criteria),
+        "seed_policy": evaluation.seed_policy, "seed_policy_label": evaluation.get_seed_policy_display(),
+    }
+    return _rounds_data(evaluation=evaluation, source=source, models=models,
+                        rounds=list(evaluation.annotation_rounds.order_by("id")))
+
+
+def round_reportable(round_: Round) -> bool:
+    """Whether a report can be built of the round alone: its kind contributes to reports."""
+    return round_.kind in _ROUND_READERS
+
+
+def round_data(*, round_: Round) -> EvaluationData:
+    """A report's data from one annotation round (pairwise or alignment), made outside an evaluation.
+
+    Its models are those of its images, in the order the items store them (a pairwise round's
+    first image is Model A).
+    """
+    model_ids: list[int] = []
+    for model_id in ItemImage.objects.filter(item__round=round_, item__is_gold=False).order_by(
+        "order", "item_id"
+    ).values_list("image__model_version_id", flat=True).distinct():
+        if model_id not in model_ids:
+            model_ids.append(model_id)
+    names = dict(ModelVersion.objects.filter(pk__in=model_ids).values_list("pk", "name"))
+    models = [(pk, names[pk]) for pk in model_ids]
+    prompt_sets = sorted(set(Item.objects.filter(round=round_).values_list("prompt__prompt_set__name", flat=True)))
+    source = {
+        "id": None, "round": round_.pk, "name": round_.name, "prompt_set": ", ".join(prompt_sets) or "-",
+        "models": [name for _, name in models], "seed": None, "k": round_.k, "status": round_.status,
+        "missing_prompts": 0, "criteria": [round_.criterion or "text_alignment"],
+    }
+    return _rounds_data(evaluation=None, source=source, models=models, rounds=[round_])
+
+
+def _rounds_data(*, evaluation, source: dict, models: list[tuple[int, str]], rounds: list[Round]) -> EvaluationData:
     collected = _Collected()
     annotators: dict[int, dict] = {}
     gold_totals: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -159,7 +204,13 @@ def evaluation_data(*, evaluation: EvaluationRound) -> EvaluationData:
             reader(collected, round_, items, judgments)
 
     return EvaluationData(
-        evaluation=evaluation, models=models, pairwise=collected.pairwise, alignment=collected.alignment,
+        evaluation=evaluation, source=source,
+        rounds=[
+            {"id": r.pk, "name": r.name, "kind": r.kind, "criterion": r.criterion or None, "k": r.k,
+             **round_closing(round_=r).as_dict()}
+            for r in rounds
+        ],
+        models=models, pairwise=collected.pairwise, alignment=collected.alignment,
         annotators=annotators,
         gold={a: (total / n, int(n)) for a, (total, n) in gold_totals.items() if n},
         judgments_total=judgments_total, judgments_synthetic=judgments_synthetic,
@@ -205,11 +256,12 @@ def _pairwise_items(round_: Round, items, judgments: list[dict]) -> list[Pairwis
             item_id=item_id, prompt_id=prompt_id, category=category or UNCATEGORIZED,
             model_a=model_a, model_b=model_b, image_a=image_a, image_b=image_b,
         )
-    for item_id, outcome, winner_id, no_majority, complete in Aggregate.objects.filter(
+    for item_id, outcome, winner_id, no_majority, complete, n_judgments in Aggregate.objects.filter(
         round=round_, item_id__in=by_id
-    ).values_list("item_id", "outcome", "winner_id", "no_majority", "complete"):
+    ).values_list("item_id", "outcome", "winner_id", "no_majority", "complete", "n_judgments"):
         record = by_id[item_id]
         record.outcome, record.winner, record.no_majority, record.complete = outcome, winner_id, no_majority, complete
+        record.short = complete and n_judgments < round_.k
     for j in judgments:
         record = by_id.get(j["item_id"])
         if record is None:
@@ -233,8 +285,9 @@ def _alignment_items(round_: Round, items) -> list[AlignmentItem]:
         item_id: AlignmentItem(item_id=item_id, prompt_id=prompt_id, category=category or UNCATEGORIZED, model=models[item_id])
         for item_id, prompt_id, category in items
     }
-    for item_id, complete, answers in Aggregate.objects.filter(round=round_, item_id__in=by_id).values_list(
-        "item_id", "complete", "question_results"
+    for item_id, complete, answers, n_judgments in Aggregate.objects.filter(round=round_, item_id__in=by_id).values_list(
+        "item_id", "complete", "question_results", "n_judgments"
     ):
         by_id[item_id].complete, by_id[item_id].answers = complete, answers or {}
+        by_id[item_id].short = complete and n_judgments < round_.k
     return list(by_id.values())

@@ -22,7 +22,7 @@ from catalog.models import AlignmentQuestion, GenerationJob, ModelVersion, Promp
 from catalog.selectors import prompts_select
 from config.celery import enqueue_on_commit
 from evaluation import reports, selectors
-from evaluation.models import EvaluationModel, EvaluationRound, StoredReport
+from evaluation.models import CRITERIA, TEXT_ALIGNMENT, EvaluationModel, EvaluationRound, StoredReport
 
 
 class EvaluationError(Exception):
@@ -37,13 +37,25 @@ class EvaluationError(Exception):
 @transaction.atomic
 def evaluation_create(
     *, model_versions: Sequence[ModelVersion], prompt_set: PromptSet, limit: int | None = None, seed: int = 0,
-    k: int = 5, name: str = "", seed_policy: str = EvaluationRound.SeedPolicy.EVALUATION, created_by=None,
+    k: int = 5, name: str = "", criteria: Sequence[str] = CRITERIA,
+    seed_policy: str = EvaluationRound.SeedPolicy.EVALUATION, created_by=None,
 ) -> EvaluationRound:
-    """Create an evaluation round and one generation job per prompt per model (same seed per prompt)."""
+    """Create an evaluation round and one generation job per prompt per model (same seed per prompt).
+
+    ``criteria``: what it measures, one annotation round each (``evaluation.models.CRITERIA``).
+    """
     if seed_policy not in EvaluationRound.SeedPolicy.values:
         raise EvaluationError(
             f"expected one of {', '.join(EvaluationRound.SeedPolicy.values)}, got {seed_policy!r}", field="seed_policy"
         )
+    criteria = list(criteria)
+    if not criteria:
+        raise EvaluationError(f"choose at least one of {', '.join(CRITERIA)}", field="criteria")
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown:
+        raise EvaluationError(f"{unknown[0]!r} is not one of {', '.join(CRITERIA)}", field="criteria")
+    if len(set(criteria)) != len(criteria):
+        raise EvaluationError("a criterion is listed more than once", field="criteria")
     if len(model_versions) < 2:
         raise EvaluationError("an evaluation compares at least 2 models", field="models")
     duplicates = sorted({m.name for m in model_versions if list(model_versions).count(m) > 1})
@@ -62,7 +74,7 @@ def evaluation_create(
     batch = generation_batch_create(model_versions=model_versions, prompts=prompts, seed=seed, label=f"evaluation {name}")
     evaluation = EvaluationRound.objects.create(
         name=name, prompt_set=prompt_set, limit=limit, seed=seed, k=k, seed_policy=seed_policy, generation_batch=batch,
-        created_by=created_by,
+        created_by=created_by, criteria=[c for c in CRITERIA if c in criteria],
     )
     EvaluationModel.objects.bulk_create(
         [EvaluationModel(evaluation_round=evaluation, model_version=m, position=i) for i, m in enumerate(model_versions)]
@@ -91,7 +103,7 @@ class AnnotationBuild:
 
 @transaction.atomic
 def evaluation_annotation_create(*, evaluation: EvaluationRound, created_by=None) -> AnnotationBuild:
-    """Create the annotation rounds of an evaluation from its finished generation jobs.
+    """Create the annotation rounds of an evaluation's criteria from its finished generation jobs.
 
     - ``visual_flaws`` and ``visual_appeal``: one pairwise item per prompt per pair of models,
       its images stored in the evaluation's model order (the annotation app shuffles the screen
@@ -126,7 +138,7 @@ def evaluation_annotation_create(*, evaluation: EvaluationRound, created_by=None
     pairs = list(itertools.combinations(models, 2))
     rounds, items = [], {}
     try:
-        for criterion in Criterion:
+        for criterion in (c for c in Criterion if c.value in evaluation.criteria):
             specs = [
                 ItemSpec(prompt_id=p, image_ids=(images[p][a.pk], images[p][b.pk])) for p in complete for a, b in pairs
             ]
@@ -137,7 +149,7 @@ def evaluation_annotation_create(*, evaluation: EvaluationRound, created_by=None
             items[criterion.value] = len(specs)
         with_questions = set(
             AlignmentQuestion.objects.filter(prompt_id__in=complete).values_list("prompt_id", flat=True)
-        )
+        ) if TEXT_ALIGNMENT in evaluation.criteria else set()
         if with_questions:
             specs = [
                 ItemSpec(prompt_id=p, image_ids=(images[p][m.pk],)) for p in complete if p in with_questions for m in models
@@ -149,13 +161,17 @@ def evaluation_annotation_create(*, evaluation: EvaluationRound, created_by=None
             items["alignment"] = len(specs)
     except AnnotationError as exc:
         raise EvaluationError(exc.detail, field="annotation rounds") from exc
+    if not rounds:
+        raise EvaluationError(
+            "no prompt has alignment questions, and text_alignment is the only criterion", field="criteria"
+        )
     evaluation.annotation_rounds.set(rounds)
     evaluation.missing_prompts = missing
     evaluation.status = EvaluationRound.Status.ANNOTATING
     evaluation.save(update_fields=["missing_prompts", "status"])
     return AnnotationBuild(
         rounds=rounds, prompts_used=len(complete), items=items, missing=missing,
-        prompts_without_questions=len(complete) - len(with_questions),
+        prompts_without_questions=len(complete) - len(with_questions) if TEXT_ALIGNMENT in evaluation.criteria else 0,
     )
 
 
@@ -170,7 +186,7 @@ class EvaluationStart:
 @transaction.atomic
 def evaluation_start(
     *, model_versions: Sequence[ModelVersion], prompt_set: PromptSet, limit: int | None = None, seed: int = 0,
-    k: int = 5, name: str = "", from_existing: bool = False,
+    k: int = 5, name: str = "", criteria: Sequence[str] = CRITERIA, from_existing: bool = False,
     seed_policy: str = EvaluationRound.SeedPolicy.EVALUATION, created_by=None,
 ) -> EvaluationStart:
     """Create an evaluation and its jobs; with ``from_existing``, fill them and create the rounds now.
@@ -192,7 +208,7 @@ def evaluation_start(
             raise EvaluationError("applies to existing images only: use it with --from-existing", field="seed_policy")
     evaluation = evaluation_create(
         model_versions=model_versions, prompt_set=prompt_set, limit=limit, seed=seed, k=k, name=name,
-        seed_policy=seed_policy, created_by=created_by,
+        criteria=criteria, seed_policy=seed_policy, created_by=created_by,
     )
     jobs = evaluation.jobs.count()
     filled, build = 0, None

@@ -98,6 +98,7 @@ __all__ = [
     "minimal_detectable_difference",
     "pairwise_steps",
     "paper_table_rows",
+    "table_tests",
     "position_bias_test",
     "prompts_needed",
     "run_with_bootstrap",
@@ -401,15 +402,11 @@ def paper_table_rows(
     with the rate as a fraction in [0, 1]: Wilson intervals for the pairwise outcomes, bootstrap
     intervals for alignment rates and differences. Agreement, where the row has it, sits under
     each criterion. Each criterion carries its raw p-value (sign test; McNemar for alignment)
-    and the p-value adjusted over the family of every test in the table (all rows, all three
-    criteria) with ``adjust_p_values``. Missing or undefined numbers are ``None``, never NaN.
+    and the p-value adjusted over the family of the tests in the table that ran (all rows, all
+    criteria the evaluation has rounds for; ``table_tests`` counts them) with ``adjust_p_values``.
+    Missing or undefined numbers are ``None``, never NaN.
     """
-    raw: list[float | None] = []
-    for row in rows:
-        raw.append(row.visual_flaws.sign_test_p if row.visual_flaws else None)
-        raw.append(row.visual_appeal.sign_test_p if row.visual_appeal else None)
-        raw.append(row.text_alignment.mcnemar_p if row.text_alignment else None)
-    adjusted = adjust_p_values(raw, method=p_adjust)
+    adjusted = adjust_p_values(_table_p_values(rows), method=p_adjust)
     table: list[dict[str, Any]] = []
     for index, row in enumerate(rows):
         table.append({
@@ -425,6 +422,21 @@ def paper_table_rows(
             "p_adjust": p_adjust,
         })
     return table
+
+
+def _table_p_values(rows: Sequence[ComparisonRow]) -> list[float | None]:
+    """The table's raw p-values, three per row; ``None`` where no test ran (no round, or nothing decided)."""
+    raw: list[float | None] = []
+    for row in rows:
+        raw.append(row.visual_flaws.sign_test_p if row.visual_flaws else None)
+        raw.append(row.visual_appeal.sign_test_p if row.visual_appeal else None)
+        raw.append(row.text_alignment.mcnemar_p if row.text_alignment else None)
+    return raw
+
+
+def table_tests(rows: Sequence[ComparisonRow]) -> int:
+    """How many tests ``paper_table_rows`` adjusts over: those that ran; a criterion without a round adds none."""
+    return sum(p is not None for p in _table_p_values(rows))
 
 
 def _rate_cell(rate: float | None, interval: Interval | None, count: int | None) -> dict[str, Any]:

@@ -65,7 +65,7 @@ class Alignment(ItemKind):
         agree = sum(parsed.answers[q] == gold.answers.get(q) for q in parsed.answers)
         return agree / len(parsed.answers) if parsed.answers else 1.0
 
-    def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow]) -> KindAggregate:
+    def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow], k: int) -> KindAggregate:
         questions = item.questions()
         parents = {q.pk: [p.pk for p in q.parents.all()] for q in questions}
         answers: dict[int, dict[int, bool]] = {v.id: {} for v in votes}
@@ -74,7 +74,7 @@ class Alignment(ItemKind):
         ):
             answers[judgment_id][question_id] = value
         result = voting.alignment_majority(
-            [answers[v.id] for v in votes], questions=[q.pk for q in questions], parents=parents, k=item.round.k
+            [answers[v.id] for v in votes], questions=[q.pk for q in questions], parents=parents, k=k
         )
         return KindAggregate(
             outcome=Aggregate.Outcome.ALIGNMENT if votes else Aggregate.Outcome.PENDING, used=votes,

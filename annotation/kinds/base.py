@@ -150,8 +150,9 @@ class ItemKind:
 
     # --- aggregation and tasks ---
 
-    def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow]) -> KindAggregate:
-        """The majority result of the item's counted votes."""
+    def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow], k: int) -> KindAggregate:
+        """The majority result of the item's counted votes, counted against ``k`` (the round's K, or
+        ``voting.closing_k`` when a round closed early decides an item short of K)."""
         raise NotImplementedError
 
     def task_fields(self, *, item: ItemContext) -> dict:

@@ -51,7 +51,7 @@ class BestWorst(ItemKind):
     def gold_score(self, *, parsed: ParsedAnswer, gold: ParsedAnswer) -> float:
         return ((parsed.winner_id == gold.winner_id) + (parsed.loser_id == gold.loser_id)) / 2
 
-    def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow]) -> KindAggregate:
+    def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow], k: int) -> KindAggregate:
         images = item.images()
         result = voting.best_worst_majority([(v.winner_id, v.loser_id) for v in votes], images=[i.id for i in images])
         public = {image.id: image.catalog_id for image in images}  # researchers read counts

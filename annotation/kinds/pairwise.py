@@ -62,11 +62,10 @@ class Pairwise(ItemKind):
             return voting.A if winner_id == image_a else voting.B
         return voting.TIE if outcome == Judgment.Outcome.TIE else voting.REJECT
 
-    def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow]) -> KindAggregate:
+    def aggregate(self, *, item: ItemContext, votes: list[sql.VoteRow], k: int) -> KindAggregate:
         image_a, image_b = [image.id for image in item.images()]
         labels = [self.vote(outcome=v.outcome, winner_id=v.winner_id, image_a=image_a) for v in votes]
-        round_ = item.round
-        result = voting.pairwise_majority(labels, k=round_.k, no_majority_rule=round_.no_majority_rule)
+        result = voting.pairwise_majority(labels, k=k, no_majority_rule=item.round.no_majority_rule)
         aggregate = KindAggregate(
             outcome=Aggregate.Outcome.PENDING, counts=result.counts, no_majority=result.no_majority,
             used=[v for v, label in zip(votes, labels) if label != voting.REJECT],

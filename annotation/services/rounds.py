@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection, transaction
+from django.utils import timezone
 
-from annotation.errors import InvalidRoundSpec
+from annotation import selectors, voting
+from annotation.errors import Conflict, InvalidInput, InvalidRoundSpec
 from annotation.kinds import ItemContext, ItemSpec, item_kind
 from annotation.models import Aggregate, Item, ItemImage, Round
 from annotation.services.aggregation import round_aggregate
 from annotation.services.answers import answer_parse
 from catalog.models import Image
 
-__all__ = ["ItemSpec", "item_gold_set", "round_create", "round_update"]
+__all__ = ["ItemSpec", "item_gold_set", "round_close", "round_create", "round_update"]
 
 
 def _items_check(*, kind: str, items: list[ItemSpec]) -> None:
@@ -91,7 +93,15 @@ def round_update(*, round_: Round, **changes) -> Round:
     fixed = sorted({"kind", "k", "items"} & changes.keys())
     if fixed:
         raise InvalidRoundSpec(f"{fixed[0]} is fixed once the round exists", field=fixed[0])
+    changes.pop("close_rule", None), changes.pop("closed_at", None)  # set by ``round_close`` only
     recount = any(name in changes and changes[name] != getattr(round_, name) for name in _AGGREGATION_SETTINGS)
+    status = changes.get("status", round_.status)
+    if status != round_.status:
+        if status == Round.Status.CLOSED:  # closed by hand: items short of K stay out, as before
+            changes.update(close_rule=Round.CloseRule.DROP_PARTIAL, closed_at=timezone.now())
+        elif round_.status == Round.Status.CLOSED:  # reopened: items short of K are open again
+            recount = recount or round_.close_rule == Round.CloseRule.COUNT_PARTIAL
+            changes.update(close_rule="", closed_at=None)
     for name, value in changes.items():
         setattr(round_, name, value)
     _full_clean(round_)
@@ -99,6 +109,28 @@ def round_update(*, round_: Round, **changes) -> Round:
     if recount:
         round_aggregate(round_=round_)
     return round_
+
+
+@transaction.atomic
+def round_close(*, round_: Round, rule: str) -> selectors.RoundClosing:
+    """Close a round before every item has K judgments, and count its items under ``rule``.
+
+    ``count-partial``: an item short of K is decided by the votes it has when it has enough
+    (``voting.closing_k``: at least ⌈K/2⌉ + 1), else it stays undecided; ``drop-partial``: items
+    short of K stay out, as in an open round. The round takes no more submissions or undos.
+    """
+    if rule not in voting.CLOSE_RULES:
+        raise InvalidInput(f"must be one of {', '.join(voting.CLOSE_RULES)}, not {rule!r}", field="rule")
+    # FOR UPDATE: waits for submissions in flight (they hold a key-share lock on the round), and they for it.
+    round_ = Round.objects.select_for_update().get(pk=round_.pk)
+    if round_.status == Round.Status.CLOSED:
+        closed = f" under {round_.close_rule}" if round_.close_rule else ""
+        raise Conflict(f"round {round_.pk} is already closed{closed}", code="round_already_closed")
+    round_.status, round_.close_rule, round_.closed_at = Round.Status.CLOSED, rule, timezone.now()
+    round_.save(update_fields=["status", "close_rule", "closed_at"])
+    if rule == Round.CloseRule.COUNT_PARTIAL:
+        round_aggregate(round_=round_)
+    return selectors.round_closing(round_=round_)
 
 
 def item_gold_set(*, item: Item, is_gold: bool, gold_answer: dict | None = None) -> Item:

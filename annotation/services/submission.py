@@ -34,7 +34,12 @@ def _rate_limit_take(profile: sql.ProfileRow, now: datetime) -> None:
     if profile.submit_tokens_at is not None:
         tokens = min(burst, profile.submit_tokens + max(0.0, (now - profile.submit_tokens_at).total_seconds()) * rate)
     if tokens < 1:
-        raise RateLimited("too many submissions; slow down", retry_after=(1 - tokens) / rate)
+        retry_after = (1 - tokens) / rate
+        raise RateLimited(
+            f"too many submissions: at most {rate:g} per second after a burst of {burst:g} "
+            f"(ANNOTATION_SUBMIT_RATE, ANNOTATION_SUBMIT_BURST); retry in {max(retry_after, 0.1):.1f} s",
+            retry_after=retry_after,
+        )
     sql.profile_tokens_set(profile_id=profile.id, tokens=tokens - 1, at=now)
 
 

@@ -98,3 +98,40 @@ def gold_round_with_a_failing_annotator(**kwargs):
             submission.judgment_submit(annotator=person, lease_id=task.lease.id, client_uuid=uuid.uuid4(),
                                        answer={"outcome": "win", "winner": winner}, elapsed_ms=1)
     return round_, regular, people
+
+
+OUTCOMES = {"A": "win", "B": "win", "tie": "tie", "reject": "cannot_compare"}
+
+
+def judge(round_: Round, person, votes: list[str]) -> None:
+    """``person`` judges the round's items in the order they are given (fullest first, then by id),
+    voting ``votes[n]`` on the n-th; after the last vote they stop, holding the next item's lease."""
+    for vote in votes:
+        task = assignment.item_next_for_annotator(round_=round_, annotator=person)
+        assert task is not None
+        image_a, image_b = task.item.images()
+        answer = {"outcome": OUTCOMES[vote]}
+        if vote in ("A", "B"):
+            answer["winner"] = (image_a if vote == "A" else image_b).public_id
+        submission.judgment_submit(annotator=person, lease_id=task.lease.id, client_uuid=uuid.uuid4(),
+                                   answer=answer, elapsed_ms=900)
+    assignment.item_next_for_annotator(round_=round_, annotator=person)  # the declined item: leased, not judged
+
+
+def by_column(votes_by_item: list[list[str]]) -> list[list[str]]:
+    """Per annotator, their votes in item order, from per item, the votes in annotator order."""
+    width = max(map(len, votes_by_item))
+    columns = [[votes[n] for votes in votes_by_item if n < len(votes)] for n in range(width)]
+    for n, column in enumerate(columns):  # an annotator who skips an item skips the ones after it too
+        assert all(len(votes) > n for votes in votes_by_item[:len(column)])
+    return columns
+
+
+def annotate_votes(round_: Round, votes_by_item: list[list[str]]) -> list:
+    """Pairwise votes ("A", "B", "tie", "reject") per item in id order, the n-th from the n-th of new
+    annotators; an item with fewer votes than the one before it is where the later annotators stop.
+    Returns the annotators."""
+    people = annotators(max(map(len, votes_by_item)))
+    for person, votes in zip(people, by_column(votes_by_item)):
+        judge(round_, person, votes)
+    return people

@@ -198,6 +198,9 @@ class TestRateLimit:
         with pytest.raises(errors.RateLimited) as exc:
             submit(lease, person, now=t0)
         assert 0 < exc.value.retry_after <= 1
+        # The refusal names the settings behind it and when to come back.
+        assert "ANNOTATION_SUBMIT_RATE" in exc.value.detail and "ANNOTATION_SUBMIT_BURST" in exc.value.detail
+        assert "at most 1 per second after a burst of 2" in exc.value.detail and "retry in 1.0 s" in exc.value.detail
         assert Judgment.objects.count() == 2
         submit(lease, person, now=t0 + timedelta(seconds=1.5))
         assert Judgment.objects.count() == 3

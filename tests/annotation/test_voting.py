@@ -17,9 +17,11 @@ from annotation.voting import (
     TIE,
     alignment_majority,
     best_worst_majority,
+    closing_k,
     dsg_apply,
     majority_threshold,
     pairwise_majority,
+    partial_minimum,
     question_majority,
 )
 
@@ -120,6 +122,44 @@ class TestPairwise:
         result = pairwise_majority(votes, k=5)
         reached = any(valid.count(label) >= 3 for label in (A, B, TIE))
         assert result.no_majority == (bool(valid) and not reached)
+
+
+class TestClosingEarly:
+    """count-partial: an item short of K with n >= ceil(K/2) + 1 counted votes is decided by the majority of n."""
+
+    def test_the_minimum_is_half_of_k_rounded_up_plus_one(self):
+        assert [partial_minimum(k=k) for k in range(1, 8)] == [2, 2, 3, 3, 4, 4, 5]
+
+    def test_four_of_five_decide_three_do_not(self):
+        assert closing_k(k=5, n_votes=4) == 4
+        assert closing_k(k=5, n_votes=3) is None
+        # 3 of 5 decides whether counted against 5 or 4; 2-2 has no majority of the 4.
+        assert pairwise_majority([A, A, A, B], k=closing_k(k=5, n_votes=4)).outcome == A
+        assert pairwise_majority([A, A, B, B], k=closing_k(k=5, n_votes=4)).no_majority
+
+    def test_counted_against_n_not_k(self):
+        # K = 7, five votes A, A, A, B, B: 3 of 7 is no majority, 3 of 5 is.
+        assert pairwise_majority([A, A, A, B, B], k=7).no_majority
+        assert pairwise_majority([A, A, A, B, B], k=closing_k(k=7, n_votes=5)).outcome == A
+        assert question_majority(3, k=closing_k(k=7, n_votes=5), n_votes=5)
+
+    @pytest.mark.parametrize("k", range(1, 8))
+    def test_every_short_multiset_follows_the_majority_of_its_votes(self, k):
+        # Counted out by hand: with n < K counted votes, decided only when n >= ceil(K/2) + 1,
+        # and then a label wins with more than n/2 of them.
+        for n in range(0, k):
+            for votes in itertools.combinations_with_replacement((A, B, TIE), n):
+                closing = closing_k(k=k, n_votes=n)
+                if n < -(-k // 2) + 1:
+                    assert closing is None, (k, votes)
+                    continue
+                assert closing == n
+                result = pairwise_majority(votes, k=closing)
+                winners = [label for label in (A, B, TIE) if 2 * votes.count(label) > n]
+                assert result.outcome == (winners[0] if winners else TIE), (k, votes)
+                assert result.no_majority == (not winners)
+                yes = votes.count(A)
+                assert question_majority(yes, k=closing, n_votes=n) == (2 * yes > n)
 
 
 IMAGES = ["i0", "i1", "i2", "i3", "i4"]

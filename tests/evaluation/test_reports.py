@@ -167,5 +167,5 @@ def test_table_renders_in_all_four_formats(flow, tmp_path):
 def test_unknown_round_is_a_clear_error(db):
     from django.core.management import CommandError
 
-    with pytest.raises(CommandError, match="ROUND: no evaluation round with id or name '999'"):
+    with pytest.raises(CommandError, match="EVALUATION: no evaluation round with id or name '999'"):
         call_command("evaluation_report", "999")

@@ -2,7 +2,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from catalog.models import ModelVersion, PromptSet
-from evaluation.models import EvaluationRound
+from evaluation.models import CRITERIA, EvaluationRound
 from evaluation.services import EvaluationError, evaluation_start
 from evaluation.summaries import describe_missing, describe_start
 
@@ -11,7 +11,7 @@ class Command(BaseCommand):
     help = (
         "Create an evaluation round: one image job per prompt per model (same seed for every model), "
         "pairwise visual flaws and visual appeal items for every pair of models, alignment items for "
-        "prompts with questions. Model A of each pair is the one listed first."
+        "prompts with questions (those of --criteria). Model A of each pair is the one listed first."
     )
 
     def add_arguments(self, parser):
@@ -20,6 +20,10 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, help="Evaluate a seeded sample of this many prompts.")
         parser.add_argument("--seed", type=int, default=0, help="Derives each prompt's image seed (default 0).")
         parser.add_argument("--k", type=int, default=5, help="Judgments per item (default 5).")
+        parser.add_argument(
+            "--criteria", nargs="+", default=list(CRITERIA), metavar="CRITERION",
+            help=f"What to measure, one annotation round each: {', '.join(CRITERIA)} (default: all three).",
+        )
         parser.add_argument("--name", default="", help="Name of the evaluation (default: models, set and seed).")
         parser.add_argument(
             "--from-existing", action="store_true",
@@ -33,7 +37,8 @@ class Command(BaseCommand):
         )
         parser.add_argument("--user", help="Username recorded as the creator.")
 
-    def handle(self, *args, models, prompts, limit, seed, k, name, from_existing, seed_policy, user, **options):
+    def handle(self, *args, models, prompts, limit, seed, k, criteria, name, from_existing, seed_policy, user,
+               **options):
         found = {m.name: m for m in ModelVersion.objects.filter(name__in=models)}
         unknown = [m for m in models if m not in found]
         if unknown:
@@ -49,7 +54,8 @@ class Command(BaseCommand):
         try:
             result = evaluation_start(
                 model_versions=[found[m] for m in models], prompt_set=prompt_set, limit=limit, seed=seed, k=k,
-                name=name, from_existing=from_existing, seed_policy=seed_policy, created_by=created_by,
+                name=name, criteria=criteria, from_existing=from_existing, seed_policy=seed_policy,
+                created_by=created_by,
             )
         except EvaluationError as exc:
             raise CommandError(f"{exc} (nothing was created)") from exc
