@@ -45,15 +45,21 @@ def test_the_pipelines_load_like_any_other(name, pipeline_class, family):
     assert (index.pipeline_class, index.family) == (pipeline_class, family)
 
 
+# What each model's samples must reach on 24 evaluation prompts (seed 100). toy-sd meets the goal
+# of 70 % of samples with every object's shape and colour right (73 % on 100 prompts, 21 of these
+# 24); toy-pixart does not yet (7 %), and is held to what it reaches: objects drawn in their
+# slots, colours at twice chance (1 in 6) and shapes above chance (1 in 5). docs/toyworld.md.
+FLOORS = {
+    "toy-sd": {"object_present": 0.9, "shape_and_colour_correct": 0.7, "object_shape": 0.85, "object_colour": 0.8},
+    "toy-pixart": {"object_present": 0.9, "object_colour": 2 / 6, "object_shape": 1 / 5 + 1e-9},
+}
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_samples_draw_the_captions_layout_and_beat_chance(name):
-    """On the evaluation split: every object drawn where its caption puts it, colours at twice
-    chance (1 in 6) and shapes above chance (1 in 5). The goal of 70 % of samples with every shape
-    and colour right is not reached by the shipped weights (docs/toyworld.md)."""
+def test_samples_draw_what_their_captions_say(name):
     figures = model_figures(MODELS[name], evaluation_captions(24), seed=100)
-    assert figures["object_present"]["rate"] >= 0.9, figures
-    assert figures["object_colour"]["rate"] >= 2 / 6, figures
-    assert figures["object_shape"]["rate"] > 1 / 5, figures
+    for figure, floor in FLOORS[name].items():
+        assert figures[figure]["rate"] >= floor, (figure, figures)
 
 
 def test_shipped_quality_figures_are_recorded():
@@ -63,6 +69,7 @@ def test_shipped_quality_figures_are_recorded():
         assert recorded[name]["prompts"] == 100
         assert recorded[name]["sampler"] == {"scheduler": "DDIMScheduler", "steps": 50, "guidance_scale": 7.5}
         assert recorded[name]["object_present"]["rate"] >= 0.9
+    assert recorded["toy-sd"]["shape_and_colour_correct"]["rate"] >= 0.7  # the goal, on 100 prompts
 
 
 def _pairs(folder: Path, count: int) -> Path:

@@ -4,7 +4,8 @@
 # 1. the VAE, whose encoder freezes at step 1000 (the latent space is final from then on);
 # 2. the VAE's decoder goes on training, and both denoisers train on that latent space beside it,
 #    one thread each;
-# 3. the exports into toyworld/weights (fp16), each pipeline with the finished VAE.
+# 3. the exports into toyworld/weights (fp16), each pipeline with the finished VAE;
+# 4. later stages from those exports, and the quality figures (toyworld/weights/quality.json).
 set -euo pipefail
 RUNS=${1:-var/toyworld}
 PY=${PY:-.venv/bin/python}
@@ -29,3 +30,21 @@ wait $VAE
 "$PY" -m toyworld.recipes.vae --run-dir "$RUNS/vae" --export "$RUNS/vae/final"
 "$PY" -m toyworld.recipes.denoiser --layout sd --run-dir "$RUNS/sd2" --vae "$RUNS/vae/final" --export toyworld/weights/toy-sd
 "$PY" -m toyworld.recipes.denoiser --layout pixart --run-dir "$RUNS/pixart" --vae "$RUNS/vae/final" --export toyworld/weights/toy-pixart
+# Later stages start from the shipped exports (a new machine needs no earlier run directory), side
+# by side, one thread each, and export over them: the SD layout's third stage (8,000 steps at 2e-4)
+# and the PixArt layout's second (constant 3e-4; the shipped one stopped at step 1,500:
+# add --set max_train_steps=1500 to both of its commands to reproduce it).
+"$PY" -m toyworld.recipes.denoiser --layout sd --recipe sd_stage3 --start-from toyworld/weights/toy-sd \
+    --run-dir "$RUNS/sd3" --data-dir "$RUNS/data" --vae toyworld/weights/toy-sd/vae >> "$RUNS/sd3.log" 2>&1 &
+SD3=$!
+"$PY" -m toyworld.recipes.denoiser --layout pixart --recipe pixart_stage2 --start-from toyworld/weights/toy-pixart \
+    --run-dir "$RUNS/pixart2" --data-dir "$RUNS/data" --vae toyworld/weights/toy-pixart/vae >> "$RUNS/pixart2.log" 2>&1
+wait $SD3
+"$PY" -m toyworld.recipes.denoiser --layout sd --run-dir "$RUNS/sd3" --vae toyworld/weights/toy-sd/vae \
+    --export "$RUNS/export-sd3"
+"$PY" -m toyworld.recipes.denoiser --layout pixart --run-dir "$RUNS/pixart2" --vae toyworld/weights/toy-pixart/vae \
+    --export "$RUNS/export-pixart2"
+rm -rf toyworld/weights/toy-sd toyworld/weights/toy-pixart
+cp -r "$RUNS/export-sd3" toyworld/weights/toy-sd
+cp -r "$RUNS/export-pixart2" toyworld/weights/toy-pixart
+"$PY" -m toyworld.quality models --out toyworld/weights/quality.json
