@@ -47,7 +47,7 @@ def test_the_pipelines_load_like_any_other(name, pipeline_class, family):
 
 # What each model's samples must reach on 24 evaluation prompts (seed 100). toy-sd meets the goal
 # of 70 % of samples with every object's shape and colour right (73 % on 100 prompts, 21 of these
-# 24); toy-pixart does not yet (7 %), and is held to what it reaches: objects drawn in their
+# 24); toy-pixart does not yet (11 %), and is held to what it reaches: objects drawn in their
 # slots, colours at twice chance (1 in 6) and shapes above chance (1 in 5). docs/toyworld.md.
 FLOORS = {
     "toy-sd": {"object_present": 0.9, "shape_and_colour_correct": 0.7, "object_shape": 0.85, "object_colour": 0.8},

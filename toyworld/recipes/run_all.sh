@@ -32,8 +32,8 @@ wait $VAE
 "$PY" -m toyworld.recipes.denoiser --layout pixart --run-dir "$RUNS/pixart" --vae "$RUNS/vae/final" --export toyworld/weights/toy-pixart
 # Later stages start from the shipped exports (a new machine needs no earlier run directory), side
 # by side, one thread each, and export over them: the SD layout's third stage (8,000 steps at 2e-4)
-# and the PixArt layout's second (constant 3e-4; the shipped one stopped at step 1,500:
-# add --set max_train_steps=1500 to both of its commands to reproduce it).
+# and the PixArt layout's second (constant 3e-4; the shipped one stopped at step 3,500:
+# add --set max_train_steps=3500 to both of its commands to reproduce it).
 "$PY" -m toyworld.recipes.denoiser --layout sd --recipe sd_stage3 --start-from toyworld/weights/toy-sd \
     --run-dir "$RUNS/sd3" --data-dir "$RUNS/data" --vae toyworld/weights/toy-sd/vae >> "$RUNS/sd3.log" 2>&1 &
 SD3=$!
