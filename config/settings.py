@@ -169,6 +169,12 @@ IMAGE_MAX_PIXELS = int(os.environ.get("IMAGE_MAX_PIXELS", 4096 * 4096))
 # of SampleConfig settings, e.g. {"steps": 30}; the rest keep SampleConfig's defaults (see
 # docs/training.md, "Sampling"). Checked when a gpu worker samples.
 EVALUATION_SAMPLER = json.loads(os.environ.get("EVALUATION_SAMPLER") or "{}")
+# Training runs: how often a worker copies a run's progress to its record (also its heartbeat), how
+# long a running run may stay silent before another worker takes it over from its latest checkpoint,
+# and the free disk a worker wants under ARTIFACTS_ROOT before it starts a run.
+TRAINING_PROGRESS_INTERVAL = float(os.environ.get("TRAINING_PROGRESS_INTERVAL", 2))
+TRAINING_STALE_AFTER = float(os.environ.get("TRAINING_STALE_AFTER", 300))
+TRAINING_MIN_FREE_BYTES = int(float(os.environ.get("TRAINING_MIN_FREE_BYTES", 2 * 1024**3)))
 
 # Django's cache holds the login failure counts (annotation.login_throttle), so every web worker
 # must share it: production sets CACHE_URL (Redis, e.g. redis://redis:6379/1). Without it each
@@ -254,6 +260,7 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_BEAT_SCHEDULE = {
     "outbox-flush": {"task": "outbox.tasks.outbox_flush", "schedule": 60.0, "options": {"expires": 55}},
+    "training-runs-recover": {"task": "training.tasks.runs_recover", "schedule": 60.0, "options": {"expires": 55}},
 }
 
 LOGGING = {

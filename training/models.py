@@ -21,7 +21,29 @@ class TrainingRun(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     output_dir = models.CharField(max_length=1000, blank=True)
     metrics = models.JSONField(default=dict, blank=True, help_text="Final metrics of the run.")
-    error = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="Why the run failed, in one line.")
+    error_traceback = models.TextField(blank=True, help_text="The failure's traceback, behind the one-line reason.")
+    # Progress, written by the worker's run monitor while the run trains (throttled).
+    step = models.PositiveIntegerField(default=0, help_text="Optimizer steps done so far.")
+    total_steps = models.PositiveIntegerField(default=0, help_text="Steps the run will take (max_train_steps).")
+    phase = models.CharField(
+        max_length=40, blank=True, help_text="What the worker is doing: loading, caching latents, training, exporting…",
+    )
+    progress = models.JSONField(
+        default=dict, blank=True,
+        help_text="The latest logged metrics: each loss term, implicit accuracy, grad norm, lr, step time.",
+    )
+    history = models.JSONField(
+        default=list, blank=True, help_text="Logged metrics over the run (thinned to at most 1,000 points), for the curves.",
+    )
+    log_tail = models.TextField(blank=True, help_text="The last lines of the run's log.")
+    progress_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="The worker's last report on this run; a running run silent for long is taken over by another worker.",
+    )
+    cancel_requested_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set by a cancel; the worker stops at the next step boundary.",
+    )
     worker = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Deliveries to a GPU worker so far.")
     output_model = models.OneToOneField(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 from pathlib import Path
 
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from catalog.models import ModelVersion
@@ -13,6 +14,8 @@ from catalog.services import RegistrationError, model_register, model_weights_ch
 from config.celery import enqueue_on_commit
 from training.models import TrainingRun, WorkerHeartbeat
 from training.signals import training_run_succeeded
+
+logger = logging.getLogger(__name__)
 
 
 def worker_heartbeat_record(*, hostname: str, queue: str) -> WorkerHeartbeat:
@@ -81,18 +84,40 @@ def training_run_create(
     return run
 
 
+class RunStateError(ValueError):
+    """An action that the run's status does not allow; ``code`` says why, for machines."""
+
+    def __init__(self, message: str, *, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _stale_before():
+    from datetime import timedelta
+
+    from django.conf import settings
+
+    return timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER)
+
+
 def training_run_claim(*, run_id: int, worker: str) -> tuple[TrainingRun | None, bool]:
     """Claim a run for this worker. Returns (run, resume) or (None, False) when there is nothing to do.
 
-    The status field makes a re-delivered task harmless: a finished run is left alone; a run
-    still marked running was being trained by a worker that died (the broker re-delivers only
-    then), so it resumes from its latest checkpoint, up to MAX_TRAINING_ATTEMPTS times.
+    The status field makes a re-delivered task harmless: a finished run is left alone, and so is a
+    running run whose worker still reports on it (``progress_at`` within TRAINING_STALE_AFTER). A
+    running run gone silent was being trained by a worker that died, so it resumes from its latest
+    checkpoint, up to MAX_TRAINING_ATTEMPTS times.
     """
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
         if run is None or run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
             return None, False
         resume = run.status == TrainingRun.Status.RUNNING
+        if resume and (run.progress_at or run.started_at or timezone.now()) > _stale_before():
+            return None, False  # its worker is alive and on it
+        if run.cancel_requested_at is not None:
+            _run_cancelled(run, "cancelled before a worker trained it" if not resume else "")
+            return None, False
         if run.attempts >= MAX_TRAINING_ATTEMPTS:
             run.status = TrainingRun.Status.FAILED
             run.error = f"gave up after {run.attempts} attempts (the worker died each time)"
@@ -103,37 +128,167 @@ def training_run_claim(*, run_id: int, worker: str) -> tuple[TrainingRun | None,
         run.attempts += 1
         run.worker = worker
         run.started_at = run.started_at or timezone.now()
-        run.save(update_fields=["status", "attempts", "worker", "started_at"])
+        run.progress_at = timezone.now()
+        run.phase = "claimed"
+        run.save(update_fields=["status", "attempts", "worker", "started_at", "progress_at", "phase"])
         return run, resume
 
 
-def training_run_execute(*, run: TrainingRun, resume: bool) -> ModelVersion:
+def training_run_preflight(run: TrainingRun) -> None:
+    """What this worker checks before it trains: it can read the model and has room to write.
+
+    Raises TrainingPreflightError with the reason; the run then fails before any step.
+    """
+    import shutil
+
+    from django.conf import settings
+
+    model = Path(run.base_model.local_path)
+    if not (model / "model_index.json").is_file():
+        raise TrainingPreflightError(
+            f"worker {platform.node()} cannot read the base model at {model} (no model_index.json there); "
+            "every gpu worker must see model directories at the path they were registered with"
+        )
+    dataset = Path(run.dataset_path)
+    if not dataset.exists():
+        raise TrainingPreflightError(f"worker {platform.node()} cannot read the dataset {dataset}")
+    output = Path(run.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(output).free
+    if free < settings.TRAINING_MIN_FREE_BYTES:
+        raise TrainingPreflightError(
+            f"out of disk: {free / 1024**3:.2f} GiB free under {output}, the worker wants "
+            f"{settings.TRAINING_MIN_FREE_BYTES / 1024**3:.2f} GiB (TRAINING_MIN_FREE_BYTES)"
+        )
+
+
+class TrainingPreflightError(RuntimeError):
+    """The worker cannot start this run (model unreadable, no disk); nothing was trained."""
+
+
+def training_run_execute(*, run: TrainingRun, resume: bool) -> ModelVersion | None:
     """Train (in this GPU worker's process), then register the exported pipeline.
 
-    Imports torch: call it only from a `gpu` queue task.
+    Returns the new model, or None when the run was cancelled (its checkpoints are kept). The
+    run's progress reaches its record through a ``RunMonitor``. Imports torch: call it only from
+    a `gpu` queue task.
     """
-    from training.engine.loop import train
+    from training.engine import progress as run_progress
+    from training.engine.loop import TrainingCancelled, train
+    from training.monitor import RunMonitor
 
-    config = training_config_validate(base_model=run.base_model, dataset_path=run.dataset_path, config=run.config)
-    config.output_dir = run.output_dir
-    if resume:
-        config.resume_from = "latest"
+    handler = None
     try:
-        result = train(config)
+        training_run_preflight(run)
+        config = training_config_validate(base_model=run.base_model, dataset_path=run.dataset_path, config=run.config)
+        config.output_dir = run.output_dir
+        config.resume_from = "latest"  # a fresh run has no checkpoint yet; a resumed one goes on from its last
+        run_progress.clear_stop(run.output_dir)
+        handler = logging.FileHandler(Path(run.output_dir) / run_progress.LOG_FILE, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        engine_logger = logging.getLogger("training.engine")
+        engine_logger.addHandler(handler)
+        engine_logger.setLevel(logging.INFO)
+        with RunMonitor(run):
+            result = train(config)
         if result.model_dir is None:
             raise RuntimeError("the run exported no pipeline")
         return training_run_finish(
             run=run, model_dir=result.model_dir, metrics=result.last_metrics, steps=result.global_step
         )
+    except TrainingCancelled as exc:
+        _run_cancelled(run, "")
+        logger.info("run %s: %s", run.pk, exc)
+        return None
     except Exception as exc:  # the run records any failure; the worker stays up for the next task
-        _training_run_fail(run, f"{type(exc).__name__}: {exc}")
+        training_run_fail(run, exc)
         raise
+    finally:
+        if handler is not None:
+            logging.getLogger("training.engine").removeHandler(handler)
+            handler.close()
 
 
-def _training_run_fail(run: TrainingRun, error: str) -> None:
+def failure_line(exc: BaseException) -> str:
+    """The one-line reason shown for a failed run."""
+    if isinstance(exc, OSError) and exc.errno in (28, 27):  # ENOSPC, EFBIG
+        return f"out of disk: {exc.strerror} writing {exc.filename or 'a file'} ({type(exc).__name__})"
+    text = " ".join(str(exc).split()) or "(no message)"
+    name = type(exc).__name__
+    return text if isinstance(exc, TrainingPreflightError) else f"{name}: {text}"
+
+
+def training_run_fail(run: TrainingRun, exc: BaseException | str, traceback_text: str | None = None) -> None:
+    """Mark the run failed with a one-line reason and, behind it, the traceback."""
+    import traceback
+
+    if isinstance(exc, BaseException):
+        line = failure_line(exc)
+        if traceback_text is None:
+            traceback_text = "".join(traceback.format_exception(exc))
+    else:
+        line = exc
     TrainingRun.objects.filter(pk=run.pk).update(
-        status=TrainingRun.Status.FAILED, error=error[:10_000], finished_at=timezone.now()
+        status=TrainingRun.Status.FAILED, error=line[:2000], error_traceback=(traceback_text or "")[-50_000:],
+        finished_at=timezone.now(), phase="failed",
     )
+
+
+def _run_cancelled(run: TrainingRun, note: str) -> None:
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.CANCELLED, finished_at=timezone.now(), phase="cancelled", error=note,
+    )
+
+
+def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
+    """Cancel a run: a queued one at once, a running one at its next step boundary.
+
+    A cancelled run registers no model; its checkpoints stay, and ``training_run_resume`` goes on
+    from the latest. Raises RunStateError for a run that has finished.
+    """
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
+            raise RunStateError(f"run {run.pk} '{run.name}' is {run.status}; only a queued or running run can be cancelled",
+                                code="not_cancellable")
+        run.cancel_requested_at = run.cancel_requested_at or timezone.now()
+        fields = ["cancel_requested_at"]
+        if run.status == TrainingRun.Status.QUEUED:
+            run.status, run.finished_at, run.phase = TrainingRun.Status.CANCELLED, timezone.now(), "cancelled"
+            fields += ["status", "finished_at", "phase"]
+        run.save(update_fields=fields)
+    return run
+
+
+def training_run_resume(*, run: TrainingRun) -> TrainingRun:
+    """Queue a cancelled or failed run again; it goes on from its latest checkpoint."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.status not in (TrainingRun.Status.CANCELLED, TrainingRun.Status.FAILED):
+            raise RunStateError(f"run {run.pk} '{run.name}' is {run.status}; only a cancelled or failed run can be resumed",
+                                code="not_resumable")
+        run.status, run.cancel_requested_at, run.finished_at = TrainingRun.Status.QUEUED, None, None
+        run.error, run.error_traceback, run.attempts, run.phase = "", "", 0, "queued"
+        run.save(update_fields=["status", "cancel_requested_at", "finished_at", "error", "error_traceback",
+                                "attempts", "phase"])
+        enqueue_on_commit(TRAIN_TASK, run.pk)
+    return run
+
+
+def training_runs_recover() -> list[int]:
+    """Send again every running run whose worker went silent; a worker takes it over from its checkpoint.
+
+    Run by celery beat every minute. Safe to run any number of times: the claim decides.
+    """
+    stale = list(
+        TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING)
+        .filter(models.Q(progress_at__lt=_stale_before()) | models.Q(progress_at__isnull=True, started_at__lt=_stale_before()))
+        .values_list("pk", flat=True)
+    )
+    with transaction.atomic():
+        for run_id in stale:
+            enqueue_on_commit(TRAIN_TASK, run_id)
+    return stale
 
 
 @transaction.atomic
@@ -150,6 +305,7 @@ def training_run_finish(*, run: TrainingRun, model_dir: str | Path, metrics: dic
     run.metrics["steps"] = steps
     run.finished_at = timezone.now()
     run.error = ""
-    run.save(update_fields=["output_model", "status", "metrics", "finished_at", "error"])
+    run.phase = "done"
+    run.save(update_fields=["output_model", "status", "metrics", "finished_at", "error", "phase"])
     transaction.on_commit(lambda: training_run_succeeded.send(sender=TrainingRun, run=run, model=model))
     return model

@@ -23,4 +23,10 @@ def gpu_train_run(self, run_id: int) -> str:
     if run is None:
         return "skipped"
     model = services.training_run_execute(run=run, resume=resume)
-    return model.name
+    return model.name if model is not None else "cancelled"
+
+
+@shared_task(name="training.tasks.runs_recover")
+def runs_recover() -> list[int]:
+    """Send again the running runs whose worker went silent (celery beat, every minute)."""
+    return services.training_runs_recover()

@@ -1,9 +1,13 @@
 """A training run travels from the web process to a GPU task and comes back as a model."""
 
 import json
+import time
+from datetime import timedelta
 
 import numpy as np
 import pytest
+from django.conf import settings
+from django.utils import timezone
 from PIL import Image
 
 from catalog.models import ModelVersion
@@ -95,6 +99,12 @@ def test_a_run_left_running_by_a_dead_worker_resumes_from_its_checkpoint(base_mo
     config = services.training_config_validate(base_model=base_model, dataset_path=str(sft_folder), config=TINY_SFT)
     config.output_dir, config.max_train_steps = run.output_dir, 1
     loop.train(config)
+    # While its worker still reports on it, a second delivery leaves the run alone.
+    assert tasks.gpu_train_run.apply(args=[run.pk]).get() == "skipped"
+    # Then the worker goes silent for longer than TRAINING_STALE_AFTER.
+    TrainingRun.objects.filter(pk=run.pk).update(
+        progress_at=timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER + 1))
+    assert services.training_runs_recover() == [run.pk]
     seen = {}
     real_train = loop.train
 
@@ -129,3 +139,89 @@ def test_a_run_on_an_external_model_is_refused_with_its_code(sft_folder, artifac
         services.training_run_create(name="x", base_model=model, dataset_path=str(sft_folder), config=dict(TINY_SFT))
     assert refused.value.code == "external_model"
     assert not TrainingRun.objects.exists() and not OutboxMessage.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the monitor thread has its own connection
+def test_a_run_reports_its_progress_curves_and_log_to_its_record(base_model, sft_folder, artifacts, monkeypatch, settings):
+    settings.TRAINING_PROGRESS_INTERVAL = 0.05
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    config = {**TINY_SFT, "max_train_steps": 4, "log_every": 1, "checkpointing_steps": 2}
+    run = services.training_run_create(name="watched", base_model=base_model, dataset_path=str(sft_folder), config=config)
+    assert tasks.gpu_train_run.apply(args=[run.pk]).get() == "watched"
+    run.refresh_from_db()
+    assert (run.status, run.phase, run.step, run.total_steps) == (TrainingRun.Status.SUCCEEDED, "done", 4, 4)
+    assert [point["step"] for point in run.history] == [1, 2, 3, 4]
+    assert {"loss", "latent_loss", "pixel_loss", "grad_norm", "lr", "step_time"} <= set(run.progress)
+    assert run.progress["step"] == 4
+    assert "step 4/4" in run.log_tail and run.progress_at is not None
+
+
+@pytest.mark.django_db(transaction=True)  # the monitor thread has its own connection
+def test_a_cancel_stops_a_running_run_at_the_next_step_and_keeps_its_checkpoint(
+        base_model, sft_folder, artifacts, monkeypatch, settings):
+    from training.engine import progress as run_progress
+    from training.engine.loop import list_checkpoints
+
+    settings.TRAINING_PROGRESS_INTERVAL = 0.02
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    config = {**TINY_SFT, "max_train_steps": 50, "log_every": 1, "checkpointing_steps": 100}
+    run = services.training_run_create(name="stopped", base_model=base_model, dataset_path=str(sft_folder), config=config)
+    real_report = run_progress.ProgressWriter.report
+
+    def cancel_at_step_3(self, step, metrics=None):
+        real_report(self, step, metrics)
+        if step == 3:  # the researcher cancels; the monitor passes it on within its interval
+            services.training_run_cancel(run=run)
+            deadline = time.monotonic() + 10
+            while not run_progress.stop_requested(self.path.parent) and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    monkeypatch.setattr(run_progress.ProgressWriter, "report", cancel_at_step_3)
+    assert tasks.gpu_train_run.apply(args=[run.pk]).get() == "cancelled"
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.CANCELLED and run.output_model is None
+    assert run.step == 3 and run.phase == "cancelled"
+    assert [p.name for p in list_checkpoints(run.output_dir)] == ["checkpoint-3"]
+    assert not ModelVersion.objects.filter(name="stopped").exists()
+    # Resumed later, it goes on from step 3 to the end.
+    monkeypatch.setattr(run_progress.ProgressWriter, "report", real_report)
+    services.training_run_resume(run=run)
+    assert tasks.gpu_train_run.apply(args=[run.pk]).get() == "stopped"
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.metrics["steps"] == 50
+    assert [point["step"] for point in run.history][:5] == [1, 2, 3, 4, 5]
+
+
+def test_cancel_and_resume_refuse_runs_in_the_wrong_state(base_model, sft_folder, artifacts, monkeypatch):
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    run = services.training_run_create(name="queued", base_model=base_model, dataset_path=str(sft_folder), config=TINY_SFT)
+    with pytest.raises(services.RunStateError) as refused:
+        services.training_run_resume(run=run)
+    assert refused.value.code == "not_resumable"
+    services.training_run_cancel(run=run)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.CANCELLED  # a queued run is cancelled at once
+    assert tasks.gpu_train_run.apply(args=[run.pk]).get() == "skipped"
+    with pytest.raises(services.RunStateError) as refused:
+        services.training_run_cancel(run=run)
+    assert refused.value.code == "not_cancellable"
+
+
+def test_a_worker_that_cannot_read_the_model_or_lacks_disk_fails_the_run_with_the_reason(
+        base_model, sft_folder, artifacts, monkeypatch, settings, tmp_path):
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    settings.TRAINING_MIN_FREE_BYTES = 1 << 60
+    run = services.training_run_create(name="no-room", base_model=base_model, dataset_path=str(sft_folder), config=TINY_SFT)
+    assert tasks.gpu_train_run.apply(args=[run.pk]).failed()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and run.error.startswith("out of disk:")
+    assert "TrainingPreflightError" in run.error_traceback and "\n" not in run.error
+
+    settings.TRAINING_MIN_FREE_BYTES = 0
+    elsewhere = model_register(path=base_model.local_path, name="moved")
+    run = services.training_run_create(name="unreadable", base_model=elsewhere, dataset_path=str(sft_folder), config=TINY_SFT)
+    ModelVersion.objects.filter(pk=elsewhere.pk).update(local_path=str(tmp_path / "not-mounted"))
+    assert tasks.gpu_train_run.apply(args=[run.pk]).failed()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and "cannot read the base model" in run.error
+    assert not ModelVersion.objects.filter(name__in=["no-room", "unreadable"]).exists()

@@ -14,6 +14,7 @@ Output layout under ``output_dir``::
     checkpoints/checkpoint-<step>/   accelerate state (weights, optimizer, LR schedule, EMA,
                                      step, RNG states per process) + config.json
     metrics.jsonl                    one line per logged step
+    progress.json, STOP              progress reports and stop requests (``progress``)
     tensorboard/                     with report_to = "tensorboard"
     model/                           the exported diffusers pipeline
     lora_adapter/                    with export_lora_adapter = true
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from training.engine import losses
+from training.engine import losses, progress as run_progress
 from training.engine.config import TrainConfig
 from training.engine.families import DEFAULT_LORA_TARGETS, FamilyAdapter, load_adapter, load_decoder, unwrap_model
 
@@ -53,6 +54,15 @@ class TrainingError(RuntimeError):
 
 class NonFiniteLossError(TrainingError):
     """A NaN or infinite loss; the run stops and keeps its last good checkpoint."""
+
+
+class TrainingCancelled(TrainingError):
+    """A stop was requested (``progress.request_stop``); the run saved a checkpoint and stopped."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"cancelled at step {step}; checkpoint {checkpoint} kept for a later resume")
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -411,6 +421,9 @@ def train(config: TrainConfig) -> TrainResult:
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
     weight_dtype = _DTYPES[config.mixed_precision]
+    reporter = run_progress.ProgressWriter(output_dir, total_steps=config.max_train_steps,
+                                           enabled=accelerator.is_main_process)
+    reporter.set_phase("loading")
     _seed_everything(derive_seed(config.seed, 0x1A1D))
 
     adapter = load_adapter(config.pretrained_model, max_sequence_length=config.max_sequence_length)
@@ -459,6 +472,7 @@ def train(config: TrainConfig) -> TrainResult:
     if config.cache_latents:
         from training.engine import data
 
+        reporter.set_phase("caching latents")
         with accelerator.main_process_first():
             dataset = data.cache_latents(
                 dataset, lambda pixels: adapter.encode(pixels.to(device)).cpu(),
@@ -484,6 +498,9 @@ def train(config: TrainConfig) -> TrainResult:
         logger.info("resumed from %s at step %d", resumed_from, progress.step)
     global_step = progress.step
     accum = config.gradient_accumulation_steps
+    reporter.set_phase("training", global_step)
+    logger.info("training steps %d to %d of %s on %d process(es)", global_step + 1, config.max_train_steps,
+                config.train_data, world)
 
     sampler = ShardedBatchSampler(len(dataset), config.train_batch_size, world, rank, config.seed,
                                   start=global_step * accum, stop=config.max_train_steps * accum)
@@ -531,6 +548,7 @@ def train(config: TrainConfig) -> TrainResult:
             global_step += 1
             progress.step = global_step
             bar.update(1)
+            logged = None
 
             if global_step % config.log_every == 0 or global_step == config.max_train_steps:
                 watch.check(accelerator, last_checkpoint)
@@ -544,9 +562,21 @@ def train(config: TrainConfig) -> TrainResult:
                 }
                 writer.write(last_metrics)
                 bar.set_postfix(loss=f"{reduced['loss']:.4g}")
+                logged = last_metrics
+                logger.info("step %d/%d: %s", global_step, config.max_train_steps, _metrics_line(last_metrics))
+            reporter.report(global_step, logged)
+            saved = False
             if global_step % config.checkpointing_steps == 0:
                 watch.check(accelerator, last_checkpoint)  # never save weights a non-finite loss reached
                 last_checkpoint = _save_checkpoint(accelerator, config, global_step)
+                saved = True
+            if global_step < config.max_train_steps and _stop_agreed(accelerator, output_dir):
+                watch.check(accelerator, last_checkpoint)
+                if not saved:
+                    last_checkpoint = _save_checkpoint(accelerator, config, global_step)
+                reporter.set_phase("cancelled", global_step)
+                logger.info("stop requested: stopped at step %d, checkpoint %s", global_step, last_checkpoint)
+                raise TrainingCancelled(global_step, last_checkpoint)
         watch.check(accelerator, last_checkpoint)  # nor export them
     finally:
         bar.close()
@@ -563,6 +593,7 @@ def train(config: TrainConfig) -> TrainResult:
     if accelerator.is_main_process:
         from training.engine import export
 
+        reporter.set_phase("exporting", global_step)
         trained = accelerator.unwrap_model(denoiser, keep_fp32_wrapper=False)
         if ema is not None:
             ema.copy_to(params)  # export the averaged weights
@@ -580,11 +611,30 @@ def train(config: TrainConfig) -> TrainResult:
         tmp = output_dir / ".train_summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, output_dir / "train_summary.json")
+        reporter.set_phase("done", global_step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(output_dir=output_dir, global_step=global_step, model_dir=model_dir, adapter_dir=adapter_dir,
                        metrics_file=output_dir / "metrics.jsonl", last_metrics=last_metrics,
                        resumed_from=resumed_from)
+
+
+def _stop_agreed(accelerator, output_dir: Path) -> bool:
+    """Whether a stop was requested, agreed by every process (so that all stop at the same step)."""
+    requested = run_progress.stop_requested(output_dir)
+    if accelerator.num_processes == 1:
+        return requested
+    flag = torch.tensor([1.0 if requested else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def _metrics_line(metrics: dict) -> str:
+    shown = []
+    for key, value in metrics.items():
+        if key == "step" or value is None:
+            continue
+        shown.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return ", ".join(shown)
 
 
 def reset_accelerate_state() -> None:
