@@ -109,7 +109,7 @@ ERRORS = {
     403: OpenApiResponse(ErrorSerializer, description="not_authenticated / permission_denied / csrf_failed"),
     404: OpenApiResponse(ErrorSerializer, description="not_found"),
     409: OpenApiResponse(
-        ErrorSerializer, description="lease_expired / already_judged / skipped / round_closed / undo refused / round_already_closed"
+        ErrorSerializer, description="lease_expired / already_judged / skipped / round_closed / undo refused / round_already_closed / not_cancellable / not_resumable"
     ),
     429: OpenApiResponse(ErrorSerializer, description="throttled; see Retry-After"),
 }
