@@ -68,9 +68,15 @@ def training_run_create(
 ) -> TrainingRun:
     """Create a queued run and send it to a GPU worker once this transaction commits.
 
-    Raises ExternalModelError for a base model without weights.
+    Raises ExternalModelError for a base model without weights, RegistrationError for a base model
+    whose directory this machine cannot read or a name that is taken, and ConfigError for a bad config.
     """
     model_weights_check(model_version=base_model, purpose="trained")
+    if not (Path(base_model.local_path) / "model_index.json").is_file():
+        raise RegistrationError(
+            f"base model '{base_model.name}': its pipeline directory {base_model.local_path} does not exist "
+            "(or has no model_index.json) on this machine"
+        )
     training_config_validate(base_model=base_model, dataset_path=dataset_path, config=config)
     if ModelVersion.objects.filter(name=name).exists():
         raise RegistrationError(f"a model named '{name}' exists; the run's checkpoint would take that name")

@@ -8,8 +8,6 @@ evaluation's generation tasks to a worker listening on that Redis.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,57 +21,9 @@ from evaluation.models import EvaluationRound
 from outbox.models import OutboxMessage
 from tests.factories import PromptFactory, PromptSetFactory
 from tests.test_system import _start_worker, clean_env, manage
+from tests.workers import database_url, own_redis  # noqa: F401 (a fixture)
 
 ROUNDS_TASK = "evaluation.tasks.evaluation_rounds_create"
-
-
-class RedisServer:
-    """A redis-server of this test's own, on a free port, that the test stops and starts again."""
-
-    def __init__(self, folder: Path):
-        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not Path(self.binary).exists():
-            pytest.skip("needs redis-server")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.folder = folder
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 @pytest.mark.slow
@@ -81,10 +31,8 @@ def own_redis(tmp_path):
 def test_an_evaluation_created_while_the_broker_is_down_is_generated_once_it_is_back(
     postgres, own_redis, tiny_unet, tmp_path
 ):
-    db = postgres.settings_dict
-    database_url = f"postgres://{db['USER'] or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     env = clean_env(
-        DATABASE_URL=database_url, CELERY_BROKER_URL=own_redis.url, VAR_DIR=str(tmp_path / "var"),
+        DATABASE_URL=database_url(postgres), CELERY_BROKER_URL=own_redis.url, VAR_DIR=str(tmp_path / "var"),
         MEDIA_ROOT=str(tmp_path / "media"),
         EVALUATION_SAMPLER=json.dumps({"steps": 2, "batch_size": 2, "height": 32, "width": 32}),
     )

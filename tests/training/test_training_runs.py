@@ -4,11 +4,9 @@ import json
 import time
 from datetime import timedelta
 
-import numpy as np
 import pytest
 from django.conf import settings
 from django.utils import timezone
-from PIL import Image
 
 from catalog.models import ModelVersion
 from catalog.services import model_register
@@ -29,16 +27,6 @@ TINY_SFT = {
 @pytest.fixture
 def base_model(tiny_unet):
     return model_register(path=tiny_unet, name="tiny-base")
-
-
-@pytest.fixture
-def sft_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    with (tmp_path / "metadata.jsonl").open("w") as f:
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-            f.write(json.dumps({"file_name": f"{i}.png", "text": f"caption {i}"}) + "\n")
-    return tmp_path
 
 
 @pytest.fixture
