@@ -16,6 +16,8 @@ import pytest
 
 from catalog.models import ModelVersion
 from catalog.services import model_register
+from annotation.models import Judgment
+from tests.annotation.builders import best_worst_round
 from tests.test_system import _start_worker, clean_env, manage, run_python
 from tests.workers import database_url, own_redis  # noqa: F401 (a fixture)
 from training.engine.loop import list_checkpoints
@@ -31,9 +33,10 @@ TINY = {
 
 
 @pytest.fixture
-def stack(postgres, own_redis, tiny_unet, tmp_path):
+def stack(postgres, own_redis, tiny_unet, tmp_path, settings):
     """The environment of this test's workers and commands, and its base model."""
     own_redis.start()
+    settings.MEDIA_ROOT = tmp_path / "media"  # images this process makes are read by the workers
     env = clean_env(
         DATABASE_URL=database_url(postgres), CELERY_BROKER_URL=own_redis.url, VAR_DIR=str(tmp_path / "var"),
         MEDIA_ROOT=str(tmp_path / "media"), ARTIFACTS_ROOT=str(tmp_path / "artifacts"),
@@ -42,8 +45,8 @@ def stack(postgres, own_redis, tiny_unet, tmp_path):
     model_register(path=tiny_unet, name="base")
     workers = []
 
-    def start(**overrides):
-        worker, name = _start_worker({**env, **overrides}, "gpu", tmp_path)
+    def start(queues="gpu", **overrides):
+        worker, name = _start_worker({**env, **overrides}, queues, tmp_path)
         workers.append(worker)
         return worker, tmp_path / f"{name}.log"
 
@@ -182,3 +185,43 @@ def test_bad_runs_fail_on_a_real_worker_with_the_reason_and_register_nothing(sta
     assert reasons["no-disk"].error.startswith("out of disk:")
     assert not ModelVersion.objects.filter(name__in=list(bad)).exists()
     assert worker.poll() is None
+
+
+def test_redis_stopped_and_restarted_mid_round_loses_no_judgment_and_the_round_finishes(stack, own_redis, tmp_path):
+    env, start = stack
+    round_ = best_worst_round(n_items=3, n_images=4, k=3)
+    worker, log = start("gpu,default")
+    own_redis.stop()  # the broker goes away in the middle of the round
+
+    # Annotators go on: their judgments are written to PostgreSQL, not to the broker.
+    judged = manage("simulate_annotators", round_.name, "--annotators", "3", "--policy", "random", env=env)
+    assert judged.returncode == 0 and "Traceback" not in judged.stderr, judged.stderr
+    judgments = Judgment.objects.filter(round=round_).count()
+    assert judgments == 9
+    # The training run launched meanwhile waits in the outbox.
+    config = tmp_path / "simpo.toml"
+    config.write_text(
+        'latent_objective = "simpo"\npixel_objective = "simpo"\npixel_weight = 2.0\nresolution = 32\n'
+        'train_batch_size = 2\nmax_train_steps = 30\ncheckpointing_steps = 10\nlog_every = 1\n'
+        'learning_rate = 1e-4\nmixed_precision = "no"\n'
+    )
+    launched = manage("launch_training_round", round_.name, "--base-model", "base", "--config", str(config),
+                      "--name", "after-outage", env=env)
+    assert launched.returncode == 0, launched.stderr
+    assert "queued in the outbox" in launched.stderr and "Traceback" not in launched.stderr
+    run = TrainingRun.objects.get(name="after-outage")
+    assert run.status == TrainingRun.Status.QUEUED and worker.poll() is None  # the worker waits for its broker
+
+    own_redis.start()
+    flushed = manage("requeue_stuck", env=env)
+    assert flushed.returncode == 0 and flushed.stdout.startswith("sent 1 task(s) from the outbox"), flushed.stdout
+    wait_for(lambda: run_of(run.pk).step >= 5, worker, log, what="training to start")
+    own_redis.stop()  # and again while it trains: the run reports to PostgreSQL and goes on
+    wait_for(lambda: run_of(run.pk).step >= 15, worker, log, what="training without a broker")
+    own_redis.start()
+    wait_for(lambda: run_of(run.pk).status != TrainingRun.Status.RUNNING, worker, log, what="the run to end")
+
+    run = run_of(run.pk)
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.metrics["steps"] == 30 and ModelVersion.objects.filter(name="after-outage").count() == 1
+    assert Judgment.objects.filter(round=round_).count() == judgments
