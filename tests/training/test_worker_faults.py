@@ -24,7 +24,7 @@ from training.engine.loop import list_checkpoints
 from training.engine.progress import read_metrics
 from training.models import TrainingRun
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.workers, pytest.mark.django_db(transaction=True)]
 
 TINY = {
     "latent_objective": "sft", "pixel_objective": "sft", "pixel_weight": 2.0, "resolution": 32,
