@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from annotation.kinds.best_worst import MIN_IMAGES as BEST_WORST_MIN_IMAGES
+
 
 class TrainingRun(models.Model):
     class Status(models.TextChoices):
@@ -154,7 +156,8 @@ class TrainingRound(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            models.CheckConstraint(condition=models.Q(images_per_prompt__gte=2), name="training_round_two_images"),
+            models.CheckConstraint(condition=models.Q(images_per_prompt__gte=BEST_WORST_MIN_IMAGES),
+                                   name="training_round_best_worst_images"),
             models.CheckConstraint(condition=models.Q(k__gte=1), name="training_round_k_positive"),
             models.CheckConstraint(condition=models.Q(pixel_weight__gte=0), name="training_round_pixel_weight"),
         ]
