@@ -122,6 +122,24 @@ def generation_jobs_fill_from_existing(*, batch: GenerationBatch, match_seed: bo
     return len(filled)
 
 
+def pool_seeds(*, prompts: Sequence[Prompt], images_per_prompt: int, seed: int) -> list[tuple[Prompt, int]]:
+    """The (prompt, image seed) of each pool image a request asks for: derived from (seed, prompt, index)."""
+    return [
+        (prompt, prompt_seed(seed=f"{seed}.{index}", external_id=prompt.external_id))
+        for prompt in prompts
+        for index in range(images_per_prompt)
+    ]
+
+
+def pool_generation_jobs(*, model_version: ModelVersion, prompts: Sequence[Prompt], images_per_prompt: int, seed: int):
+    """The pool jobs of one ``pool_generation_create`` request (those made before it included)."""
+    wanted = pool_seeds(prompts=prompts, images_per_prompt=images_per_prompt, seed=seed)
+    return GenerationJob.objects.filter(
+        batch=None, model_version=model_version, prompt_id__in={prompt.pk for prompt, _ in wanted},
+        seed__in={image_seed for _, image_seed in wanted},
+    )
+
+
 @transaction.atomic
 def pool_generation_create(
     *, model_version: ModelVersion, prompts: list[Prompt], images_per_prompt: int, seed: int = 0
@@ -134,11 +152,7 @@ def pool_generation_create(
     if images_per_prompt < 1:
         raise ValueError("images_per_prompt: must be at least 1")
     model_weights_check(model_version=model_version, purpose="sampled")
-    wanted = [
-        (prompt, prompt_seed(seed=f"{seed}.{index}", external_id=prompt.external_id))
-        for prompt in prompts
-        for index in range(images_per_prompt)
-    ]
+    wanted = pool_seeds(prompts=prompts, images_per_prompt=images_per_prompt, seed=seed)
     existing_jobs = set(
         GenerationJob.objects.filter(batch=None, model_version=model_version, prompt__in=prompts)
         .values_list("prompt_id", "seed")

@@ -7,7 +7,8 @@ import logging
 from catalog.models import GenerationBatch, PromptSet
 from config.celery import enqueue_on_commit
 from evaluation.models import EvaluationRound
-from evaluation.services import evaluation_start
+from evaluation.services import EvaluationError, evaluation_start
+from training.rounds import training_round_evaluation_record
 
 logger = logging.getLogger(__name__)
 
@@ -20,11 +21,19 @@ def evaluate_new_checkpoint(sender, *, run, model, **kwargs) -> None:
     prompt_set = PromptSet.objects.filter(pk=spec["prompt_set"]).first()
     if prompt_set is None:
         logger.error("run %s: prompt set %s for its evaluation no longer exists", run.pk, spec["prompt_set"])
+        training_round_evaluation_record(run=run, batch=None, error=f"prompt set {spec['prompt_set']} no longer exists")
         return
-    result = evaluation_start(
-        model_versions=[model, run.base_model], prompt_set=prompt_set, limit=spec.get("limit"),
-        seed=spec.get("seed") or 0, name=f"{run.name} vs {run.base_model.name}", created_by=run.created_by,
-    )
+    try:
+        result = evaluation_start(
+            model_versions=[model, run.base_model], prompt_set=prompt_set, limit=spec.get("limit"),
+            seed=spec.get("seed") or 0, name=f"{run.name} vs {run.base_model.name}", created_by=run.created_by,
+        )
+    except EvaluationError as exc:
+        logger.error("run %s: its evaluation was refused: %s", run.pk, exc)
+        training_round_evaluation_record(run=run, batch=None, error=str(exc))
+        return
+    # A training round follows its evaluation's images through the catalog batch.
+    training_round_evaluation_record(run=run, batch=result.evaluation.generation_batch)
     logger.info("run %s: evaluation %s created with %s generation jobs", run.pk, result.evaluation.pk, result.jobs)
 
 

@@ -6,7 +6,9 @@ set -euo pipefail
 BIN=${BIN:-.venv/bin}
 PORT=${PORT:-8000}
 mkdir -p var
-"$BIN/celery" -A config worker -Q default -P solo -n default@%h --loglevel INFO > var/worker-default.log 2>&1 &
+# The default worker also runs beat (-B): it flushes the outbox and moves training rounds on.
+"$BIN/celery" -A config worker -Q default -P solo -n default@%h -B -s var/celerybeat-schedule --loglevel INFO \
+    > var/worker-default.log 2>&1 &
 DEFAULT_WORKER=$!
 # The toy pipelines are tiny: 20 images per forward pass on a CPU (the images do not depend on it).
 EVALUATION_SAMPLER=${EVALUATION_SAMPLER:-'{"batch_size": 20}'} "$BIN/celery" -A config worker -Q gpu -P solo -n gpu@%h --loglevel INFO > var/worker-gpu.log 2>&1 &
@@ -24,6 +26,11 @@ Try next, in another terminal in this folder:
   $BIN/python manage.py launch_training_round "Demo: best and worst" --base-model toy-sd \\
       --config training/configs/toy_simpo_pixel.toml --name toy-sd-simpo-pixel --evaluate-on toy-eval --evaluate-limit 40
   $BIN/python manage.py simulate_annotators --all-open --policy noisy_oracle   # once its evaluation's rounds open
+Or a whole round from images, moved on by the default worker's beat:
+  $BIN/python manage.py launch_training_round --base toy-sd --prompts toy-train --limit 20 --method simpo \\
+      --pixel-weight 2 --config training/configs/toy_simpo_pixel.toml --evaluate-on toy-eval --evaluate-limit 40
+  $BIN/python manage.py simulate_annotators --all-open --policy noisy_oracle   # once its best/worst round opens
+  $BIN/python manage.py launch_training_round --watch toy-sd-simpo-r1
 Then read the reports at http://127.0.0.1:$PORT/evaluation/ (or: manage.py evaluation_report ID).
 
 NEXT

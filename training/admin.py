@@ -13,8 +13,10 @@ from annotation.kinds import kinds_with_pairs
 from annotation.models import Round
 from catalog.models import ModelVersion, PromptSet
 from training.engine.config import ConfigError, read_settings
-from training.models import TrainingRun, WorkerHeartbeat
-from training.rounds import TrainingRoundError, training_round_launch
+from training.models import TrainingRound, TrainingRun, WorkerHeartbeat
+from training.rounds import (
+    TrainingRoundError, training_round_iterate, training_round_launch, training_round_progress,
+)
 from training.services import RUN_DECIDED
 
 
@@ -99,3 +101,42 @@ class WorkerHeartbeatAdmin(admin.ModelAdmin):
     list_display = ("hostname", "queue", "last_seen")
     list_filter = ("queue",)
     search_fields = ("hostname",)
+
+
+@admin.register(TrainingRound)
+class TrainingRoundAdmin(admin.ModelAdmin):
+    """Whole rounds, launched by ``manage.py launch_training_round``; their stages move on by themselves."""
+
+    list_display = ("name", "stage", "progress", "base_model", "prompt_set", "method", "pixel_weight",
+                    "output_model", "created_at")
+    list_filter = ("stage", "method")
+    search_fields = ("name", "error")
+    actions = ["iterate"]
+    fields = readonly_fields = (
+        "name", "stage", "progress", "failed_stage", "error", "base_model", "prompt_set", "limit", "seed",
+        "images_per_prompt", "k", "method", "pixel_weight", "config", "evaluate_on", "evaluate_limit",
+        "evaluate_seed", "previous", "annotation_round", "dataset_path", "pairs", "training_run", "output_model",
+        "evaluation_batch", "created_by", "created_at", "stage_changed_at", "finished_at",
+    )
+
+    def has_add_permission(self, request):
+        return False  # launched with manage.py launch_training_round
+
+    @admin.display(description="progress")
+    def progress(self, obj: TrainingRound) -> str:
+        progress = training_round_progress(obj)
+        return f"{progress.done}/{progress.total} {progress.what}" if progress else "—"
+
+    @admin.action(description="Iterate: start the next round with each selected round's new model as its base")
+    def iterate(self, request, queryset):
+        for previous in queryset.order_by("pk"):
+            try:
+                with transaction.atomic():
+                    started = training_round_iterate(previous=previous, created_by=request.user)
+            except (TrainingRoundError, ConfigError) as exc:
+                self.message_user(request, f"{previous.name}: {exc} (nothing was launched)", level=messages.ERROR)
+            else:
+                self.message_user(
+                    request, f"round '{started.name}' started from '{previous.name}' with base '{started.base_model}'",
+                    level=messages.SUCCESS,
+                )

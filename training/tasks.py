@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from config.celery import GPU_TASK_OPTIONS
-from training import services
+from training import rounds, services
 
 
 @shared_task(name="training.tasks.heartbeat", bind=True)
@@ -30,3 +30,10 @@ def gpu_train_run(self, run_id: int) -> str:
 def runs_recover() -> list[int]:
     """Send again the running runs whose worker went silent (celery beat, every minute)."""
     return services.training_runs_recover()
+
+
+@shared_task(name="training.tasks.rounds_advance")
+def rounds_advance() -> list[int]:
+    """Move the training rounds on whose stage's work is done (celery beat, default queue). Safe to run any number of
+    times: each transition locks its round and checks the stage."""
+    return rounds.training_rounds_advance()
