@@ -131,6 +131,11 @@ class TrainingRound(models.Model):
     )
     evaluate_limit = models.PositiveIntegerField(null=True, blank=True)
     evaluate_seed = models.BigIntegerField(default=0)
+    simulated_annotators = models.CharField(
+        max_length=200, blank=True,
+        help_text="A simulation policy (noisy_oracle, random, prefer_model:NAME): K synthetic annotators judge the "
+                  "best/worst round as soon as it opens (demos, toy studies). Blank: people judge it.",
+    )
     previous = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="next_rounds",
         help_text="The round this one iterates on: its output model is this round's base.",

@@ -34,6 +34,7 @@ from annotation.exports import ExportResult, preferences_export
 from annotation.kinds import item_kind
 from annotation.models import Round
 from annotation.selectors import round_summary
+from annotation.simulation import Policy, PolicyError, round_simulate, synthetic_annotators
 from annotation.services.rounds import round_create
 from catalog.generation import pool_generation_create, pool_generation_jobs
 from catalog.models import GenerationBatch, GenerationJob, Image, ModelVersion, Prompt, PromptSet
@@ -142,7 +143,7 @@ def training_round_create(
     *, name: str, base_model: ModelVersion, prompt_set: PromptSet, method: str, pixel_weight: float, config: dict,
     limit: int | None = None, images_per_prompt: int = 5, k: int = 5, seed: int = 0,
     evaluate_on: PromptSet | None = None, evaluate_limit: int | None = None, evaluate_seed: int = 0,
-    previous: TrainingRound | None = None, created_by=None,
+    previous: TrainingRound | None = None, created_by=None, simulated_annotators: str = "",
 ) -> TrainingRound:
     """Create a round and queue its images: ``images_per_prompt`` of ``base_model`` per prompt, on the gpu queue.
 
@@ -164,6 +165,11 @@ def training_round_create(
         raise TrainingRoundError(f"--images-per-prompt: {problem}")
     if k < 1:
         raise TrainingRoundError(f"--k: must be at least 1, not {k}")
+    if simulated_annotators:
+        try:
+            Policy.parse(simulated_annotators)
+        except PolicyError as exc:
+            raise TrainingRoundError(f"--simulate-annotators: {exc}".replace("--policy ", "")) from exc
     for flag, value in (("--limit", limit), ("--evaluate-limit", evaluate_limit)):
         if value is not None and value < 1:
             raise TrainingRoundError(f"{flag}: must be at least 1, not {value}")
@@ -175,6 +181,7 @@ def training_round_create(
         prompt_ids=[prompt.pk for prompt in prompts], images_per_prompt=images_per_prompt, k=k, method=method,
         pixel_weight=pixel_weight, config=config, evaluate_on=evaluate_on or prompt_set,
         evaluate_limit=evaluate_limit, evaluate_seed=evaluate_seed, previous=previous, created_by=created_by,
+        simulated_annotators=simulated_annotators,
     )
     pool_generation_create(model_version=base_model, prompts=prompts, images_per_prompt=images_per_prompt, seed=seed)
     return training_round
@@ -193,6 +200,7 @@ def training_round_iterate(*, previous: TrainingRound, name: str | None = None, 
         images_per_prompt=previous.images_per_prompt, k=previous.k, seed=previous.seed,
         evaluate_on=previous.evaluate_on, evaluate_limit=previous.evaluate_limit,
         evaluate_seed=previous.evaluate_seed, previous=previous, created_by=created_by,
+        simulated_annotators=previous.simulated_annotators,
     )
 
 
@@ -342,6 +350,12 @@ def _annotated(training_round: TrainingRound) -> str | None:
     if round_ is None:
         raise StageFailed("its best/worst round was deleted")
     summary = round_summary(round_=round_)
+    if training_round.simulated_annotators and summary.complete < summary.items and round_.status != Round.Status.CLOSED:
+        round_simulate(  # synthetic judgments, flagged as such in the export
+            round_=round_, annotators=synthetic_annotators(count=training_round.k),
+            policy=Policy.parse(training_round.simulated_annotators), seed=training_round.seed,
+        )
+        summary = round_summary(round_=round_)
     if round_.status == Round.Status.CLOSED or summary.complete == summary.items:
         return Stage.EXPORTING
     return None

@@ -303,3 +303,24 @@ def test_sft_rounds_train_on_the_best_images_of_the_export(tmp_path, settings):
     assert len(dataset) == 1 and dataset.fields(0)["caption"] == "a red square"
     assert PILImage.open(dataset.examples[0]["path"]).getpixel((0, 0)) == (250, 0, 0)  # the winner, not the loser
     assert winners_folder(export / "manifest.jsonl") == folder  # written once
+
+
+def test_simulated_annotators_judge_the_round_as_soon_as_it_opens(world, eager, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        training_round = launch(world, "--simulate-annotators", "noisy_oracle", "--k", "3")
+    assert training_round.simulated_annotators == "noisy_oracle"
+    training_round = advance(training_round, django_capture_on_commit_callbacks)  # images → round → judged → trained
+    best_worst = training_round.annotation_round
+    assert best_worst.judgments.count() == 3 * 3
+    assert set(best_worst.judgments.values_list("annotator__username", flat=True)) == {
+        "synthetic-001", "synthetic-002", "synthetic-003"}
+    assert training_round.stage == TrainingRound.Stage.TRAINING  # the run trained as the transition committed
+    assert training_round.training_run.status == TrainingRun.Status.SUCCEEDED
+    training_round = advance(training_round, django_capture_on_commit_callbacks)
+    assert training_round.stage in (TrainingRound.Stage.EVALUATING, TrainingRound.Stage.DONE)
+
+
+def test_a_bad_simulation_policy_is_refused_in_one_line(world):
+    with pytest.raises(CommandError, match="--simulate-annotators: must be random, prefer_model:NAME or noisy_oracle"):
+        launch(world, "--simulate-annotators", "everyone-agrees")
+    assert not TrainingRound.objects.exists()

@@ -49,6 +49,9 @@ class Command(BaseCommand):
                             help="Evaluate the new model against the base on this set (whole rounds: default --prompts).")
         parser.add_argument("--evaluate-limit", type=int, help="Evaluate on a seeded sample of this many prompts.")
         parser.add_argument("--evaluate-seed", type=int, default=0)
+        parser.add_argument("--simulate-annotators", metavar="POLICY", default="",
+                            help="Have K synthetic annotators judge the best/worst round as soon as it opens "
+                                 "(noisy_oracle, random or prefer_model:NAME): demos and toy studies.")
         parser.add_argument("--iterate", metavar="TRAINING_ROUND",
                             help="Start the next round: that round's settings, its new model as the base.")
         parser.add_argument("--watch", metavar="TRAINING_ROUND", help="Wait on a launched round, as --wait does.")
@@ -106,7 +109,7 @@ class Command(BaseCommand):
             base_model=base, prompt_set=prompt_set, method=opts["method"], pixel_weight=opts["pixel_weight"],
             config=config, limit=opts["limit"], images_per_prompt=opts["images_per_prompt"], k=opts["k"],
             seed=opts["seed"], evaluate_on=evaluate_on, evaluate_limit=opts["evaluate_limit"],
-            evaluate_seed=opts["evaluate_seed"], created_by=user,
+            evaluate_seed=opts["evaluate_seed"], created_by=user, simulated_annotators=opts["simulate_annotators"],
         )
 
     def _wait(self, training_round: TrainingRound, opts) -> None:
