@@ -113,6 +113,8 @@ class TrainingRunAdmin(admin.ModelAdmin):
         context = dict(extra_context or {})
         if run is not None and self.has_view_or_change_permission(request, run):
             context["run_page"] = run_page_context(run)
+            if self._settled(run):  # nothing on the form can change: no save buttons
+                context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def add_view(self, request, form_url="", extra_context=None):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from html import escape
 
 # Colour-blind-safe (Okabe–Ito), in the order series are drawn.
+LEGEND_COLUMNS = 2
 PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#f0e442")
 
 
@@ -42,6 +43,9 @@ def nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
 
 
 def tick_label(value: float) -> str:
+    """Whole numbers in full (steps: ``2,500``), anything else with three significant digits."""
+    if value == int(value) and abs(value) < 1e9:
+        return f"{int(value):,}"
     return f"{value:.3g}"
 
 
@@ -51,7 +55,7 @@ def line_chart(
     """An ``<svg>`` element (a string of markup, every text escaped) with one polyline per series."""
     drawn = [(s.name, [(float(x), float(y)) for x, y in s.points if _finite(x) and _finite(y)]) for s in series]
     drawn = [(name, points) for name, points in drawn if points]
-    left, right, top, bottom = 56, 12, 28, 40 + 16 * math.ceil(len(drawn) / 3)
+    left, right, top, bottom = 56, 28, 28, 40 + 16 * math.ceil(len(drawn) / LEGEND_COLUMNS)
     plot_w, plot_h = width - left - right, height - top - bottom
     if plot_h < 40:
         height += 40 - plot_h
@@ -115,8 +119,8 @@ def line_chart(
         )
         last_x, last_y = points[-1]
         parts.append(f'<circle cx="{px(last_x):.1f}" cy="{py(last_y):.1f}" r="2.5" fill="{colour}"/>')
-        row, column = divmod(index, 3)
-        lx, ly = left + column * (plot_w / 3), top + plot_h + 46 + row * 16
+        row, column = divmod(index, LEGEND_COLUMNS)
+        lx, ly = left + column * (plot_w / LEGEND_COLUMNS), top + plot_h + 46 + row * 16
         parts.append(f'<rect x="{lx:.1f}" y="{ly - 8:.1f}" width="12" height="3" fill="{colour}"/>')
         parts.append(
             f'<text x="{lx + 16:.1f}" y="{ly - 3:.1f}" font-size="11" fill="#333">{escape(name)} '

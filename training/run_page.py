@@ -66,10 +66,8 @@ def _curve_order(key: str) -> tuple:
     return (key != "loss", stem, side != "w")
 
 
-def run_curves(history: list[dict]) -> list[SafeString]:
-    """One SVG chart per group of logged metrics, one polyline per metric."""
-    points = [p for p in history if isinstance(p, dict) and _number(p.get("step"))]
-    keys = metric_keys(points)
+def metric_groups(keys: list[str]) -> list[tuple[str, list[str]]]:
+    """The charts of these metric keys: (title, keys), one per group of ``CURVE_GROUPS`` present, then one per other key."""
     groups: list[tuple[str, list[str]]] = []
     taken: set[str] = set()
     for title, member in CURVE_GROUPS:
@@ -77,9 +75,14 @@ def run_curves(history: list[dict]) -> list[SafeString]:
         if chosen:
             groups.append((title, chosen))
             taken.update(chosen)
-    groups += [(CURVE_TITLES.get(key, key), [key]) for key in keys if key not in taken]
+    return groups + [(CURVE_TITLES.get(key, key), [key]) for key in keys if key not in taken]
+
+
+def run_curves(history: list[dict]) -> list[SafeString]:
+    """One SVG chart per group of logged metrics, one polyline per metric."""
+    points = [p for p in history if isinstance(p, dict) and _number(p.get("step"))]
     charts = []
-    for title, group in groups:
+    for title, group in metric_groups(metric_keys(points)):
         series = [Series(key, [(p["step"], p.get(key)) for p in points if key in p]) for key in group]
         charts.append(mark_safe(line_chart(series, title=title)))  # every text in it is escaped
     return charts
@@ -113,7 +116,10 @@ def dataset_counts(run: TrainingRun) -> tuple[dict | None, list[tuple[str, objec
 
 
 def latest_metrics(run: TrainingRun) -> list[tuple[str, str]]:
-    return [(key, f"{value:.4g}") for key, value in (run.progress or {}).items() if key != "step" and _number(value)]
+    """The latest logged values, in the order of the charts."""
+    latest = run.progress or {}
+    keys = [key for _, group in metric_groups(metric_keys([latest])) for key in group]
+    return [(key, f"{latest[key]:.4g}") for key in keys]
 
 
 def run_page_context(run: TrainingRun) -> dict:
