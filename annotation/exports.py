@@ -36,6 +36,7 @@ from annotation.models import Aggregate, Round
 from annotation.services.aggregation import round_aggregate
 
 FORMAT_VERSION = 1
+SUMMARY_FILE = "dataset.json"
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def preferences_export(*, round_: Round, out_dir: str | Path | None = None, reco
             "synthetic_judgments_in_pairs": n_synthetic,
             "excluded_annotators": len(summary.excluded_annotators) if summary else None,
         }
-        (staging / "dataset.json").write_text(_canonical_json(metadata) + "\n")
+        (staging / SUMMARY_FILE).write_text(_canonical_json(metadata) + "\n")
         for path in staging.rglob("*"):
             os.chmod(path, 0o444 if path.is_file() else 0o555)
         os.chmod(staging, 0o555)
@@ -190,3 +191,17 @@ def _remove(path: Path) -> None:
         except OSError:
             pass
     shutil.rmtree(path, ignore_errors=True)
+
+
+
+def export_summary_read(dataset_path: str | Path) -> dict | None:
+    """What an export recorded about itself (its ``dataset.json``: round, pairs, ties, judgments,
+    synthetic judgments, version), given the dataset folder or its manifest; None when the path
+    is not an export (an SFT image folder) or its summary cannot be read."""
+    path = Path(dataset_path)
+    folder = path.parent if path.name == "manifest.jsonl" else path
+    try:
+        data = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

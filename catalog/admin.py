@@ -1,9 +1,11 @@
 from django.contrib import admin
 from django.db.models import Count, Q
+from django.urls import reverse
 from django.utils.html import format_html
 
+from catalog.admin_sections import lineage_columns
 from catalog.models import AlignmentQuestion, GenerationBatch, GenerationJob, Image, ModelVersion, Prompt, PromptSet
-from catalog.selectors import image_url
+from catalog.selectors import image_url, model_lineage
 
 
 @admin.register(PromptSet)
@@ -63,6 +65,21 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_filter = ("kind", "family", "prediction_type")
     search_fields = ("name", "local_path", "notes")
     raw_id_fields = ("parent",)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The page lists the models this one was trained from, with what apps above add to each (``lineage_columns``)."""
+        model = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if model is not None and self.has_view_or_change_permission(request, model):
+            context["lineage"] = {
+                "columns": [section.title for section in lineage_columns.sections()],
+                "rows": [
+                    {"model": entry, "url": reverse("admin:catalog_modelversion_change", args=[entry.pk]),
+                     "cells": [cell.html for cell in lineage_columns.render(entry)]}
+                    for entry in model_lineage(model_version=model)
+                ],
+            }
+        return super().change_view(request, object_id, form_url, extra_context=context)
 
 
 @admin.register(GenerationJob)

@@ -6,7 +6,7 @@ import random
 
 from django.urls import reverse
 
-from catalog.models import Prompt, PromptSet
+from catalog.models import ModelVersion, Prompt, PromptSet
 
 
 def image_url(public_id: str) -> str:
@@ -24,3 +24,13 @@ def prompts_select(*, prompt_set: PromptSet, limit: int | None, seed: int) -> li
         chosen = set(random.Random(seed).sample(range(len(prompts)), limit))
         prompts = [p for index, p in enumerate(prompts) if index in chosen]
     return prompts
+
+
+def model_lineage(*, model_version: ModelVersion) -> list[ModelVersion]:
+    """The model and the models it was trained from, back to the base: itself first, the base last."""
+    chain, seen = [model_version], {model_version.pk}
+    while chain[-1].parent_id is not None and chain[-1].parent_id not in seen:
+        parent = ModelVersion.objects.get(pk=chain[-1].parent_id)
+        chain.append(parent)
+        seen.add(parent.pk)
+    return chain

@@ -7,9 +7,16 @@ class EvaluationConfig(AppConfig):
     verbose_name = "Evaluation"
 
     def ready(self):
+        from catalog.admin_sections import lineage_columns
         from catalog.signals import generation_batch_done
-        from evaluation import receivers, tasks  # noqa: F401  (registers the task names services enqueue)
+        from evaluation import admin_sections, receivers, tasks  # noqa: F401  (registers the task names services enqueue)
+        from training.run_page import run_page_sections
         from training.signals import training_run_succeeded
+
+        lineage_columns.register("against_parent", title="against its parent", render=admin_sections.against_parent_html)
+        run_page_sections.register(
+            "evaluation", title="Evaluation against the base", render=admin_sections.run_evaluation_html
+        )
 
         training_run_succeeded.connect(receivers.evaluate_new_checkpoint, dispatch_uid="evaluation.evaluate_new_checkpoint")
         generation_batch_done.connect(

@@ -59,6 +59,16 @@ def stored_report(*, evaluation: EvaluationRound) -> StoredReport | None:
     return StoredReport.objects.filter(evaluation=evaluation).first()
 
 
+def evaluations_comparing(*, model_version: ModelVersion, other: ModelVersion) -> list[tuple[EvaluationRound, StoredReport | None]]:
+    """The evaluations that compare the two models, newest first, each with its stored report (None before the first)."""
+    evaluations = list(
+        EvaluationRound.objects.filter(entries__model_version=model_version).filter(entries__model_version=other)
+        .distinct().order_by("-created_at", "-id")
+    )
+    reports = StoredReport.objects.in_bulk([e.pk for e in evaluations])
+    return [(evaluation, reports.get(evaluation.pk)) for evaluation in evaluations]
+
+
 @dataclass
 class PairwiseItem:
     """One non-gold pairwise item: its prompt, the models of its images in storage order, its votes."""

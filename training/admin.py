@@ -17,7 +17,8 @@ from training.models import TrainingRound, TrainingRun, WorkerHeartbeat
 from training.rounds import (
     TrainingRoundError, training_round_iterate, training_round_launch, training_round_progress,
 )
-from training.services import RUN_DECIDED
+from training.run_page import run_page_context
+from training.services import RUN_DECIDED, RunStateError, training_run_cancel, training_run_resume
 
 
 def config_choices() -> list[tuple[str, str]]:
@@ -45,17 +46,78 @@ class TrainingRoundForm(forms.Form):
     evaluate_limit = forms.IntegerField(required=False, min_value=1, help_text="A seeded sample of this many prompts.")
 
 
+def _run_state_action(modeladmin, request, queryset, change, done: str) -> None:
+    """Apply ``change`` to each selected run; a run in the wrong state is one error message, never a 500."""
+    changed = []
+    for run in queryset.order_by("pk"):
+        try:
+            change(run=run)
+        except RunStateError as exc:
+            modeladmin.message_user(request, f"{exc} ({exc.code})", level=messages.ERROR)
+        else:
+            changed.append(run.name)
+    if changed:
+        modeladmin.message_user(request, f"{done}: {', '.join(changed)}", level=messages.SUCCESS)
+
+
+@admin.action(description="Cancel selected runs", permissions=["change"])
+def cancel_runs_action(modeladmin, request, queryset):
+    _run_state_action(
+        modeladmin, request, queryset, training_run_cancel,
+        "Cancelled (a running run stops at its next step; its checkpoints stay)",
+    )
+
+
+@admin.action(description="Resume selected runs", permissions=["change"])
+def resume_runs_action(modeladmin, request, queryset):
+    _run_state_action(
+        modeladmin, request, queryset, training_run_resume, "Queued again (each goes on from its latest checkpoint)",
+    )
+
+
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
     list_display = (
-        "name", "base_model", "source_round", "status", "output_model", "attempts", "worker", "created_at", "finished_at",
+        "name", "base_model", "source_round", "status", "step_of", "output_model", "attempts", "worker", "created_at",
+        "finished_at",
     )
     list_filter = ("status", "base_model__family")
     search_fields = ("name", "dataset_path", "error")
     raw_id_fields = ("base_model", "created_by", "source_round")
+    # What the worker writes is shown by the run panel above the form, not as form fields.
+    exclude = ("progress", "history", "log_tail", "error_traceback", "step", "total_steps", "phase", "progress_at")
     readonly_fields = (
-        "status", "output_model", "attempts", "worker", "metrics", "error", "created_at", "started_at", "finished_at",
+        "status", "output_model", "attempts", "worker", "metrics", "error", "cancel_requested_at", "created_at",
+        "started_at", "finished_at",
     )
+    actions = [cancel_runs_action, resume_runs_action]
+
+    @admin.display(description="step")
+    def step_of(self, obj):
+        return f"{obj.step} / {obj.total_steps}" if obj.total_steps else obj.step
+
+    def _settled(self, obj) -> bool:
+        return obj is not None and obj.status != TrainingRun.Status.QUEUED
+
+    def get_exclude(self, request, obj=None):
+        # a run a worker took is a record: its config shows, pretty, in the panel
+        return (*self.exclude, "config") if self._settled(obj) else self.exclude
+
+    def get_readonly_fields(self, request, obj=None):
+        """Only a queued run's settings can still change."""
+        if self._settled(obj):
+            hidden = {"id", *self.get_exclude(request, obj)}
+            return [f.name for f in self.model._meta.fields if f.name not in hidden]
+        return self.readonly_fields
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        run = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if run is not None and self.has_view_or_change_permission(request, run):
+            context["run_page"] = run_page_context(run)
+            if self._settled(run):  # nothing on the form can change: no save buttons
+                context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
+        return super().change_view(request, object_id, form_url, extra_context=context)
 
     def add_view(self, request, form_url="", extra_context=None):
         """Adding a run means launching a training round: export, train on a gpu worker, register."""

@@ -6,5 +6,8 @@ class TrainingConfig(AppConfig):
     verbose_name = "Training"
 
     def ready(self):
-        # Registers the tasks that services enqueue by name (config.celery.enqueue_on_commit).
-        from training import tasks  # noqa: F401
+        from catalog.admin_sections import lineage_columns
+        from training import tasks  # noqa: F401  (registers the task names services enqueue)
+        from training.run_page import trained_by_html
+
+        lineage_columns.register("trained_by", title="trained by", render=trained_by_html)

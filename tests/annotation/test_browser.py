@@ -163,12 +163,16 @@ def server_requests_finished(tries=100):
         cursor.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {others}")
 
 
-def login(page, username="ann"):
+def login(page, username="ann", landing=".dashboard"):
+    """Log in through the form; wait for ``landing`` (an annotator's dashboard), or the next page to load."""
     page.goto("/accounts/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_selector(".dashboard")
+    if landing:
+        page.wait_for_selector(landing)
+    else:
+        page.wait_for_load_state()
 
 
 def wait_for_task(page, count):
@@ -190,9 +194,9 @@ def transforms(page):
     return page.eval_on_selector_all("#grid .pane img", "imgs => imgs.map(i => getComputedStyle(i).transform)")
 
 
-def shot(page, name):
+def shot(page, name, *, full_page=False):
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 def eventually(page, query, tries=100):
