@@ -349,3 +349,18 @@ def test_a_worker_that_cannot_read_the_accelerate_config_fails_the_run_before_tr
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED and "cannot read the accelerate_config" in run.error
     assert run.step == 0
+
+
+def test_a_worker_that_sees_fewer_gpus_than_the_run_wants_fails_it_before_training(
+        base_model, sft_folder, artifacts, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    run = services.training_run_create(name="four", base_model=base_model, dataset_path=str(sft_folder),
+                                       config={**TWO_PROCESSES, "gpus": 4})
+    assert tasks.gpu_train_run.apply(args=[run.pk]).failed()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and run.error.startswith("the run wants gpus=4;")
+    assert "sees 2" in run.error and run.step == 0
