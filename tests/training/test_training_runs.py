@@ -1,6 +1,7 @@
 """A training run travels from the web process to a GPU task and comes back as a model."""
 
 import json
+import os
 import time
 from datetime import timedelta
 
@@ -364,3 +365,35 @@ def test_a_worker_that_sees_fewer_gpus_than_the_run_wants_fails_it_before_traini
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED and run.error.startswith("the run wants gpus=4;")
     assert "sees 2" in run.error and run.step == 0
+
+
+def test_a_supervisor_interrupted_mid_launch_ends_the_launch_and_fails_the_run(
+        base_model, sft_folder, artifacts, monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    pid_file = tmp_path / "launch.pid"
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    # A stand-in launch that would train for two minutes.
+    monkeypatch.setattr(services, "accelerate_launch_command", lambda **_: [
+        sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"])
+    real_wait = subprocess.Popen.wait
+
+    def interrupted(self, timeout=None):
+        if timeout is None:  # the supervisor's wait for the end of the run: Celery's time limit strikes
+            while not pid_file.exists() or not pid_file.read_text():
+                time.sleep(0.01)
+            raise SoftTimeLimitExceeded()
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "wait", interrupted)
+    run = services.training_run_create(name="cut", base_model=base_model, dataset_path=str(sft_folder),
+                                       config=TWO_PROCESSES)
+    assert tasks.gpu_train_run.apply(args=[run.pk]).failed()
+    launched = int(pid_file.read_text())
+    state = f"/proc/{launched}/stat"
+    assert not os.path.exists(state) or open(state).read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and "SoftTimeLimitExceeded" in run.error
