@@ -10,7 +10,7 @@ from annotation import conf
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("annotation", "catalog", "config", "evaluation", "outbox", "training", "toyworld")
 # Read by the code but set by another tool, not by whoever runs the site.
-SET_BY_OTHERS = {"WORLD_SIZE": "set by accelerate launch for each process"}
+SET_BY_OTHERS = {"WORLD_SIZE": "set by accelerate launch for each process", "RANK": "likewise"}
 
 READS = re.compile(
     r"""(?:os\.environ\.get|os\.getenv|env_bool|env_list)\(\s*["']([A-Z][A-Z0-9_]*)["']"""

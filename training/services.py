@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
+import re
+import sys
 from pathlib import Path
 
 from django.db import models, transaction
@@ -47,11 +50,13 @@ def training_run_output_dir(run: TrainingRun) -> Path:
 def training_config_validate(*, base_model: ModelVersion, dataset_path: str, config: dict):
     """The engine's TrainConfig for this run, or ConfigError naming the bad field.
 
-    Paths that the run decides (model, data, output) are filled in here; anything else comes
-    from ``config``. Importing the config module does not import torch.
+    Paths that the run decides (model, data, output) are filled in here; the launch settings
+    (``gpus``, ``accelerate_config``: ``training_run_launch``) are checked and left out; anything
+    else comes from ``config``. Importing the config module does not import torch.
     """
-    from training.engine.config import ConfigError, TrainConfig
+    from training.engine.config import ConfigError, TrainConfig, split_launch_settings
 
+    _, config = split_launch_settings(config, source="training run config")
     clash = sorted(set(RUN_DECIDED) & set(config))
     if clash:
         raise ConfigError(clash[0], "is set by the training run; leave it out of the config")
@@ -59,6 +64,13 @@ def training_config_validate(*, base_model: ModelVersion, dataset_path: str, con
         {**config, "pretrained_model": base_model.local_path, "train_data": dataset_path, "output_dir": "."},
         source="training run config",
     )
+
+
+def training_run_launch(run: TrainingRun):
+    """How the run is launched: its ``LaunchConfig`` (gpus, accelerate_config), from its config."""
+    from training.engine.config import split_launch_settings
+
+    return split_launch_settings(run.config, source="training run config")[0]
 
 
 @transaction.atomic
@@ -158,6 +170,18 @@ def training_run_preflight(run: TrainingRun) -> None:
     dataset = Path(run.dataset_path)
     if not dataset.exists():
         raise TrainingPreflightError(f"worker {platform.node()} cannot read the dataset {dataset}")
+    launch = training_run_launch(run)
+    if launch.accelerate_config is not None and not Path(launch.accelerate_config).is_file():
+        raise TrainingPreflightError(
+            f"worker {platform.node()} cannot read the accelerate_config {launch.accelerate_config}")
+    if launch.gpus > 1:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count() < launch.gpus:
+            raise TrainingPreflightError(
+                f"the run wants gpus={launch.gpus}; worker {platform.node()} sees {torch.cuda.device_count()} "
+                "(start it with CUDA_VISIBLE_DEVICES naming that many, or lower gpus)"
+            )
     output = Path(run.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(output).free
@@ -173,30 +197,27 @@ class TrainingPreflightError(RuntimeError):
 
 
 def training_run_execute(*, run: TrainingRun, resume: bool) -> ModelVersion | None:
-    """Train (in this GPU worker's process), then register the exported pipeline.
+    """Train, then register the exported pipeline.
 
-    Returns the new model, or None when the run was cancelled (its checkpoints are kept). The
-    run's progress reaches its record through a ``RunMonitor``. Imports torch: call it only from
-    a `gpu` queue task.
+    A run with ``gpus = 1`` trains in this worker's process; with more, in an ``accelerate launch``
+    subprocess that this task supervises (``_train_launched``). Either way a ``RunMonitor`` carries
+    progress from the run's files to its record and a cancel back, and the run ends the same way:
+    a model, or None when it was cancelled (its checkpoints are kept), or failed with the reason.
+    Imports torch: call it only from a `gpu` queue task.
     """
     from training.engine import progress as run_progress
-    from training.engine.loop import TrainingCancelled, train
+    from training.engine.loop import TrainingCancelled
     from training.monitor import RunMonitor
 
-    handler = None
     try:
         training_run_preflight(run)
         config = training_config_validate(base_model=run.base_model, dataset_path=run.dataset_path, config=run.config)
         config.output_dir = run.output_dir
         config.resume_from = "latest"  # a fresh run has no checkpoint yet; a resumed one goes on from its last
+        launch = training_run_launch(run)
         run_progress.clear_stop(run.output_dir)
-        handler = logging.FileHandler(Path(run.output_dir) / run_progress.LOG_FILE, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        engine_logger = logging.getLogger("training.engine")
-        engine_logger.addHandler(handler)
-        engine_logger.setLevel(logging.INFO)
         with RunMonitor(run):
-            result = train(config)
+            result = _train_in_process(config) if launch.gpus == 1 else _train_launched(config, launch)
         if result.model_dir is None:
             raise RuntimeError("the run exported no pipeline")
         return training_run_finish(
@@ -207,12 +228,122 @@ def training_run_execute(*, run: TrainingRun, resume: bool) -> ModelVersion | No
         logger.info("run %s: %s", run.pk, exc)
         return None
     except Exception as exc:  # the run records any failure; the worker stays up for the next task
-        training_run_fail(run, exc)
+        training_run_fail(run, exc, getattr(exc, "log_tail", None))
         raise
+
+
+def _train_in_process(config):
+    from training.engine import progress as run_progress
+    from training.engine.loop import train
+
+    handler = logging.FileHandler(Path(config.output_dir) / run_progress.LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(run_progress.LOG_FORMAT))
+    engine_logger = logging.getLogger("training.engine")
+    engine_logger.addHandler(handler)
+    engine_logger.setLevel(logging.INFO)
+    try:
+        return train(config)
     finally:
-        if handler is not None:
-            logging.getLogger("training.engine").removeHandler(handler)
-            handler.close()
+        engine_logger.removeHandler(handler)
+        handler.close()
+
+
+class LaunchedRunFailed(RuntimeError):
+    """The launched training processes failed; the message is the reason, ``log_tail`` their log's end."""
+
+    def __init__(self, reason: str, log_tail: str):
+        super().__init__(reason)
+        self.log_tail = log_tail
+
+
+def accelerate_launch_command(*, launch, config_file: Path, mixed_precision: str) -> list[str]:
+    """The ``accelerate launch`` command that trains ``config_file`` on ``launch.gpus`` processes of this machine."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(launch.gpus),
+               "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", mixed_precision,
+               "--dynamo_backend", "no"]
+    # --multi_gpu: DDP on the visible GPUs, or on CPU processes (the engine then picks gloo). A config
+    # file names its own distributed type (FSDP...), which --multi_gpu would override.
+    command += ["--config_file", launch.accelerate_config] if launch.accelerate_config else ["--multi_gpu"]
+    return command + ["-m", "training.engine", "train", "--config", str(config_file), "--exit-with-parent"]
+
+
+def _train_launched(config, launch):
+    """Train in an ``accelerate launch`` subprocess; its result, or TrainingCancelled, or LaunchedRunFailed."""
+    import json
+    import shlex
+    import subprocess
+    import time
+
+    from django.conf import settings
+
+    from training.engine import progress as run_progress
+    from training.engine.cli import CANCELLED_EXIT
+    from training.engine.loop import TrainingCancelled, list_checkpoints, read_train_summary
+
+    output_dir = Path(config.output_dir)
+    config_file = output_dir / "run_config.json"
+    config_file.write_text(json.dumps(config.to_dict(), indent=2))
+    (output_dir / run_progress.PROGRESS_FILE).unlink(missing_ok=True)  # a cancel is read from this attempt's report
+    command = accelerate_launch_command(launch=launch, config_file=config_file, mixed_precision=config.mixed_precision)
+    log_path = output_dir / run_progress.LOG_FILE
+    with log_path.open("ab") as log:
+        start = log.tell()
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} launching: {shlex.join(command)}\n".encode())
+        log.flush()
+        process = subprocess.Popen(  # the engine runs from the checkout (python -m), in a process group of its own
+            command, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=run_progress.die_with_parent_hook(),
+        )
+    try:
+        returncode = process.wait()
+    finally:
+        _stop_launch(process)
+    if returncode == 0:
+        return read_train_summary(output_dir)
+    report = run_progress.read_progress(output_dir) or {}
+    if returncode == CANCELLED_EXIT or report.get("phase") == "cancelled":  # accelerate reports any failure as 1
+        checkpoints = list_checkpoints(output_dir)
+        raise TrainingCancelled(int(report.get("step", 0)), checkpoints[-1] if checkpoints else None)
+    with log_path.open("rb") as log:
+        log.seek(start)
+        text = log.read().decode("utf-8", errors="replace")
+    raise LaunchedRunFailed(launch_failure_line(text, returncode), text[-50_000:])
+
+
+def _stop_launch(process) -> None:
+    """End a launch that is still running (the supervisor is on its way out): its group, then the rest.
+
+    SIGTERM lets the launcher end its training processes (torch starts them in sessions of their
+    own, out of reach of the group); if it does not within a minute, SIGKILL, and the training
+    processes, started with --exit-with-parent, die with it.
+    """
+    import signal
+    import subprocess
+
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b")
+
+
+def launch_failure_line(log_text: str, returncode: int) -> str:
+    """The one-line reason of a failed launch, from its log: the engine's ``error:`` line, else the
+    last exception a traceback names (not the launcher's own report of the failure)."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ")
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line) and "ChildFailedError" not in line:
+            return line
+    return f"the training processes exited with status {returncode}; see the run's log"
 
 
 def failure_line(exc: BaseException) -> str:
@@ -221,7 +352,7 @@ def failure_line(exc: BaseException) -> str:
         return f"out of disk: {exc.strerror} writing {exc.filename or 'a file'} ({type(exc).__name__})"
     text = " ".join(str(exc).split()) or "(no message)"
     name = type(exc).__name__
-    return text if isinstance(exc, TrainingPreflightError) else f"{name}: {text}"
+    return text if isinstance(exc, (TrainingPreflightError, LaunchedRunFailed)) else f"{name}: {text}"
 
 
 def training_run_fail(run: TrainingRun, exc: BaseException | str, traceback_text: str | None = None) -> None:

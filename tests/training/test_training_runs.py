@@ -1,6 +1,7 @@
 """A training run travels from the web process to a GPU task and comes back as a model."""
 
 import json
+import os
 import time
 from datetime import timedelta
 
@@ -213,3 +214,174 @@ def test_a_worker_that_cannot_read_the_model_or_lacks_disk_fails_the_run_with_th
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED and "cannot read the base model" in run.error
     assert not ModelVersion.objects.filter(name__in=["no-room", "unreadable"]).exists()
+
+
+# --- Runs on several processes: an accelerate launch subprocess that the gpu task supervises ------
+
+TWO_PROCESSES = {**TINY_SFT, "gpus": 2, "train_batch_size": 1, "checkpointing_steps": 100, "log_every": 1}
+
+
+@pytest.mark.django_db(transaction=True)  # the monitor thread has its own connection
+def test_a_run_on_two_processes_trains_in_a_launched_subprocess_and_registers_one_model(
+        base_model, sft_folder, artifacts, monkeypatch, settings):
+    from pathlib import Path
+
+    settings.TRAINING_PROGRESS_INTERVAL = 0.1
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    run = services.training_run_create(name="two", base_model=base_model, dataset_path=str(sft_folder),
+                                       config=TWO_PROCESSES)
+    assert tasks.gpu_train_run.apply(args=[run.pk]).get() == "two"
+    run.refresh_from_db()
+    assert (run.status, run.phase, run.step, run.total_steps) == (TrainingRun.Status.SUCCEEDED, "done", 2, 2)
+    assert ModelVersion.objects.filter(produced_by=run).count() == 1 and run.output_model.name == "two"
+    assert [point["step"] for point in run.history] == [1, 2] and run.metrics["steps"] == 2
+    assert {"loss", "latent_loss", "pixel_loss"} <= set(run.progress)
+    assert "launching:" in run.log_tail and "step 2/2" in run.log_tail
+    output = Path(run.output_dir)
+    assert json.loads((output / "train_summary.json").read_text())["num_processes"] == 2
+    assert json.loads((output / "run_config.json").read_text())["train_batch_size"] == 1
+    # The main process alone logs the steps.
+    assert (output / "train.log").read_text().count("step 2/2:") == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the monitor thread has its own connection
+def test_a_cancel_stops_a_two_process_run_with_a_checkpoint_and_no_model(
+        base_model, sft_folder, artifacts, monkeypatch, settings):
+    import threading
+
+    from django.db import connection
+
+    from training.engine import progress as run_progress
+    from training.engine.loop import list_checkpoints
+
+    settings.TRAINING_PROGRESS_INTERVAL = 0.05
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    run = services.training_run_create(name="two-stopped", base_model=base_model, dataset_path=str(sft_folder),
+                                       config={**TWO_PROCESSES, "max_train_steps": 200})
+
+    def researcher_cancels_after_step_2():
+        try:
+            deadline = time.monotonic() + 240
+            while (run_progress.read_progress(run.output_dir) or {}).get("step", 0) < 2:
+                assert time.monotonic() < deadline, "the launched run never reached step 2"
+                time.sleep(0.05)
+            services.training_run_cancel(run=run)
+        finally:
+            connection.close()
+
+    researcher = threading.Thread(target=researcher_cancels_after_step_2)
+    researcher.start()
+    assert tasks.gpu_train_run.apply(args=[run.pk]).get() == "cancelled"
+    researcher.join()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.CANCELLED and run.phase == "cancelled" and run.output_model is None
+    assert 2 <= run.step < 200
+    assert [p.name for p in list_checkpoints(run.output_dir)] == [f"checkpoint-{run.step}"]
+    assert not ModelVersion.objects.filter(name="two-stopped").exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the monitor thread has its own connection
+def test_a_launched_run_that_crashes_fails_with_a_one_line_reason(base_model, tmp_path, artifacts, monkeypatch):
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "missing.png", "text": "x"}) + "\n")
+    run = services.training_run_create(name="two-broken", base_model=base_model, dataset_path=str(tmp_path),
+                                       config=TWO_PROCESSES)
+    assert tasks.gpu_train_run.apply(args=[run.pk]).failed()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and run.phase == "failed"
+    assert "missing.png" in run.error and "\n" not in run.error and "ChildFailedError" not in run.error
+    assert "launching:" in run.error_traceback and "missing.png" in run.error_traceback
+    assert not ModelVersion.objects.filter(name="two-broken").exists()
+
+
+@pytest.mark.parametrize("launch, field", [
+    ({"gpus": 0}, "gpus"),
+    ({"gpus": "2"}, "gpus"),
+    ({"gpus": 2, "accelerate_config": "fsdp.yaml"}, "accelerate_config"),  # not absolute
+    ({"gpus": 2, "accelerate_config": "/etc/fsdp.txt"}, "accelerate_config"),
+    ({"accelerate_config": "/etc/accelerate/fsdp.yaml"}, "accelerate_config"),  # with one GPU
+])
+def test_bad_launch_settings_are_refused_at_creation_naming_the_field(base_model, sft_folder, artifacts, launch, field):
+    with pytest.raises(ConfigError) as refused:
+        services.training_run_create(name="bad", base_model=base_model, dataset_path=str(sft_folder),
+                                     config={**TINY_SFT, **launch})
+    assert refused.value.field == field
+    assert not TrainingRun.objects.exists()
+
+
+def test_launch_settings_can_be_overridden_like_the_others():
+    from training.engine.config import read_settings
+
+    values, _ = read_settings(None, ["gpus=4", "accelerate_config=/etc/accelerate/fsdp.yaml", "pixel_crop=0.5"])
+    assert values == {"gpus": 4, "accelerate_config": "/etc/accelerate/fsdp.yaml", "pixel_crop": 0.5}
+
+
+def test_the_launch_command_gives_a_config_file_its_own_distributed_type(tmp_path):
+    from training.engine.config import LaunchConfig
+
+    ddp = services.accelerate_launch_command(launch=LaunchConfig(gpus=4), config_file=tmp_path / "c.json",
+                                             mixed_precision="bf16")
+    assert ddp[ddp.index("--num_processes") + 1] == "4" and "--multi_gpu" in ddp and "--config_file" not in ddp
+    assert ddp[ddp.index("--mixed_precision") + 1] == "bf16"
+    assert ddp[-6:] == ["-m", "training.engine", "train", "--config", str(tmp_path / "c.json"), "--exit-with-parent"]
+    fsdp = services.accelerate_launch_command(launch=LaunchConfig(gpus=2, accelerate_config="/etc/fsdp.yaml"),
+                                              config_file=tmp_path / "c.json", mixed_precision="no")
+    assert fsdp[fsdp.index("--config_file") + 1] == "/etc/fsdp.yaml" and "--multi_gpu" not in fsdp
+
+
+def test_a_worker_that_cannot_read_the_accelerate_config_fails_the_run_before_training(
+        base_model, sft_folder, artifacts, monkeypatch, tmp_path):
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    config = {**TWO_PROCESSES, "accelerate_config": str(tmp_path / "not-mounted" / "fsdp.yaml")}
+    run = services.training_run_create(name="no-fsdp", base_model=base_model, dataset_path=str(sft_folder), config=config)
+    assert tasks.gpu_train_run.apply(args=[run.pk]).failed()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and "cannot read the accelerate_config" in run.error
+    assert run.step == 0
+
+
+def test_a_worker_that_sees_fewer_gpus_than_the_run_wants_fails_it_before_training(
+        base_model, sft_folder, artifacts, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    run = services.training_run_create(name="four", base_model=base_model, dataset_path=str(sft_folder),
+                                       config={**TWO_PROCESSES, "gpus": 4})
+    assert tasks.gpu_train_run.apply(args=[run.pk]).failed()
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and run.error.startswith("the run wants gpus=4;")
+    assert "sees 2" in run.error and run.step == 0
+
+
+def test_a_supervisor_interrupted_mid_launch_ends_the_launch_and_fails_the_run(
+        base_model, sft_folder, artifacts, monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    pid_file = tmp_path / "launch.pid"
+    monkeypatch.setattr(tasks.gpu_train_run, "apply_async", lambda args, **options: None)
+    # A stand-in launch that would train for two minutes.
+    monkeypatch.setattr(services, "accelerate_launch_command", lambda **_: [
+        sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"])
+    real_wait = subprocess.Popen.wait
+
+    def interrupted(self, timeout=None):
+        if timeout is None:  # the supervisor's wait for the end of the run: Celery's time limit strikes
+            while not pid_file.exists() or not pid_file.read_text():
+                time.sleep(0.01)
+            raise SoftTimeLimitExceeded()
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "wait", interrupted)
+    run = services.training_run_create(name="cut", base_model=base_model, dataset_path=str(sft_folder),
+                                       config=TWO_PROCESSES)
+    assert tasks.gpu_train_run.apply(args=[run.pk]).failed()
+    launched = int(pid_file.read_text())
+    state = f"/proc/{launched}/stat"
+    assert not os.path.exists(state) or open(state).read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and "SoftTimeLimitExceeded" in run.error

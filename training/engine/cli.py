@@ -6,16 +6,22 @@
     python -m training.engine tiny-pipeline --family dit --out /tmp/tiny-dit
 
 Errors in the configuration, the data or the model folder print one line naming the field,
-file or line, and exit with status 2; a failed run (for example a NaN loss) exits with 1.
+file or line, and exit with status 2; a failed run (for example a NaN loss) exits with 1; a run
+stopped by a STOP file in its output_dir (``training.engine.progress``) exits with 3 after saving
+a checkpoint. (``accelerate launch`` reports any process's non-zero status as 1; the run's
+progress.json then says phase "cancelled".)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
+CANCELLED_EXIT = 3  # the run stopped at a STOP request; its checkpoint is kept
 
 def _read_prompts(path: Path) -> list[str]:
     try:
@@ -79,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="a .toml or .json file of TrainConfig settings")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting (repeatable), typed by the setting; the settings are listed below")
+    train.add_argument("--exit-with-parent", action="store_true",
+                       help="stop when the process that started this one dies (a gpu worker's supervisor sets it, "
+                            "so that a killed worker leaves no training behind)")
 
     sample = commands.add_parser("sample", help="sample images from a diffusers pipeline folder")
     sample.add_argument("--model", required=True, type=Path)
@@ -100,11 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
+    from training.engine import progress
     from training.engine.config import load_config
     from training.engine.loop import train
 
-    config = load_config(args.config, args.overrides)
-    result = train(config)
+    if args.exit_with_parent:
+        progress.die_with_parent_hook()()
+    # Progress lines on stderr, once: from the main process of a launch (accelerate sets RANK).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(progress.LOG_FORMAT))
+    handler.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+    engine_logger = logging.getLogger("training.engine")
+    engine_logger.addHandler(handler)
+    engine_logger.setLevel(logging.INFO)
+    try:
+        result = train(load_config(args.config, args.overrides))
+    finally:
+        engine_logger.removeHandler(handler)
     if result.model_dir is not None:  # the main process reports
         print(json.dumps({"global_step": result.global_step, "model_dir": str(result.model_dir),
                           "adapter_dir": str(result.adapter_dir) if result.adapter_dir else None,
@@ -158,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, DatasetError) or (isinstance(exc, ValueError) and args.command == "sample"):
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        from training.engine.loop import TrainingCancelled
+
         if isinstance(exc, TrainingError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            print(f"{'stopped' if isinstance(exc, TrainingCancelled) else 'error'}: {exc}", file=sys.stderr)
+            return CANCELLED_EXIT if isinstance(exc, TrainingCancelled) else 1
         raise

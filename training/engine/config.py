@@ -204,6 +204,36 @@ class TrainConfig(Settings):
         return self.pixel_objective != "none"
 
 
+def _accelerate_config_path(value: str) -> str:
+    if not Path(value).is_absolute() or Path(value).suffix not in (".yaml", ".yml", ".json"):
+        raise ValueError("must be the absolute path of an accelerate config file (.yaml, .yml or .json)")
+    return value
+
+
+class LaunchConfig(Settings):
+    """How a training run is launched, beside its TrainConfig in the run's config (not engine settings)."""
+
+    gpus: PositiveInt = Field(
+        1, description="Processes (one per GPU) that train the run: 1 trains in the worker's process; more run "
+                       "`accelerate launch --num_processes N` (DDP; on a machine without GPUs, CPU processes over gloo).")
+    accelerate_config: Annotated[str, AfterValidator(_accelerate_config_path)] | None = Field(
+        None, description="An accelerate config file for the launch, e.g. for FSDP (needs gpus > 1; every gpu "
+                          "worker must read it at this path).")
+
+    @model_validator(mode="after")
+    def _rules_between_fields(self) -> "LaunchConfig":
+        if self.accelerate_config is not None and self.gpus == 1:
+            raise ConfigError("accelerate_config", "needs gpus > 1 (a one-GPU run trains in the worker's process)")
+        return self
+
+
+def split_launch_settings(data: dict[str, Any], *, source: str = "config") -> tuple[LaunchConfig, dict[str, Any]]:
+    """A run's config dict as its LaunchConfig and the rest (the TrainConfig settings)."""
+    launch = {key: value for key, value in data.items() if key in LaunchConfig.model_fields}
+    rest = {key: value for key, value in data.items() if key not in LaunchConfig.model_fields}
+    return LaunchConfig.from_dict(launch, source=source), rest
+
+
 class SampleConfig(Settings):
     """Sampler settings; the defaults are the paper's evaluation setting (DDIM, 50 steps, CFG 7.5)."""
 
@@ -262,16 +292,19 @@ def parse_value(model: type[Settings], name: str, text: str) -> Any:
         raise ConfigError(name, f"cannot parse {text!r}: {_message(exc.errors()[0])}") from None
 
 
-def apply_overrides(model: type[Settings], data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides (typed by the model's field) to a settings dict."""
+def apply_overrides(model: type[Settings] | tuple[type[Settings], ...], data: dict[str, Any],
+                    overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (typed by the field of the model, of the models, that has it)."""
+    models = model if isinstance(model, tuple) else (model,)
     merged = dict(data)
     for item in overrides:
         if not item.strip():
             continue
         if "=" not in item:
             raise ConfigError(item.strip(), "override must look like key=value")
-        key, value = item.split("=", 1)
-        merged[key.strip()] = parse_value(model, key.strip(), value)
+        key, value = (part.strip() for part in item.split("=", 1))
+        owner = next((candidate for candidate in models if key in candidate.model_fields), models[0])
+        merged[key] = parse_value(owner, key, value)
     return merged
 
 
@@ -310,12 +343,13 @@ def read_settings(path: str | Path | None = None, overrides: list[str] | None = 
 
     ``leave_out`` drops keys that the caller decides itself (a training run sets its own model,
     data and output paths) from the file; overrides are kept, so naming one of them is refused
-    where the run is validated.
+    where the run is validated. Overrides of a training run's ``LaunchConfig`` settings are typed
+    too; TrainConfig itself refuses them.
     """
     data = read_config_file(path) if path is not None else {}
     left_out = sorted(key for key in leave_out if key in data)
     data = {key: value for key, value in data.items() if key not in left_out}
-    return ConfigSettings(apply_overrides(TrainConfig, data, overrides or []), left_out)
+    return ConfigSettings(apply_overrides((TrainConfig, LaunchConfig), data, overrides or []), left_out)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

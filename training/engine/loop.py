@@ -76,6 +76,18 @@ class TrainResult:
     resumed_from: Path | None = None
 
 
+SUMMARY_FILE = "train_summary.json"
+
+
+def read_train_summary(output_dir: str | Path) -> TrainResult:
+    """A finished run's result, read from the summary its main process wrote (for a launched run)."""
+    output_dir = Path(output_dir)
+    summary = json.loads((output_dir / SUMMARY_FILE).read_text())
+    optional = {key: Path(summary[key]) if summary.get(key) else None for key in ("adapter_dir", "resumed_from")}
+    return TrainResult(output_dir=output_dir, global_step=summary["global_step"], model_dir=Path(summary["model_dir"]),
+                       metrics_file=output_dir / "metrics.jsonl", last_metrics=summary["last_metrics"], **optional)
+
+
 # --------------------------------------------------------------------------------------
 # Seeds and data order
 
@@ -608,9 +620,9 @@ def train(config: TrainConfig) -> TrainResult:
             "replica_checksums": checksums, "last_metrics": last_metrics,
             "dataset": getattr(getattr(dataset, "report", None), "summary", lambda: None)(),
         }
-        tmp = output_dir / ".train_summary.json.tmp"
+        tmp = output_dir / f".{SUMMARY_FILE}.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, output_dir / "train_summary.json")
+        os.replace(tmp, output_dir / SUMMARY_FILE)
         reporter.set_phase("done", global_step)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -6,6 +6,7 @@
     metrics.jsonl    one line per logged step (``loop.MetricsWriter``)
     STOP             created by the supervisor; every process of the run stops at the next step
                      boundary, saves a checkpoint there, and raises ``TrainingCancelled``
+    train.log        the run's log (``LOG_FORMAT``); a launched run's stdout and stderr
 
 Files, not callbacks, so that a run in the supervisor's own process and one launched as an
 ``accelerate launch`` subprocess are watched and stopped the same way. The module imports
@@ -14,14 +15,19 @@ neither torch nor Django.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PROGRESS_FILE = "progress.json"
 STOP_FILE = "STOP"
 LOG_FILE = "train.log"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -123,3 +129,23 @@ def read_log_tail(output_dir: str | Path, *, lines: int = 40, max_bytes: int = 6
     text = data.decode("utf-8", errors="replace").replace("\r", "\n")
     kept = [line for line in text.splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
+
+
+def die_with_parent_hook() -> Callable[[], None]:
+    """A function that has the kernel SIGTERM the process calling it when that process's parent dies.
+
+    So that no run trains on as an orphan of a killed supervisor. Linux only (prctl
+    PR_SET_PDEATHSIG; elsewhere the function does nothing). libc is loaded here, beforehand, so
+    that the function is safe to run as a subprocess ``preexec_fn``, between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def die_with_parent() -> None:
+        parent = os.getppid()
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return die_with_parent

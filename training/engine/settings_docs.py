@@ -1,4 +1,4 @@
-"""The settings reference, generated from the fields of TrainConfig and SampleConfig.
+"""The settings reference, generated from the fields of TrainConfig, LaunchConfig and SampleConfig.
 
 The CLI's ``--help`` and the tables in ``docs/training.md`` both come from here. After adding or
 changing a field, regenerate the docs (a test fails until they match):
@@ -15,10 +15,11 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.engine.config import SampleConfig, Settings, TrainConfig
+from training.engine.config import LaunchConfig, SampleConfig, Settings, TrainConfig
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "training.md"
-MODELS: dict[str, type[Settings]] = {"TrainConfig": TrainConfig, "SampleConfig": SampleConfig}
+MODELS: dict[str, type[Settings]] = {"TrainConfig": TrainConfig, "LaunchConfig": LaunchConfig,
+                                     "SampleConfig": SampleConfig}
 
 
 @dataclass(frozen=True)
