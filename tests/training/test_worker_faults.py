@@ -1,4 +1,5 @@
-"""Training runs on real Celery worker processes that die, are cancelled, or are given bad work.
+"""Training on real Celery worker processes: a whole round end to end, and runs that die, are cancelled, or are
+given bad work.
 
 Each test runs its own redis-server on a free port (never the shared one) and real workers
 (``celery -A config worker -P solo``) on the test's PostgreSQL database, with the tiny pipeline.
@@ -17,7 +18,10 @@ import pytest
 from catalog.models import ModelVersion
 from catalog.services import model_register
 from annotation.models import Judgment
+from evaluation.models import EvaluationRound
 from tests.annotation.builders import best_worst_round
+from tests.factories import PromptFactory, PromptSetFactory
+from toyworld.prompts import prompt_rows
 from tests.test_system import _start_worker, clean_env, manage, run_python
 from tests.workers import database_url, own_redis  # noqa: F401 (a fixture)
 from training.engine.loop import list_checkpoints
@@ -225,3 +229,36 @@ def test_redis_stopped_and_restarted_mid_round_loses_no_judgment_and_the_round_f
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
     assert run.metrics["steps"] == 30 and ModelVersion.objects.filter(name="after-outage").count() == 1
     assert Judgment.objects.filter(round=round_).count() == judgments
+
+
+def test_a_whole_round_runs_on_real_workers_from_one_command(stack, tmp_path):
+    env, start = stack
+    env = {**env, "EVALUATION_SAMPLER": json.dumps({"steps": 2, "batch_size": 8, "height": 64, "width": 64})}
+    for set_name, split, n in (("train-prompts", "train", 3), ("eval-prompts", "eval", 3)):
+        prompt_set = PromptSetFactory(name=set_name)
+        for row in prompt_rows(split, n):  # toy-world captions: the oracle annotators judge by the pixels
+            PromptFactory(prompt_set=prompt_set, external_id=row["id"], text=row["prompt"])
+    config = tmp_path / "round.toml"
+    config.write_text('resolution = 32\ntrain_batch_size = 2\nmax_train_steps = 6\ncheckpointing_steps = 3\n'
+                      'learning_rate = 1e-4\nmixed_precision = "no"\nlog_every = 1\n')
+    worker, log = start("gpu,default", EVALUATION_SAMPLER=env["EVALUATION_SAMPLER"])
+
+    launched = manage(
+        "launch_training_round", "--base", "base", "--prompts", "train-prompts", "--method", "simpo",
+        "--pixel-weight", "2", "--images-per-prompt", "4", "--k", "3", "--config", str(config),
+        "--simulate-annotators", "noisy_oracle", "--evaluate-on", "eval-prompts", "--name", "loop-1",
+        "--wait", "--timeout", "600", env=env, timeout=700,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:] + log.read_text()[-3000:]
+    assert "Traceback" not in launched.stderr
+    new = ModelVersion.objects.get(name="loop-1")
+    assert new.parent.name == "base" and new.produced_by.status == TrainingRun.Status.SUCCEEDED
+    assert new.produced_by.config["latent_objective"] == "simpo" and new.produced_by.config["pixel_weight"] == 2.0
+
+    evaluation = EvaluationRound.objects.get()
+    wait_for(lambda: evaluation.annotation_rounds.count() == 2, worker, log, what="the evaluation's rounds")
+    judged = manage("simulate_annotators", "--all-open", "--policy", "noisy_oracle", env=env)
+    assert judged.returncode == 0, judged.stderr
+    report = manage("evaluation_report", str(evaluation.pk), env=env)
+    assert report.returncode == 0, report.stderr
+    assert "loop-1" in report.stdout and "visual_appeal" in report.stdout.replace(" ", "_").lower()
