@@ -26,11 +26,11 @@ Try next, in another terminal in this folder:
   $BIN/python manage.py launch_training_round "Demo: best and worst" --base-model toy-sd \\
       --config training/configs/toy_simpo_pixel.toml --name toy-sd-simpo-pixel --evaluate-on toy-eval --evaluate-limit 40
   $BIN/python manage.py simulate_annotators --all-open --policy noisy_oracle   # once its evaluation's rounds open
-Or a whole round from images, moved on by the default worker's beat:
-  $BIN/python manage.py launch_training_round --base toy-sd --prompts toy-train --limit 20 --method simpo \\
-      --pixel-weight 2 --config training/configs/toy_simpo_pixel.toml --evaluate-on toy-eval --evaluate-limit 40
-  $BIN/python manage.py simulate_annotators --all-open --policy noisy_oracle   # once its best/worst round opens
-  $BIN/python manage.py launch_training_round --watch toy-sd-simpo-r1
+Or a whole round from images in one command (synthetic annotators judge its best/worst round; without
+--simulate-annotators, people do, in the browser), moved on by the default worker's beat:
+  $BIN/python manage.py launch_training_round --base toy-sd --prompts toy-train --limit 8 --method simpo \\
+      --pixel-weight 2 --config training/configs/toy_simpo_pixel.toml --simulate-annotators noisy_oracle \\
+      --evaluate-on toy-eval --evaluate-limit 8 --wait
 Then read the reports at http://127.0.0.1:$PORT/evaluation/ (or: manage.py evaluation_report ID).
 
 NEXT
