@@ -74,6 +74,7 @@ class AlignmentQuestion(models.Model):
 
 class ModelFamily(models.TextChoices):
     UNET = "unet", "U-Net (Stable Diffusion 1.x/2.x)"
+    SDXL = "sdxl", "U-Net XL (Stable Diffusion XL)"
     DIT = "dit", "DiT (PixArt-α/Σ)"
     FLOW = "flow", "Flow matching (Stable Diffusion 3)"
 

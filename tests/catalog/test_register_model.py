@@ -11,6 +11,7 @@ pytestmark = pytest.mark.django_db
 PIPELINES = {
     "sd15": ("StableDiffusionPipeline", "unet", {"_class_name": "PNDMScheduler", "prediction_type": "epsilon"}),
     "sd2": ("StableDiffusionPipeline", "unet", {"_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}),
+    "sdxl": ("StableDiffusionXLPipeline", "unet", {"_class_name": "EulerDiscreteScheduler", "prediction_type": "epsilon"}),
     "pixart": ("PixArtAlphaPipeline", "transformer", {"_class_name": "DPMSolverMultistepScheduler"}),
     "sd3": ("StableDiffusion3Pipeline", "transformer", {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}),
 }
@@ -35,7 +36,8 @@ def make_pipeline_dir(root: Path, pipeline_class: str, denoiser: str, scheduler:
 
 @pytest.mark.parametrize(
     ("kind", "family", "prediction"),
-    [("sd15", "unet", "epsilon"), ("sd2", "unet", "v_prediction"), ("pixart", "dit", "epsilon"), ("sd3", "flow", "flow")],
+    [("sd15", "unet", "epsilon"), ("sd2", "unet", "v_prediction"), ("sdxl", "sdxl", "epsilon"),
+     ("pixart", "dit", "epsilon"), ("sd3", "flow", "flow")],
 )
 def test_register_detects_family_and_prediction_type(tmp_path, kind, family, prediction):
     path = make_pipeline_dir(tmp_path / kind, *PIPELINES[kind])
@@ -53,13 +55,13 @@ def test_register_with_parent(tmp_path):
 
 def test_register_errors_are_one_line_and_leave_no_row(tmp_path):
     (tmp_path / "empty").mkdir()
-    xl = make_pipeline_dir(tmp_path / "xl", "StableDiffusionXLPipeline", "unet", {"_class_name": "EulerDiscreteScheduler"})
+    xl = make_pipeline_dir(tmp_path / "xl", "StableDiffusionXLImg2ImgPipeline", "unet", {"_class_name": "EulerDiscreteScheduler"})
     no_vae = make_pipeline_dir(tmp_path / "novae", *PIPELINES["sd15"])
     (no_vae / "vae").rmdir()
     cases = [
         (tmp_path / "nowhere", "no such directory"),
         (tmp_path / "empty", "not a diffusers pipeline directory (no model_index.json)"),
-        (xl, "unsupported pipeline class 'StableDiffusionXLPipeline'"),
+        (xl, "unsupported pipeline class 'StableDiffusionXLImg2ImgPipeline'"),
         (no_vae, "component folder is missing"),
     ]
     for path, message in cases:

@@ -3,7 +3,7 @@
     python -m training.engine train --config training/configs/sd15_simpo_pixel.toml --set pixel_crop=0.5
     accelerate launch --multi_gpu --num_processes 8 -m training.engine train --config cfg.toml
     python -m training.engine sample --model runs/a/model --prompts prompts.txt --seed-start 0 --out samples/
-    python -m training.engine tiny-pipeline --family dit --out /tmp/tiny-dit
+    python -m training.engine tiny-pipeline --family sdxl --out /tmp/tiny-sdxl
 
 Errors in the configuration, the data or the model folder print one line naming the field,
 file or line, and exit with status 2; a failed run (for example a NaN loss) exits with 1; a run
@@ -72,6 +72,7 @@ def _given_settings(args, model) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     from training.engine.config import SampleConfig, TrainConfig
     from training.engine.settings_docs import settings_help
+    from training.engine.pipeline_index import FAMILIES
 
     parser = argparse.ArgumentParser(prog="python -m training.engine", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_options(sample, SampleConfig)
 
     tiny = commands.add_parser("tiny-pipeline", help="build a tiny random-init pipeline offline")
-    tiny.add_argument("--family", required=True, choices=("unet", "dit", "flow"))
+    tiny.add_argument("--family", required=True, choices=FAMILIES)
     tiny.add_argument("--out", required=True, type=Path)
     tiny.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon")
     tiny.add_argument("--seed", type=int, default=0)

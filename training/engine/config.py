@@ -129,11 +129,30 @@ class TrainConfig(Settings):
     pixel_weight: float = Field(8.0, ge=0.0, description="Weight of the pixel term: λ (SFT) or μ (preference).")
     pixel_decoding: Literal["eps", "x0"] = Field(
         "eps", description="What the pixel term decodes: `eps` D(z_t) vs D(ẑ_t) (eq. 2), `x0` the clean latents (eq. 8).")
+    # The latent term's weighting, and flow models' (SD3's) own training objective.
+    snr_gamma: PositiveFloat | None = Field(
+        None, description="Min-SNR-γ weighting of the latent term of ε and v models: each sample's error times "
+                          "min(SNR, γ)/SNR, through diffusers' compute_snr (5 is usual; null: unweighted; not for flow models).")
+    flow_timestep_sampling: Literal["logit_normal", "mode", "uniform"] = Field(
+        "logit_normal", description="Flow models (SD3): how training draws σ: `logit_normal` (SD3's recipe), `mode` "
+                                    "(with mode_scale) or `uniform` over the shifted schedule.")
+    logit_mean: float = Field(0.0, description="Mean of the logit-normal σ draw (flow models).")
+    logit_std: PositiveFloat = Field(1.0, description="Standard deviation of the logit-normal σ draw (flow models).")
+    mode_scale: float = Field(1.29, description="Scale of the `mode` σ draw (flow models).")
+    flow_latent_loss: Literal["velocity", "eps"] = Field(
+        "velocity", description="Flow models' latent term: `velocity` the flow-matching loss w(σ)‖v − v̂‖² (SD3's), "
+                                "`eps` eq. 1 in ε-space (which weights each σ by (1−σ)² relative to it).")
+    flow_loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = Field(
+        "none", description="w(σ) of the velocity loss: `none` (SD3's rectified flow), `sigma_sqrt` σ⁻², "
+                            "`cosmap` 2/(π(1−2σ+2σ²)).")
     # Cost of the pixel term.
     pixel_crop: float = Field(
         1.0, gt=0.0, le=1.0, description="Side of the random latent crop the pixel term sees, as a fraction.")
     pixel_decoder: str | None = Field(
         None, description="An AutoencoderTiny folder to decode the pixel term with (null: the pipeline's VAE).")
+    vae: str | None = Field(
+        None, description="An autoencoder folder that replaces the pipeline's VAE while training, for encoding and "
+                          "decoding (for example the SDXL fp16-fix VAE; null: the pipeline's own). The export keeps the pipeline's.")
     vae_gradient_checkpointing: bool = Field(
         False, description="Recompute the decoder's activations in the backward pass (less memory, more time).")
     # LoRA.
@@ -185,6 +204,8 @@ class TrainConfig(Settings):
             raise ConfigError("latent_objective", "both latent_objective and pixel_objective are 'none'")
         if self.pixel_objective != "none" and self.pixel_weight == 0:
             raise ConfigError("pixel_weight", "is 0 but pixel_objective is set; use pixel_objective = 'none'")
+        if self.flow_loss_weighting != "none" and self.flow_latent_loss != "velocity":
+            raise ConfigError("flow_loss_weighting", "weights the velocity loss; set flow_latent_loss = 'velocity'")
         if self.export_lora_adapter and not self.use_lora:
             raise ConfigError("export_lora_adapter", "needs use_lora = true")
         return self

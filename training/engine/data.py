@@ -22,8 +22,11 @@ naming the file (and the manifest line or parquet row), or, with
 
 Items are dicts: ``{"pixel_values", "caption"}`` for SFT and ``{"pixel_values_w",
 "pixel_values_l", "caption", "margin"}`` for pairs, pixels as float32 ``[3, R, R]`` in
-[-1, 1]. ``cache_latents`` swaps pixels for VAE latents (``latents``,
-``latents_w``/``latents_l``) computed once per dataset.
+[-1, 1]. Each image also carries how it was preprocessed, which SDXL conditions on:
+``original_size`` (height, width before resizing) and ``crop_top_left`` (top, left of the
+crop in the resized, possibly flipped image), suffixed ``_w``/``_l`` for pairs.
+``cache_latents`` swaps pixels for VAE latents (``latents``, ``latents_w``/``latents_l``)
+computed once per dataset, and keeps the preprocessing record.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -50,7 +54,9 @@ METADATA_FILE = "metadata.jsonl"
 PARQUET_COLUMNS = ("jpg_0", "jpg_1", "label_0", "caption")
 CHECKSUM_FIELDS = {"winner": "winner_sha256", "loser": "loser_sha256"}
 # Bump when the cached tensors' meaning changes, so that old caches are never reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+# What the preprocessing records per image (SDXL's micro-conditioning reads them).
+PREPROCESS_KEYS = ("original_size", "crop_top_left")
 
 
 class DatasetError(ValueError):
@@ -79,11 +85,24 @@ class DatasetReport:
 # Preprocessing
 
 
+class Preprocessed(NamedTuple):
+    """One preprocessed image and the record of how it was made."""
+
+    pixel_values: torch.Tensor  # float32 [3, R, R] in [-1, 1]
+    original_size: torch.Tensor  # int64 [2]: height, width before resizing
+    crop_top_left: torch.Tensor  # int64 [2]: top, left of the crop in the resized (and flipped) image
+
+    def fields(self, suffix: str = "") -> dict[str, torch.Tensor]:
+        return {f"pixel_values{suffix}": self.pixel_values, f"original_size{suffix}": self.original_size,
+                f"crop_top_left{suffix}": self.crop_top_left}
+
+
 class ImagePreprocess:
     """Resize the shorter side to ``resolution`` (bicubic), crop to a square, flip, scale to [-1, 1].
 
     Several images passed in one call (a winner and its loser) share the crop position and
-    the flip, so that a pair differs only in content.
+    the flip, so that a pair differs only in content. Each result records the original size
+    and the crop's top-left corner (after a flip, measured in the flipped image).
     """
 
     def __init__(self, resolution: int, *, center_crop: bool = True, random_flip: bool = False):
@@ -93,7 +112,7 @@ class ImagePreprocess:
         self.center_crop = center_crop
         self.random_flip = random_flip
 
-    def __call__(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+    def __call__(self, images: Sequence[Image.Image]) -> list[Preprocessed]:
         # Draw from torch's RNG so that the loop's seeding (and DataLoader worker seeding) governs it.
         if self.center_crop:
             fx = fy = 0.5
@@ -102,10 +121,11 @@ class ImagePreprocess:
         flip = self.random_flip and bool(torch.rand(()) < 0.5)
         return [self._one(image, fx, fy, flip) for image in images]
 
-    def _one(self, image: Image.Image, fx: float, fy: float, flip: bool) -> torch.Tensor:
+    def _one(self, image: Image.Image, fx: float, fy: float, flip: bool) -> Preprocessed:
         res = self.resolution
         image = ImageOps.exif_transpose(image).convert("RGB")
         width, height = image.size
+        original_size = torch.tensor([height, width])
         scale = res / min(width, height)
         new_size = (max(res, round(width * scale)), max(res, round(height * scale)))
         if new_size != image.size:
@@ -115,8 +135,10 @@ class ImagePreprocess:
         image = image.crop((left, top, left + res, top + res))
         if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            left = new_size[0] - res - left
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        return Preprocessed(pixels, original_size, torch.tensor([top, left]))
 
 
 # --------------------------------------------------------------------------------------
@@ -277,8 +299,8 @@ class SFTDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         image = _load_image(example["path"], f"{example['path']} ({example['where']})")
-        (pixel_values,) = self.preprocess([image])
-        return {"pixel_values": pixel_values, **self.fields(index)}
+        (preprocessed,) = self.preprocess([image])
+        return {**preprocessed.fields(), **self.fields(index)}
 
 
 class PreferenceDataset(Dataset):
@@ -317,8 +339,8 @@ class PreferenceDataset(Dataset):
                 source = example[side]
                 label = f"{source} ({example['where']}, field '{side}')"
             images.append(_load_image(source, label))
-        pixel_values_w, pixel_values_l = self.preprocess(images)
-        return {"pixel_values_w": pixel_values_w, "pixel_values_l": pixel_values_l, **self.fields(index)}
+        winner, loser = self.preprocess(images)
+        return {**winner.fields("_w"), **loser.fields("_l"), **self.fields(index)}
 
 
 def collate_fn(batch: list[dict]) -> dict:
@@ -498,7 +520,8 @@ def _load_parquet_pairs(path: Path, preprocess: ImagePreprocess, skip_bad_images
 
 
 class CachedLatentDataset(Dataset):
-    """A dataset's items with VAE latents in place of pixels, read lazily from a safetensors file."""
+    """A dataset's items with VAE latents in place of pixels (and the preprocessing record), read
+    lazily from a safetensors file."""
 
     def __init__(self, source: SFTDataset | PreferenceDataset, cache_file: Path, keys: tuple[str, ...]):
         self.source = source
@@ -549,7 +572,9 @@ def cache_latents(
         raise DatasetError("latent caching needs center_crop=True (a random crop would be frozen in the cache)")
     if batch_size <= 0:
         raise DatasetError(f"batch_size must be positive, got {batch_size!r}")
-    keys = ("latents",) if dataset.kind == "sft" else ("latents_w", "latents_l")
+    sides = ("",) if dataset.kind == "sft" else ("_w", "_l")
+    keys = tuple(f"latents{side}" for side in sides) + tuple(
+        f"{name}{side}" for name in PREPROCESS_KEYS for side in sides)
     key = hashlib.sha256(
         json.dumps(
             {"format": CACHE_FORMAT, "dataset": dataset.fingerprint, "encoder": encoder_id}, sort_keys=True
@@ -573,7 +598,9 @@ def _cache_usable(cache_file: Path, keys: tuple[str, ...], length: int) -> bool:
 
 
 def _write_cache(dataset, encode_fn, cache_file: Path, batch_size: int, keys, key: str, encoder_id: str) -> None:
-    pixel_keys = ("pixel_values",) if keys == ("latents",) else ("pixel_values_w", "pixel_values_l")
+    latent_keys = [k for k in keys if k.startswith("latents")]
+    pixel_keys = [k.replace("latents", "pixel_values", 1) for k in latent_keys]
+    record_keys = [k for k in keys if k not in latent_keys]
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
@@ -581,8 +608,10 @@ def _write_cache(dataset, encode_fn, cache_file: Path, batch_size: int, keys, ke
             # One encoder call per batch: winners and losers together.
             pixels = torch.cat([torch.stack([item[p] for item in items]) for p in pixel_keys])
             latents = encode_fn(pixels).detach().to("cpu", copy=True)
-            for k, part in zip(keys, latents.chunk(len(keys))):
+            for k, part in zip(latent_keys, latents.chunk(len(latent_keys))):
                 chunks[k].append(part)
+            for k in record_keys:
+                chunks[k].append(torch.stack([item[k] for item in items]))
     tensors = {k: torch.cat(v).contiguous() for k, v in chunks.items()}
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".latents-", suffix=".tmp", dir=cache_file.parent)

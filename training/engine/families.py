@@ -7,7 +7,7 @@ scaling (and shift) factor.
 
 Noise coefficients per family (``a``, ``b`` per sample):
 
-- DDPM families (SD 1.x/2.x U-Net, PixArt DiT): ``a = √ᾱ_t``, ``b = √(1−ᾱ_t)``, with
+- DDPM families (SD 1.x/2.x and SDXL U-Nets, PixArt DiT): ``a = √ᾱ_t``, ``b = √(1−ᾱ_t)``, with
   ``a² + b² = 1``.
 - Flow matching (SD3): ``z_t = (1−σ) z + σ ε``, so ``a = 1−σ``, ``b = σ``.
 
@@ -20,7 +20,12 @@ From the model output to ``ε̂`` (documented per method in ``eps_from_output``)
   ``z_t + (1−σ) v = (1−σ) z + σ ε + (1−σ) ε − (1−σ) z = ε``, so ``ε̂ = z_t + (1−σ) v̂ = z_t + a v̂``.
 
 In every family ``ẑ_t = a z + b ε̂`` (``losses.noised_latents``), so the pixel term is the same
-code for all three.
+code for all of them.
+
+The latent term (``FamilyAdapter.latent_error``): ε and v models use eq. 1 in ε-space,
+``‖ε − ε̂‖²``, optionally Min-SNR-γ weighted (``snr_gamma``); flow models by default use their
+own flow-matching loss ``w(σ) ‖v − v̂‖²`` over logit-normal σ (``flow_latent_loss``,
+``flow_timestep_sampling``, ``flow_loss_weighting``), the recipe SD3 was trained with.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from training.engine import losses
+from training.engine.config import ConfigError, TrainConfig
 from training.engine.pipeline_index import PipelineIndex, read_pipeline_index
 
 DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -50,6 +57,19 @@ class NoiseLevels:
 
     def to(self, device) -> "NoiseLevels":
         return NoiseLevels(self.timesteps.to(device), self.a.to(device), self.b.to(device))
+
+
+@dataclass
+class Prediction:
+    """The denoiser's raw output (float32) and the noise estimate ``ε̂`` derived from it."""
+
+    output: torch.Tensor
+    eps: torch.Tensor
+
+
+def _setting(config: TrainConfig | None, name: str):
+    """A TrainConfig setting, or its default when no config is given (tests, benchmarks)."""
+    return getattr(config, name) if config is not None else TrainConfig.model_fields[name].default
 
 
 def _latent_scale(vae) -> tuple[float, float]:
@@ -110,14 +130,26 @@ class FamilyAdapter:
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, *, max_sequence_length: int | None = None) -> "FamilyAdapter":
-        """Load a local diffusers pipeline (never from a hub) and wrap it in its family's adapter."""
+    def load(cls, path: str | Path, *, max_sequence_length: int | None = None,
+             vae: str | Path | None = None) -> "FamilyAdapter":
+        """Load a local diffusers pipeline (never from a hub) and wrap it in its family's adapter.
+
+        ``vae`` replaces the pipeline's VAE (encoding and decoding) by another autoencoder folder
+        of the same latent space, for example the SDXL fp16-fix VAE.
+        """
         from diffusers import DiffusionPipeline
 
         index = read_pipeline_index(path)
-        pipeline = DiffusionPipeline.from_pretrained(index.path, local_files_only=True)
+        extra = {"vae": load_decoder(vae)} if vae else {}
+        pipeline = DiffusionPipeline.from_pretrained(index.path, local_files_only=True, **extra)
         adapter_class = ADAPTERS[index.family]
         return adapter_class(pipeline, index, max_sequence_length=max_sequence_length)
+
+    def check_settings(self, config: TrainConfig) -> None:
+        """Refuse settings that do not apply to this family (before any work is done)."""
+        if config.snr_gamma is not None and self.prediction_type == "flow":
+            raise ConfigError("snr_gamma", "Min-SNR weighting applies to ε and v models; "
+                              f"{self.index.pipeline_class} is a flow model (see flow_loss_weighting)")
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -150,13 +182,17 @@ class FamilyAdapter:
     def encode_text(self, captions: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def image_conditions(self, batch: dict, z: torch.Tensor, *, preference: bool) -> dict[str, torch.Tensor]:
+        """Per-image conditioning besides the text (SDXL's micro-conditioning); none by default."""
+        return {}
+
     # -- noise -----------------------------------------------------------------------------
     def _training_scheduler(self):
         from diffusers import DDPMScheduler
 
         return DDPMScheduler.from_config(self.pipeline.scheduler.config)
 
-    def sample_noise_levels(self, n: int, generator: torch.Generator) -> NoiseLevels:
+    def sample_noise_levels(self, n: int, generator: torch.Generator, config: TrainConfig | None = None) -> NoiseLevels:
         """DDPM: ``t ~ U{0, …, T−1}``, ``a = √ᾱ_t``, ``b = √(1−ᾱ_t)`` (on CPU; move with ``.to``)."""
         num_train = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, num_train, (n,), generator=generator)
@@ -176,9 +212,32 @@ class FamilyAdapter:
     def model_output(self, denoiser, z_t: torch.Tensor, levels: NoiseLevels, text: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def predict(self, denoiser, z_t: torch.Tensor, levels: NoiseLevels, text: dict) -> Prediction:
+        """The raw output and ``ε̂ = ε_θ(z_t, t)``, in float32, whatever the family's prediction type."""
+        output = self.model_output(denoiser, z_t, levels, text).float()
+        return Prediction(output, self.eps_from_output(output, z_t, levels))
+
     def predict_eps(self, denoiser, z_t: torch.Tensor, levels: NoiseLevels, text: dict) -> torch.Tensor:
         """ε̂ = ε_θ(z_t, t) in float32, whatever the family's prediction type."""
-        return self.eps_from_output(self.model_output(denoiser, z_t, levels, text), z_t, levels)
+        return self.predict(denoiser, z_t, levels, text).eps
+
+    def latent_error(self, z: torch.Tensor, eps: torch.Tensor, prediction: Prediction, levels: NoiseLevels,
+                     config: TrainConfig | None = None) -> torch.Tensor:
+        """Per-sample latent error (eq. 1) ``‖ε − ε̂‖²``, times ``min(SNR, γ)/SNR`` with ``snr_gamma``.
+
+        Min-SNR-γ (Hang et al. 2023) through diffusers' ``compute_snr``. In ε-space the weight is
+        ``min(SNR, γ)/SNR`` for ε *and* v models: for v models ``ε − ε̂ = √ᾱ (v − v̂)`` and
+        ``ᾱ = SNR/(SNR+1)``, so the weighted ε error is ``min(SNR, γ)/(SNR+1) ‖v − v̂‖²``,
+        diffusers' v-prediction weighting of the v-space loss.
+        """
+        gamma = _setting(config, "snr_gamma")
+        weights = None
+        if gamma is not None:
+            from diffusers.training_utils import compute_snr
+
+            snr = compute_snr(self.noise_scheduler, levels.timesteps)
+            weights = losses.min_snr_weights(snr, gamma)
+        return losses.latent_error(eps, prediction.eps, weights)
 
     # -- latents ---------------------------------------------------------------------------
     def decode(self, z: torch.Tensor, decoder=None) -> torch.Tensor:
@@ -187,6 +246,16 @@ class FamilyAdapter:
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return encode_pixels(self.vae, pixels)
+
+
+def add_time_ids(original_size: torch.Tensor, crop_top_left: torch.Tensor, target_size: tuple[int, int]) -> torch.Tensor:
+    """SDXL's micro-conditioning per image: ``(orig_h, orig_w, crop_top, crop_left, target_h, target_w)``.
+
+    ``original_size`` and ``crop_top_left`` are ``[N, 2]`` as the preprocessing recorded them
+    (the image's size before resizing; the crop's corner in the resized image).
+    """
+    target = torch.tensor(target_size, dtype=torch.float32).expand(original_size.shape[0], 2)
+    return torch.cat([original_size.float(), crop_top_left.float(), target], dim=1)
 
 
 class UNetAdapter(FamilyAdapter):
@@ -201,6 +270,46 @@ class UNetAdapter(FamilyAdapter):
     def model_output(self, denoiser, z_t, levels, text):
         return denoiser(z_t, levels.timesteps, encoder_hidden_states=text["encoder_hidden_states"],
                         return_dict=False)[0]
+
+
+class SDXLAdapter(FamilyAdapter):
+    """Stable Diffusion XL: a UNet2DConditionModel with two CLIP text encoders and micro-conditioning.
+
+    Text: the penultimate hidden states of both encoders, concatenated along the feature axis
+    (``encoder_hidden_states``), and the second encoder's pooled, projected embedding
+    (``text_embeds``), via the pipeline's own ``encode_prompt``. Both encoders read the same
+    caption, so caption dropout drops both prompts together. ``time_ids`` (``add_time_ids``) come
+    from each image's own preprocessing: original size, crop corner and target size; a winner
+    and its loser keep their own. ε or v from the scheduler config.
+
+    The SDXL VAE overflows in fp16: keep ``vae_fp32 = true`` (the default) or give the fp16-fix
+    VAE as ``vae`` (or as ``pixel_decoder`` for the pixel term alone).
+    """
+
+    family = "sdxl"
+
+    def encode_text(self, captions, device):
+        embeds, _, pooled, _ = self.pipeline.encode_prompt(
+            prompt=captions, prompt_2=None, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False,
+        )
+        return {"encoder_hidden_states": embeds, "text_embeds": pooled}
+
+    def image_conditions(self, batch, z, *, preference):
+        sides = ("_w", "_l") if preference else ("",)
+        missing = [f"{name}{side}" for name in ("original_size", "crop_top_left") for side in sides
+                   if f"{name}{side}" not in batch]
+        if missing:
+            raise KeyError(f"SDXL needs each image's {', '.join(missing)} from the preprocessing")
+        original = torch.cat([batch[f"original_size{side}"] for side in sides])
+        crop = torch.cat([batch[f"crop_top_left{side}"] for side in sides])
+        scale = self.pipeline.vae_scale_factor
+        target = (z.shape[-2] * scale, z.shape[-1] * scale)
+        return {"time_ids": add_time_ids(original, crop, target).to(z.device)}
+
+    def model_output(self, denoiser, z_t, levels, text):
+        added = {"text_embeds": text["text_embeds"], "time_ids": text["time_ids"].to(text["text_embeds"].dtype)}
+        return denoiser(z_t, levels.timesteps, encoder_hidden_states=text["encoder_hidden_states"],
+                        added_cond_kwargs=added, return_dict=False)[0]
 
 
 class PixArtAdapter(FamilyAdapter):
@@ -257,9 +366,17 @@ class SD3Adapter(FamilyAdapter):
     ``v = ε − z`` and ``ε̂ = z_t + (1−σ) v̂``. Text comes from two CLIP encoders (token features
     and pooled projections) and T5, via the pipeline's own ``encode_prompt``.
 
-    The latent term stays eq. 1 in ε-space for every family. For flow models
-    ``ε − ε̂ = (1−σ)(v − v̂)``, so ``‖ε − ε̂‖² = (1−σ)² ‖v − v̂‖²``: relative to the usual
-    flow-matching loss, each noise level is weighted by ``(1−σ)²``.
+    Training objective (``latent_error``, ``sample_noise_levels``). By default SD3's own recipe:
+    σ drawn logit-normally (``flow_timestep_sampling``) and the flow-matching loss
+    ``w(σ) ‖v − v̂‖²`` with ``v = ε − z`` (``flow_latent_loss = "velocity"``, ``w`` from
+    ``flow_loss_weighting``), via diffusers' ``compute_density_for_timestep_sampling`` and
+    ``compute_loss_weighting_for_sd3``. ``flow_latent_loss = "eps"`` is eq. 1 in ε-space instead:
+    ``ε − ε̂ = (1−σ)(v − v̂)``, so ``‖ε − ε̂‖² = (1−σ)² ‖v − v̂‖²``, which weights each noise
+    level by ``(1−σ)²`` relative to the flow-matching loss. DPO and SimPO compare these
+    per-sample errors, whichever is chosen.
+
+    The pixel term stays eq. 2 on ``ẑ_t = (1−σ) z + σ ε̂`` with ``ε̂ = z_t + (1−σ) v̂``; equivalently
+    ``ẑ_t = z_t + σ(1−σ)(v̂ − v)``.
     """
 
     family = "flow"
@@ -270,10 +387,21 @@ class SD3Adapter(FamilyAdapter):
 
         return FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config)
 
-    def sample_noise_levels(self, n, generator):
-        """σ uniform over the scheduler's (shifted) training sigmas; timestep = σ · T."""
+    def sample_noise_levels(self, n, generator, config=None):
+        """σ from the scheduler's (shifted) training sigmas at ``u · T``; timestep = σ · T.
+
+        ``u ∈ [0, 1)`` comes from diffusers' ``compute_density_for_timestep_sampling``: uniform,
+        logit-normal (``sigmoid(N(logit_mean, logit_std))``) or mode (``mode_scale``), exactly as
+        diffusers' SD3 training scripts draw it.
+        """
+        from diffusers.training_utils import compute_density_for_timestep_sampling
+
         sigmas = self.noise_scheduler.sigmas.float()
-        index = torch.randint(0, len(sigmas), (n,), generator=generator)
+        u = compute_density_for_timestep_sampling(
+            _setting(config, "flow_timestep_sampling"), n, logit_mean=_setting(config, "logit_mean"),
+            logit_std=_setting(config, "logit_std"), mode_scale=_setting(config, "mode_scale"), generator=generator,
+        )
+        index = (u * len(sigmas)).long().clamp(0, len(sigmas) - 1)
         sigma = sigmas[index]
         timesteps = sigma * self.noise_scheduler.config.num_train_timesteps
         return NoiseLevels(timesteps, 1.0 - sigma, sigma)
@@ -282,6 +410,15 @@ class SD3Adapter(FamilyAdapter):
         """Flow matching: ``v = ε − z`` ⇒ ``ε̂ = z_t + (1−σ) v̂ = z_t + a v̂``."""
         shape = (-1,) + (1,) * (z_t.ndim - 1)
         return z_t.float() + levels.a.reshape(shape) * output.float()
+
+    def latent_error(self, z, eps, prediction, levels, config=None):
+        """``flow_latent_loss = "velocity"``: ``w(σ) ‖v − v̂‖²``, ``v = ε − z``; ``"eps"``: ``‖ε − ε̂‖²``."""
+        if _setting(config, "flow_latent_loss") == "eps":
+            return losses.latent_error(eps, prediction.eps)
+        from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+        weights = compute_loss_weighting_for_sd3(_setting(config, "flow_loss_weighting"), sigmas=levels.b.float())
+        return losses.latent_error(eps - z, prediction.output, weights)
 
     def encode_text(self, captions, device):
         embeds, _, pooled, _ = self.pipeline.encode_prompt(
@@ -311,9 +448,12 @@ def unwrap_model(module):
             return module
 
 
-ADAPTERS: dict[str, type[FamilyAdapter]] = {"unet": UNetAdapter, "dit": PixArtAdapter, "flow": SD3Adapter}
+ADAPTERS: dict[str, type[FamilyAdapter]] = {
+    "unet": UNetAdapter, "sdxl": SDXLAdapter, "dit": PixArtAdapter, "flow": SD3Adapter,
+}
 
 
-def load_adapter(path: str | Path, *, max_sequence_length: int | None = None) -> FamilyAdapter:
+def load_adapter(path: str | Path, *, max_sequence_length: int | None = None,
+                 vae: str | Path | None = None) -> FamilyAdapter:
     """Detect the family from ``model_index.json`` and load the pipeline into its adapter."""
-    return FamilyAdapter.load(path, max_sequence_length=max_sequence_length)
+    return FamilyAdapter.load(path, max_sequence_length=max_sequence_length, vae=vae)

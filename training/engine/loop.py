@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from training.engine import losses, progress as run_progress
-from training.engine.config import TrainConfig
+from training.engine.config import ConfigError, TrainConfig
 from training.engine.families import DEFAULT_LORA_TARGETS, FamilyAdapter, load_adapter, load_decoder, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def compute_loss(ctx: LossContext, denoiser: torch.nn.Module, batch: dict, gener
     """The loss of one micro-batch and its detached metrics.
 
     Preference batches stack winners then losers; both halves share caption dropout, noise,
-    timestep and pixel crop.
+    timestep and pixel crop (each image keeps its own micro-conditioning, for SDXL).
     """
     cfg, adapter, device = ctx.config, ctx.adapter, ctx.device
     preference = cfg.is_preference
@@ -212,29 +212,32 @@ def compute_loss(ctx: LossContext, denoiser: torch.nn.Module, batch: dict, gener
         pairs = len(batch["caption"])
         captions = adapter.drop_captions(list(batch["caption"]), cfg.caption_dropout, generator)
         text = adapter.encode_text(captions, device)
-        levels = adapter.sample_noise_levels(pairs, generator)
+        levels = adapter.sample_noise_levels(pairs, generator, cfg)
         eps = torch.randn((pairs, *z.shape[1:]), generator=generator)
         if preference:
             text = {key: torch.cat([value, value]) for key, value in text.items()}
             levels, eps = levels.repeat(2), torch.cat([eps, eps])
+        text.update(adapter.image_conditions(batch, z, preference=preference))
         levels, eps = levels.to(device), eps.to(device)
         z_t = losses.noised_latents(z, eps, levels.a, levels.b)
 
-    eps_hat = adapter.predict_eps(denoiser, z_t, levels, text)
-    ref_eps_hat = None
+    prediction = adapter.predict(denoiser, z_t, levels, text)
+    eps_hat = prediction.eps
+    ref_prediction = ref_eps_hat = None
     if cfg.needs_reference:
         with torch.no_grad(), ctx.autocast():
             if ctx.lora_reference:
                 with adapters_disabled(unwrap_model(denoiser)) as base:
-                    ref_eps_hat = adapter.predict_eps(base, z_t, levels, text)
+                    ref_prediction = adapter.predict(base, z_t, levels, text)
             else:
-                ref_eps_hat = adapter.predict_eps(ctx.reference, z_t, levels, text)
+                ref_prediction = adapter.predict(ctx.reference, z_t, levels, text)
+        ref_eps_hat = ref_prediction.eps
 
     latent_err = ref_latent_err = pixel_err = ref_pixel_err = None
     if cfg.latent_objective != "none":
-        latent_err = losses.latent_error(eps, eps_hat)
+        latent_err = adapter.latent_error(z, eps, prediction, levels, cfg)
         if cfg.latent_objective == "dpo":
-            ref_latent_err = losses.latent_error(eps, ref_eps_hat)
+            ref_latent_err = adapter.latent_error(z, eps, ref_prediction, levels, cfg)
     if cfg.pixel_objective != "none":
         if cfg.pixel_decoding == "eps":  # eq. 2: D(z_t) vs D(ẑ_t)
             target = z_t
@@ -431,6 +434,9 @@ def train(config: TrainConfig) -> TrainResult:
         project_config=ProjectConfiguration(project_dir=str(output_dir)),
     )
     device = accelerator.device
+    if config.mixed_precision == "fp16" and device.type == "cpu":
+        # accelerate runs no fp16 autocast on CPU: fp16 text features would meet an fp32 denoiser.
+        raise ConfigError("mixed_precision", "fp16 needs a GPU (accelerate has no fp16 autocast on CPU); use bf16 or no")
     rank, world = accelerator.process_index, accelerator.num_processes
     weight_dtype = _DTYPES[config.mixed_precision]
     reporter = run_progress.ProgressWriter(output_dir, total_steps=config.max_train_steps,
@@ -438,7 +444,8 @@ def train(config: TrainConfig) -> TrainResult:
     reporter.set_phase("loading")
     _seed_everything(derive_seed(config.seed, 0x1A1D))
 
-    adapter = load_adapter(config.pretrained_model, max_sequence_length=config.max_sequence_length)
+    adapter = load_adapter(config.pretrained_model, max_sequence_length=config.max_sequence_length, vae=config.vae)
+    adapter.check_settings(config)
     dataset = _load_dataset(config)  # validates every image before step 1
 
     vae_dtype = torch.float32 if config.vae_fp32 else weight_dtype

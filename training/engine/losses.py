@@ -35,9 +35,20 @@ def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
     return x.float().reshape(x.shape[0], -1).mean(dim=1)
 
 
-def latent_error(eps: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
-    """Per-sample latent error (eq. 1): ``‖ε − ε_θ(z_t, t)‖²``, a mean over non-batch dims."""
-    return _per_sample_mean((eps.float() - eps_hat.float()) ** 2)
+def latent_error(eps: torch.Tensor, eps_hat: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample latent error (eq. 1): ``w · ‖ε − ε_θ(z_t, t)‖²``, a mean over non-batch dims.
+
+    ``weights`` (one per sample, default 1) weight each sample's error: Min-SNR for ε/v models,
+    SD3's loss weighting for flow models. The same function gives a flow model's velocity error
+    ``w · ‖v − v̂‖²`` when passed ``v`` and ``v̂``.
+    """
+    errors = _per_sample_mean((eps.float() - eps_hat.float()) ** 2)
+    return errors if weights is None else errors * weights.float().reshape(-1)
+
+
+def min_snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ weights of ε-space errors: ``min(SNR_t, γ) / SNR_t`` per sample."""
+    return torch.clamp(snr.float(), max=gamma) / snr.float()
 
 
 def noised_latents(z: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

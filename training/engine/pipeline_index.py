@@ -15,12 +15,14 @@ from pathlib import Path
 # type, output channels) in the trainer.
 PIPELINE_FAMILIES = {
     "StableDiffusionPipeline": "unet",
+    "StableDiffusionXLPipeline": "sdxl",
     "PixArtAlphaPipeline": "dit",
     "PixArtSigmaPipeline": "dit",
     "StableDiffusion3Pipeline": "flow",
 }
 
-DENOISER_COMPONENT = {"unet": "unet", "dit": "transformer", "flow": "transformer"}
+DENOISER_COMPONENT = {"unet": "unet", "sdxl": "unet", "dit": "transformer", "flow": "transformer"}
+FAMILIES = tuple(DENOISER_COMPONENT)
 
 FLOW_SCHEDULERS = {"FlowMatchEulerDiscreteScheduler"}
 

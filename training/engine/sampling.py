@@ -68,7 +68,7 @@ def sample(
     pipeline.set_progress_bar_config(disable=True)
 
     extra: dict = {}
-    if index.family != "unet" and config.max_sequence_length is not None:
+    if index.family in ("dit", "flow") and config.max_sequence_length is not None:
         extra["max_sequence_length"] = config.max_sequence_length
     if index.family == "dit":
         extra["use_resolution_binning"] = False  # sample at exactly the requested size

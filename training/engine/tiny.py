@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("unet", "dit", "flow")
+from training.engine.pipeline_index import FAMILIES
+
 TEXT_LENGTH = 16  # tokenizer and text-encoder sequence length
 CLIP_HIDDEN = 32
 T5_HIDDEN = 32
@@ -127,11 +128,10 @@ def _tiny_t5_encoder(vocab_size: int, hidden: int):
     )
 
 
-def _tiny_unet_pipeline(prediction_type: str):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+def _tiny_unet(**kwargs):
+    from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=16,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
@@ -139,10 +139,17 @@ def _tiny_unet_pipeline(prediction_type: str):
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=CLIP_HIDDEN,
         attention_head_dim=8,
         norm_num_groups=8,
+        **kwargs,
     )
+
+
+def _tiny_unet_pipeline(prediction_type: str):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    unet = _tiny_unet(cross_attention_dim=CLIP_HIDDEN)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
@@ -156,6 +163,35 @@ def _tiny_unet_pipeline(prediction_type: str):
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def _tiny_sdxl_pipeline(prediction_type: str):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    time_embed_dim = 8
+    unet = _tiny_unet(
+        cross_attention_dim=2 * CLIP_HIDDEN,  # both encoders' penultimate states side by side
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        # The pooled text embedding plus six micro-conditioning numbers, each embedded.
+        projection_class_embeddings_input_dim=CLIP_HIDDEN + 6 * time_embed_dim,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading", prediction_type=prediction_type,
+    )
+    return StableDiffusionXLPipeline(
+        vae=_tiny_vae(scaling_factor=0.13025, force_upcast=True),
+        text_encoder=CLIPTextModel(_tiny_clip_config(projection=False)),
+        text_encoder_2=CLIPTextModelWithProjection(_tiny_clip_config(projection=True)),
+        tokenizer=tiny_clip_tokenizer(),
+        tokenizer_2=tiny_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
     )
 
 
@@ -216,9 +252,9 @@ def _tiny_flow_pipeline():
 
 
 def build_tiny_pipeline(family: str, out_dir: str | Path, *, prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """Build a tiny random-init pipeline of ``family`` (unet | dit | flow) and save it to ``out_dir``.
+    """Build a tiny random-init pipeline of ``family`` (unet | sdxl | dit | flow) and save it to ``out_dir``.
 
-    ``prediction_type`` (epsilon | v_prediction) applies to the unet and dit families; flow
+    ``prediction_type`` (epsilon | v_prediction) applies to the unet, sdxl and dit families; flow
     models always predict the flow velocity. The directory is written atomically.
     """
     if family not in FAMILIES:
@@ -228,6 +264,8 @@ def build_tiny_pipeline(family: str, out_dir: str | Path, *, prediction_type: st
     torch.manual_seed(seed)
     if family == "unet":
         pipeline = _tiny_unet_pipeline(prediction_type)
+    elif family == "sdxl":
+        pipeline = _tiny_sdxl_pipeline(prediction_type)
     elif family == "dit":
         pipeline = _tiny_dit_pipeline(prediction_type)
     else:

@@ -14,11 +14,11 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tiny_pipelines(tmp_path_factory):
-    """Build each tiny pipeline once per session: {"unet": Path, "dit": Path, "flow": Path, "unet_v": Path}."""
+    """Build each tiny pipeline once per session: {"unet", "sdxl", "dit", "flow", "unet_v"} -> Path."""
     from training.engine.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny-pipelines")
-    paths = {family: build_tiny_pipeline(family, root / family) for family in ("unet", "dit", "flow")}
+    paths = {family: build_tiny_pipeline(family, root / family) for family in ("unet", "sdxl", "dit", "flow")}
     paths["unet_v"] = build_tiny_pipeline("unet", root / "unet_v", prediction_type="v_prediction")
     return paths
 

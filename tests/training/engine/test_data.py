@@ -129,6 +129,45 @@ def test_center_crop_keeps_the_middle_of_a_wide_image(tmp_path):
     assert pixels[0, :, 2:8].max() < -0.9
 
 
+def test_preprocessing_records_the_original_size_and_the_crop_corner(tmp_path):
+    # SDXL conditions on these (add_time_ids); a crop or a flip must change them.
+    save(half_and_half(size=(60, 40)), tmp_path / "wide.png")
+    write_jsonl(tmp_path / "metadata.jsonl", [{"file_name": "wide.png", "text": "x"}])
+
+    centred = load_sft_dataset(tmp_path, resolution=20)[0]  # resized to 30 × 20, then cropped to 20 × 20
+    assert centred["original_size"].tolist() == [40, 60]  # height, width
+    assert centred["crop_top_left"].tolist() == [0, 5]
+
+    torch.manual_seed(0)
+    corners = {tuple(load_sft_dataset(tmp_path, resolution=20, center_crop=False)[0]["crop_top_left"].tolist())
+               for _ in range(8)}
+    assert len(corners) > 1 and all(top == 0 and 0 <= left <= 10 for top, left in corners)
+
+    flipped = load_sft_dataset(tmp_path, resolution=20, random_flip=True)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        item = flipped[0]
+        white_on_left = bool(item["pixel_values"][:, :, 0].mean() > 0)
+        seen.add((white_on_left, tuple(item["crop_top_left"].tolist())))
+    assert seen == {(True, (0, 5)), (False, (0, 5))}  # the centred crop of 30 px stays at 5 when flipped
+
+    torch.manual_seed(3)
+    both = load_sft_dataset(tmp_path, resolution=20, center_crop=False, random_flip=True)
+    lefts = {tuple(both[0]["crop_top_left"].tolist()) for _ in range(20)}
+    assert len(lefts) > 1
+
+
+def test_pairs_keep_each_image_s_own_original_size(tmp_path):
+    save(solid(RED, size=(20, 12)), tmp_path / "w.png")
+    save(solid(BLUE, size=(16, 16)), tmp_path / "l.png")
+    manifest = write_jsonl(tmp_path / "pairs.jsonl", [{"caption": "c", "winner": "w.png", "loser": "l.png"}])
+    item = load_preference_dataset(manifest, resolution=8)[0]
+    # 20 × 12 → 13 × 8: the centred 8-px crop starts at round(2.5) = 2
+    assert item["original_size_w"].tolist() == [12, 20] and item["original_size_l"].tolist() == [16, 16]
+    assert item["crop_top_left_w"].tolist() == [0, 2] and item["crop_top_left_l"].tolist() == [0, 0]
+
+
 def test_missing_image_error_names_path_and_line(sft_folder):
     write_jsonl(sft_folder / "metadata.jsonl", [
         {"file_name": "a.png", "text": "ok"},
@@ -348,6 +387,9 @@ def test_latent_cache_is_reused_and_invalidated_when_a_file_changes(manifest, tm
     assert item["caption"] == "red" and item["margin"] == pytest.approx(0.8)
     assert item["latents_w"][0].mean() > 0.9 and item["latents_l"][2].mean() > 0.9  # red winner, blue loser
     assert "pixel_values_w" not in item
+    source = load_preference_dataset(manifest, resolution=8)[0]
+    for key in ("original_size_w", "original_size_l", "crop_top_left_w", "crop_top_left_l"):
+        assert torch.equal(item[key], source[key])  # the cache keeps how each image was preprocessed
 
     again = cache_latents(load_preference_dataset(manifest, resolution=8), encoder, cache_dir, 2, encoder_id="vae-a")
     assert encoder.images_seen == 4  # reused

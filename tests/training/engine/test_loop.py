@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from training.engine import loop
-from training.engine.config import TrainConfig
+from training.engine.config import ConfigError, TrainConfig
 from training.engine.pipeline_index import read_pipeline_index
 
 
@@ -46,7 +46,7 @@ def sample_one(model_dir, out_dir):
         return image.size
 
 
-@pytest.mark.parametrize("family", ["unet", "dit", "flow"])
+@pytest.mark.parametrize("family", ["unet", "sdxl", "dit", "flow"])
 @pytest.mark.parametrize(("latent", "pixel"), [("sft", "sft"), ("dpo", "dpo"), ("simpo", "simpo")])
 def test_objectives_change_the_weights_and_export_loads(
     tiny_pipelines, sft_folder, preference_manifest, tmp_path, family, latent, pixel
@@ -308,3 +308,69 @@ def test_watching_the_loss_never_reads_a_value_back_to_the_host():
     assert watch.first_bad_step.device.type == "meta"
     with pytest.raises((NotImplementedError, RuntimeError)):
         bool(watch.first_bad_step)  # what check() does, once, when the loss is logged
+
+
+def test_min_snr_and_sd3_objective_options_train(tiny_pipelines, sft_folder, preference_manifest, tmp_path):
+    # γ = 0.001 is below every SNR of the schedule (the last is 0.0047): every weight min(SNR, γ)/SNR < 1.
+    snr = loop.train(make_config(tiny_pipelines, sft_folder, tmp_path / "snr", snr_gamma=1e-3, max_train_steps=1))
+    plain = loop.train(make_config(tiny_pipelines, sft_folder, tmp_path / "plain", max_train_steps=1))
+    assert snr.last_metrics["latent_loss"] < 0.25 * plain.last_metrics["latent_loss"]
+    flow = loop.train(make_config(tiny_pipelines, preference_manifest, tmp_path / "flow", family="flow",
+                                  latent_objective="simpo", flow_timestep_sampling="mode",
+                                  flow_loss_weighting="cosmap", max_train_steps=1))
+    assert flow.last_metrics["latent_loss"] == flow.last_metrics["latent_loss"]  # finite
+    with pytest.raises(ConfigError, match="snr_gamma"):
+        loop.train(make_config(tiny_pipelines, sft_folder, tmp_path / "bad", family="flow", snr_gamma=5.0))
+    assert not (tmp_path / "bad" / "run" / "checkpoints").exists()
+
+
+def _one_step_under_cpu_autocast(tiny_pipelines, preference_manifest, tmp_path, dtype):
+    """One SDXL DPO + pixel step the way a GPU run takes it: text encoders in the compute dtype,
+    the VAE in fp32, the denoiser's activations recomputed, matmuls under autocast."""
+    from training.engine.data import collate_fn, load_preference_dataset
+    from training.engine.families import load_adapter
+
+    cfg = make_config(tiny_pipelines, preference_manifest, tmp_path, family="sdxl", latent_objective="dpo",
+                      pixel_objective="dpo", gradient_checkpointing=True, vae_gradient_checkpointing=True)
+    adapter = load_adapter(cfg.pretrained_model)
+    adapter.vae.requires_grad_(False).to(torch.float32)
+    adapter.vae.enable_gradient_checkpointing()
+    for encoder in adapter.text_encoders():
+        encoder.requires_grad_(False).to(dtype)
+    reference = loop.copy.deepcopy(adapter.denoiser).requires_grad_(False).to(dtype)
+    denoiser = adapter.denoiser.train()
+    denoiser.enable_gradient_checkpointing()
+    before = {k: v.clone() for k, v in denoiser.state_dict().items()}
+    seen = []
+    denoiser.conv_in.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    autocast = lambda: torch.autocast("cpu", dtype=dtype)  # noqa: E731
+    ctx = loop.LossContext(adapter=adapter, config=cfg, device=torch.device("cpu"), reference=reference,
+                           autocast=autocast)
+    batch = collate_fn([load_preference_dataset(cfg.train_data, resolution=32)[i] for i in (0, 1)])
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=1e-3)
+    # A small first scale: the default 2**16 overflows fp16 at once and skips the step (as it may on a GPU).
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, enabled=dtype == torch.float16)
+    with autocast():
+        loss, metrics = loop.compute_loss(ctx, denoiser, batch, torch.Generator().manual_seed(0))
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    changed = any(not torch.equal(before[k], v) for k, v in denoiser.state_dict().items())
+    return loss, metrics, seen, changed, adapter
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_mixed_precision_step_on_cpu_autocast(tiny_pipelines, preference_manifest, tmp_path, dtype):
+    loss, metrics, seen, changed, adapter = _one_step_under_cpu_autocast(
+        tiny_pipelines, preference_manifest, tmp_path, dtype)
+    assert seen and set(seen) == {dtype}  # the U-Net ran in the compute dtype
+    assert torch.isfinite(loss) and changed
+    # The model is its reference at step 1: log 2 up to the rounding of the half-precision reference.
+    assert metrics["latent_loss"] == pytest.approx(0.693147, abs=0.05)
+    assert adapter.vae.dtype == torch.float32 and all(p.dtype == torch.float32 for p in adapter.denoiser.parameters())
+
+
+def test_fp16_training_on_cpu_is_refused_with_a_clear_error(tiny_pipelines, sft_folder, tmp_path):
+    # accelerate runs no fp16 autocast on CPU; bf16 runs (see the precision test above).
+    with pytest.raises(ConfigError, match="mixed_precision: fp16 needs a GPU"):
+        loop.train(make_config(tiny_pipelines, sft_folder, tmp_path, mixed_precision="fp16", max_train_steps=1))
