@@ -19,7 +19,7 @@ from training.models import TrainingRun
 
 class TrainingRunSerializer(serializers.ModelSerializer):
     base_model = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    output_model = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    output_model = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     cancel_requested = serializers.SerializerMethodField()
 
     class Meta:

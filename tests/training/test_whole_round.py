@@ -315,7 +315,9 @@ def test_simulated_annotators_judge_the_round_as_soon_as_it_opens(world, eager, 
     assert set(best_worst.judgments.values_list("annotator__username", flat=True)) == {
         "synthetic-001", "synthetic-002", "synthetic-003"}
     assert training_round.stage == TrainingRound.Stage.TRAINING  # the run trained as the transition committed
-    assert training_round.training_run.status == TrainingRun.Status.SUCCEEDED
+    run = training_round.training_run
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
     training_round = advance(training_round, django_capture_on_commit_callbacks)
     assert training_round.stage in (TrainingRound.Stage.EVALUATING, TrainingRound.Stage.DONE)
 
