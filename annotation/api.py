@@ -127,6 +127,7 @@ ERRORS = {
     409: OpenApiResponse(
         ErrorSerializer, description="lease_expired / already_judged / skipped / round_closed / undo refused / round_already_closed / not_cancellable / not_resumable"
     ),
+    415: OpenApiResponse(ErrorSerializer, description="unsupported_media_type: a body of a type the endpoint does not read"),
     429: OpenApiResponse(ErrorSerializer, description="throttled; see Retry-After"),
 }
 
