@@ -15,7 +15,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import mixins, status, viewsets
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.decorators import action, api_view, authentication_classes, permission_classes
-from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ParseError, PermissionDenied, ValidationError
 from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -24,7 +24,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
 from annotation import selectors
-from annotation.errors import AnnotationError, AnnotationNotFound, InvalidInput, InvalidRoundSpec, RateLimited
+from annotation.errors import AnnotationError, AnnotationNotFound, InvalidFile, InvalidInput, InvalidRoundSpec, RateLimited
 from annotation.models import Aggregate, Item, Judgment, Round
 from annotation.permissions import IsAnnotator, IsResearcher, SessionAuthentication
 from annotation.services import aggregation, assignment, rounds, submission
@@ -68,7 +68,10 @@ def exception_handler(exc, context):
         return response
     body = {"detail": exc.detail, "code": exc.code}
     if isinstance(exc, InvalidInput):
+        body["field"] = exc.field
         body[exc.field] = [exc.detail]
+    if isinstance(exc, InvalidFile):
+        body["line"], body["file_field"] = exc.line, exc.file_field
     set_rollback()
     response = Response(body, status=exc.status)
     if isinstance(exc, RateLimited):
@@ -89,17 +92,30 @@ def _drf_error_body(exc: APIException) -> dict:
     if isinstance(exc, ValidationError):
         fields = exc.detail if isinstance(exc.detail, dict) else {api_settings.NON_FIELD_ERRORS_KEY: exc.detail}
         field = next(iter(fields), api_settings.NON_FIELD_ERRORS_KEY)
-        return {"detail": f"{field}: {_first_message(fields.get(field, []))}", "code": InvalidInput.code, **fields}
+        return {
+            "detail": f"{field}: {_first_message(fields.get(field, []))}", "code": InvalidInput.code, "field": field,
+            **fields,
+        }
     if isinstance(exc.detail, (list, dict)):
         return {"detail": _first_message(exc.detail), "code": exc.default_code, "errors": exc.detail}
-    return {"detail": exc.detail, "code": getattr(exc.detail, "code", None) or exc.default_code}
+    body = {"detail": exc.detail, "code": getattr(exc.detail, "code", None) or exc.default_code}
+    if isinstance(exc, ParseError):  # a 400 too: the body as a whole is at fault
+        body["field"] = api_settings.NON_FIELD_ERRORS_KEY
+    return body
 
 
-# A 400 names the field at fault beside ``detail`` and ``code``: {"detail", "code": "invalid", "<field>": [messages]}.
+# A 400 names the field at fault beside ``detail`` and ``code``:
+# {"detail", "code": "invalid", "field": "<field>", "<field>": [messages]}.
 FIELD_ERROR = {
     "type": "object",
-    "required": ["detail", "code"],
-    "properties": {"detail": {"type": "string"}, "code": {"type": "string", "example": "invalid"}},
+    "required": ["detail", "code", "field"],
+    "properties": {
+        "detail": {"type": "string"},
+        "code": {"type": "string", "example": "invalid"},
+        "field": {"type": "string", "description": "the field at fault (non_field_errors: the body as a whole)"},
+        "line": {"type": "integer", "nullable": True, "description": "an uploaded file's error: its line, when it has one"},
+        "file_field": {"type": "string", "nullable": True, "description": "an uploaded file's error: the field in the file"},
+    },
     "additionalProperties": {"description": "the field at fault: its messages (nested as the field is)"},
 }
 
@@ -111,6 +127,7 @@ ERRORS = {
     409: OpenApiResponse(
         ErrorSerializer, description="lease_expired / already_judged / skipped / round_closed / undo refused / round_already_closed / not_cancellable / not_resumable"
     ),
+    415: OpenApiResponse(ErrorSerializer, description="unsupported_media_type: a body of a type the endpoint does not read"),
     429: OpenApiResponse(ErrorSerializer, description="throttled; see Retry-After"),
 }
 

@@ -3,11 +3,15 @@
 from django.urls import include, path, re_path
 from rest_framework.routers import SimpleRouter
 
-from annotation import api, image_views
+from annotation import api, catalog_api, image_views
 
 research = SimpleRouter()
 research.register("rounds", api.RoundViewSet, basename="research-round")
 research.register("items", api.ItemViewSet, basename="research-item")
+research.register("models", catalog_api.ModelViewSet, basename="research-model")
+research.register("prompt-sets", catalog_api.PromptSetViewSet, basename="research-prompt-set")
+research.register("images", catalog_api.ImageViewSet, basename="research-image")
+research.register("generations", catalog_api.GenerationViewSet, basename="research-generation")
 
 urlpatterns = [
     path("api/annotate/progress/", api.ProgressView.as_view(), name="annotate-progress"),

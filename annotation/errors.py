@@ -35,9 +35,19 @@ class InvalidInput(AnnotationError):
     code, status = "invalid", 400
     default_field = "request"
 
-    def __init__(self, detail: str, *, field: str | None = None):
-        super().__init__(detail)
+    def __init__(self, detail: str, *, field: str | None = None, code: str | None = None):
+        super().__init__(detail, code=code)
         self.field = field or self.default_field
+
+
+class InvalidFile(InvalidInput):
+    """An uploaded file (prompts, an image archive) is wrong: ``line`` and ``file_field`` say where in it."""
+
+    default_field = "file"
+
+    def __init__(self, detail: str, *, field: str | None = None, line: int | None = None, file_field: str | None = None):
+        super().__init__(detail, field=field)
+        self.line, self.file_field = line, file_field
 
 
 class InvalidAnswer(InvalidInput):

@@ -20,13 +20,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog.images import ImageRejected
-from catalog.models import GenerationBatch, GenerationJob, Image, ModelVersion, Prompt
+from catalog.models import GenerationBatch, GenerationJob, Image, ModelVersion, Prompt, PromptSet
+from catalog.selectors import prompts_select
 from catalog.services import generation_job_complete, image_create, model_weights_check
 from catalog.signals import generation_batch_done
 from config.celery import enqueue_on_commit
 from training.engine.config import SampleConfig
 
 GENERATE_TASK = "catalog.tasks.gpu_generate_images"
+POOL_REQUEST_TASK = "catalog.tasks.pool_generation_request"
 
 
 def sampler_settings() -> SampleConfig:
@@ -174,6 +176,41 @@ def pool_generation_create(
     GenerationJob.objects.bulk_create(new, batch_size=1000)
     generation_dispatch(batch=None)
     return len(new), len(wanted) - len(new)
+
+
+def pool_generation_progress(
+    *, model_version: ModelVersion, prompts: Sequence[Prompt], images_per_prompt: int, seed: int
+) -> dict:
+    """The request's images by job status (an image whose job is not made yet counts as queued), and the
+    first failed jobs' errors."""
+    wanted = {(prompt.pk, image_seed) for prompt, image_seed in
+              pool_seeds(prompts=prompts, images_per_prompt=images_per_prompt, seed=seed)}
+    counts = dict.fromkeys(GenerationJob.Status.values, 0)
+    failed = []
+    jobs = GenerationJob.objects.filter(batch=None, model_version=model_version, prompt_id__in={p.pk for p in prompts})
+    for job_id, prompt_id, image_seed, status in jobs.values_list("id", "prompt_id", "seed", "status").iterator(
+        chunk_size=5000
+    ):
+        if (prompt_id, image_seed) in wanted:
+            counts[status] += 1
+            if status == GenerationJob.Status.FAILED:
+                failed.append(job_id)
+    counts[GenerationJob.Status.QUEUED] += len(wanted) - sum(counts.values())
+    errors = GenerationJob.objects.filter(pk__in=sorted(failed)[:5]).order_by("id").values_list("error", flat=True)
+    return {**counts, "errors": [error[:500] for error in errors]}
+
+
+def pool_generation_request(
+    *, model_version_id: int, prompt_set_id: int, images_per_prompt: int, seed: int, limit: int | None
+) -> tuple[int, int]:
+    """A request of the research API, run on the default queue: its prompts, then ``pool_generation_create``
+    (a second run queues nothing new)."""
+    model_version = ModelVersion.objects.get(pk=model_version_id)
+    prompt_set = PromptSet.objects.get(pk=prompt_set_id)
+    prompts = prompts_select(prompt_set=prompt_set, limit=limit, seed=seed)
+    return pool_generation_create(
+        model_version=model_version, prompts=prompts, images_per_prompt=images_per_prompt, seed=seed
+    )
 
 
 def _jobs_claim(*, batch_id: int | None, model_version_id: int) -> list[GenerationJob]:

@@ -52,13 +52,19 @@ class ImageRecord:
         return (self.prompt_set, self.prompt_id, self.prompt_text)
 
 
-def parse_image_manifest(path: str | Path, *, default_prompt_set: str = "") -> list[ImageRecord]:
-    """Every line of the manifest, its file hashed and fully decoded; raises ImageImportError at the first bad one."""
+def parse_image_manifest(
+    path: str | Path, *, default_prompt_set: str = "", confined: bool = False
+) -> list[ImageRecord]:
+    """Every line of the manifest, its file hashed and fully decoded; raises ImageImportError at the first bad one.
+
+    ``confined``: every image must lie inside the manifest's folder (an uploaded archive may not
+    name the server's other files).
+    """
     path = Path(path)
     records: list[ImageRecord] = []
     seen: dict[tuple, int] = {}
     for line, row in table_rows(path, ("model", "path")):
-        record = _record(path, line, row, default_prompt_set)
+        record = _record(path, line, row, default_prompt_set, confined)
         key = (record.model, record.prompt_key, record.seed)
         if key in seen:
             raise ImageImportError(
@@ -97,7 +103,7 @@ def _text(path: Path, line: int, row: dict, name: str, *, required: bool = False
     return value
 
 
-def _record(path: Path, line: int, row: dict, default_prompt_set: str) -> ImageRecord:
+def _record(path: Path, line: int, row: dict, default_prompt_set: str, confined: bool) -> ImageRecord:
     unknown = sorted(k for k in row if k not in MANIFEST_FIELDS)
     if unknown:
         raise ImageImportError(path, line, unknown[0], f"unknown field (known: {', '.join(MANIFEST_FIELDS)})")
@@ -109,7 +115,7 @@ def _record(path: Path, line: int, row: dict, default_prompt_set: str) -> ImageR
     if bool(prompt_id) == bool(prompt_text):
         raise ImageImportError(path, line, "prompt_id", "give either prompt_id or prompt (the text), not both or neither")
     seed, sampler = _seed(path, line, row.get("seed")), _sampler(path, line, row.get("sampler"))
-    image_path = _image_path(path, line, row)
+    image_path = _image_path(path, line, row, confined)
     sha256 = _checked_file(path, line, image_path, _text(path, line, row, "sha256").lower())
     return ImageRecord(
         line=line, model=model, prompt_set=prompt_set, prompt_id=prompt_id, prompt_text=prompt_text,
@@ -131,8 +137,17 @@ def _seed(path: Path, line: int, value) -> int:
     return seed
 
 
-def _image_path(path: Path, line: int, row: dict) -> Path:
+def _image_path(path: Path, line: int, row: dict, confined: bool) -> Path:
     image_path = Path(_text(path, line, row, "path", required=True))
+    if confined:
+        folder = path.parent.resolve()
+        try:
+            inside = (folder / image_path).resolve().is_relative_to(folder)
+        except (OSError, RuntimeError):
+            inside = False
+        if not inside:
+            raise ImageImportError(path, line, "path", f"{str(image_path)[:80]}: not a path inside the manifest's folder")
+        return folder / image_path
     return image_path if image_path.is_absolute() else path.parent / image_path
 
 

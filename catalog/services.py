@@ -55,7 +55,22 @@ def generation_job_complete(*, job: GenerationJob, image: Image) -> GenerationJo
 
 
 class RegistrationError(ValueError):
-    """A model directory cannot be registered; the message is one line for the user."""
+    """A model cannot be registered; the message is one line for the user, ``field`` the input at fault."""
+
+    def __init__(self, message: str, *, field: str = "path"):
+        super().__init__(message)
+        self.field = field
+
+
+def _model_name_check(name: str) -> None:
+    """The rules of a new model's name, for pipelines and external models alike."""
+    name_limit = ModelVersion._meta.get_field("name").max_length
+    if not name.strip():
+        raise RegistrationError("--name: empty", field="name")
+    if len(name) > name_limit:
+        raise RegistrationError(f"--name: longer than {name_limit} characters ({len(name)})", field="name")
+    if ModelVersion.objects.filter(name=name).exists():
+        raise RegistrationError(f"a model named '{name}' is already registered", field="name")
 
 
 @transaction.atomic
@@ -71,11 +86,7 @@ def model_register(
     Reads only JSON metadata (no torch). The family comes from the pipeline class and the
     prediction type from the scheduler config.
     """
-    name_limit = ModelVersion._meta.get_field("name").max_length
-    if not name.strip():
-        raise RegistrationError("--name: empty")
-    if len(name) > name_limit:
-        raise RegistrationError(f"--name: longer than {name_limit} characters ({len(name)})")
+    _model_name_check(name)
     try:
         index = read_pipeline_index(path)
     except PipelineIndexError as exc:
@@ -84,8 +95,6 @@ def model_register(
     path_limit = ModelVersion._meta.get_field("local_path").max_length
     if len(local_path) > path_limit:
         raise RegistrationError(f"{local_path[:60]}...: path longer than {path_limit} characters")
-    if ModelVersion.objects.filter(name=name).exists():
-        raise RegistrationError(f"a model named '{name}' is already registered")
     return ModelVersion.objects.create(
         name=name,
         family=index.family,
@@ -112,7 +121,11 @@ def model_weights_check(*, model_version: ModelVersion, purpose: str) -> None:
 
 
 def external_model_register(*, name: str, notes: str = "") -> ModelVersion:
-    """Register a model known only by its images (``manage.py import_images --create-models``)."""
+    """Register a model known only by its images (``manage.py import_images --create-models``).
+
+    Raises RegistrationError for a name that is empty, too long or taken.
+    """
+    _model_name_check(name)
     return ModelVersion.objects.create(name=name, kind=ModelVersion.Kind.EXTERNAL, notes=notes)
 
 
@@ -127,7 +140,7 @@ class ImageImportResult:
 
 
 def images_import(
-    *, path: str | Path, default_prompt_set: str = "", create_models: bool = False
+    *, path: str | Path, default_prompt_set: str = "", create_models: bool = False, confined: bool = False
 ) -> ImageImportResult:
     """Import the images a manifest lists (``catalog.image_import``): all of them, or nothing.
 
@@ -135,8 +148,9 @@ def images_import(
     stored images); then the images are stored in one transaction, and a failure removes the
     files already copied. An image already stored with the same (model, prompt, seed) and the
     same sha256 is counted as present, so importing the same manifest again changes nothing.
+    ``confined``: every image must lie inside the manifest's folder (an uploaded archive).
     """
-    records = parse_image_manifest(path, default_prompt_set=default_prompt_set)
+    records = parse_image_manifest(path, default_prompt_set=default_prompt_set, confined=confined)
     path = Path(path)
     models = {m.name: m for m in ModelVersion.objects.filter(name__in={r.model for r in records})}
     name_limit = ModelVersion._meta.get_field("name").max_length

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from catalog.generation import GENERATE_TASK, generation_run
+from catalog.generation import GENERATE_TASK, POOL_REQUEST_TASK, generation_run, pool_generation_request
 from config.celery import GPU_TASK_OPTIONS
 
 
@@ -14,3 +14,16 @@ def gpu_generate_images(batch_id: int | None, model_version_id: int) -> int:
 
     Jobs already done are left alone, so a re-delivered task is harmless."""
     return generation_run(batch_id=batch_id, model_version_id=model_version_id)
+
+
+@shared_task(name=POOL_REQUEST_TASK)
+def pool_generation_request_create(
+    model_version_id: int, prompt_set_id: int, images_per_prompt: int, seed: int, limit: int | None
+) -> list[int]:
+    """Make a research API generation request's jobs (default queue) and send them to the gpu queue.
+
+    Jobs already made are left alone, so a re-delivered task is harmless."""
+    return list(pool_generation_request(
+        model_version_id=model_version_id, prompt_set_id=prompt_set_id, images_per_prompt=images_per_prompt,
+        seed=seed, limit=limit,
+    ))

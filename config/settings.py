@@ -209,6 +209,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "annotation.api.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
+    # Research API writes (model registrations, imports, generation requests) per researcher
+    # (annotation.api_lists.ResearchWriteThrottle); past it, 429 with Retry-After.
+    "DEFAULT_THROTTLE_RATES": {"research_write": "120/minute"},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Pixel-space post-training API",
@@ -219,10 +222,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    # Choice sets that share a field name get names of their own in the schema.
+    # Choice sets that share a field name ("status", "kind") get names of their own in the schema.
     "ENUM_NAME_OVERRIDES": {
         "RoundStatusEnum": "annotation.models.Round.Status",
         "TrainingRunStatusEnum": "training.models.TrainingRun.Status",
+        "ModelKindEnum": "catalog.models.ModelVersion.Kind", "RoundKindEnum": "annotation.models.Round.Kind",
     },
 }
 

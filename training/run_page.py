@@ -142,6 +142,13 @@ def run_page_context(run: TrainingRun) -> dict:
     }
 
 
+def runs_by_output_model(model_ids) -> dict[int, int]:
+    """The run that trained each of these models (model id -> run id); base and imported models have none."""
+    return dict(
+        TrainingRun.objects.filter(output_model_id__in=model_ids).values_list("output_model_id", "id")
+    )
+
+
 def trained_by_html(model_version) -> SafeString | str:
     """The lineage cell of a model: the run that trained it (a link), its steps and data; empty for a base model."""
     run = TrainingRun.objects.filter(output_model=model_version).first()

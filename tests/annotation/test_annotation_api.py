@@ -383,7 +383,9 @@ class TestResearcherAPI:
         round_ = alignment_round(n_items=1)
         refused = self.client().post(f"/api/research/rounds/{round_.pk}/export/")
         assert refused.status_code == 400
-        assert refused.json() == {"detail": refused.json()["detail"], "code": "invalid", "round": [refused.json()["detail"]]}
+        assert refused.json() == {
+            "detail": refused.json()["detail"], "code": "invalid", "field": "round", "round": [refused.json()["detail"]],
+        }
         # DRF's own exceptions answer the same shape.
         missing = self.client().get("/api/research/rounds/999999/")
         assert missing.status_code == 404 and missing.json() == {"detail": missing.json()["detail"], "code": "not_found"}

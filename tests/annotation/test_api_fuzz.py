@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from annotation.models import Item, Lease
 from annotation.services import assignment, submission
+from catalog.models import Image, ModelVersion, PromptSet
 from config.wsgi import application
 from tests.annotation.builders import alignment_round, annotators, answer_for, best_worst_round, pairwise_round
 from tests.factories import ModelVersionFactory, ResearcherFactory
@@ -70,6 +71,20 @@ class World:
             for status in TrainingRun.Status.values
         ]
         self.item_ids = list(Item.objects.order_by("id").values_list("id", flat=True))
+        # Catalog resources: a child model (lineage, produced by a run), an external one, prompt sets, images.
+        child = ModelVersionFactory(parent=base)
+        TrainingRun.objects.filter(pk=self.run_ids[0]).update(output_model=child)
+        external = ModelVersion.objects.create(name="fuzz-external", kind=ModelVersion.Kind.EXTERNAL)
+        self.model_ids = [base.pk, child.pk, external.pk]
+        self.prompt_set_ids = list(PromptSet.objects.values_list("id", flat=True))
+        self.generations = [
+            {"model": model.name, "prompt_set": name, "images_per_prompt": 2, "seed": 1, "limit": 2}
+            for model in (base, external) for name in PromptSet.objects.values_list("name", flat=True)[:2]
+        ]
+        self.image_filters = [
+            {"model": model, "prompt_set": prompt_set, "seed": seed}
+            for model, prompt_set, seed in Image.objects.values_list("model_version__name", "prompt__prompt_set__name", "seed")[:5]
+        ]
         self.leases = [str(pk) for pk in Lease.objects.values_list("id", flat=True)]
         browser = Client()
         browser.force_login(self.annotator)
@@ -101,7 +116,10 @@ def _schema(world: World):
             if isinstance(path_parameters, dict) and name in path_parameters:
                 path = context.operation.path
                 real = (world.item_ids if path.startswith("/api/research/items/")
-                        else world.run_ids if path.startswith("/api/research/runs/") else world.round_ids)
+                        else world.run_ids if path.startswith("/api/research/runs/")
+                        else world.model_ids if path.startswith("/api/research/models/")
+                        else world.prompt_set_ids if path.startswith("/api/research/prompt-sets/")
+                        else world.round_ids)
                 return st.one_of(st.just(path_parameters), st.sampled_from(real).map(lambda pk: {**path_parameters, name: pk}))
         return st.just(path_parameters)
 
@@ -112,10 +130,22 @@ def _schema(world: World):
             return st.one_of(st.just(body), st.sampled_from(world.submissions), _with(body, "lease", world.leases))
         if path == "/api/annotate/undo/":
             return st.one_of(st.just(body), st.sampled_from(world.judgments).map(lambda j: {"judgment": j}))
+        if path == "/api/research/generations/":
+            return st.one_of(st.just(body), st.sampled_from(world.generations))
         if path.endswith("/next/"):
             return st.one_of(st.just(body), st.lists(st.sampled_from(world.leases), max_size=3).map(
                 lambda leases: {"exclude": leases}))
         return st.just(body)
+
+    @schema.hook
+    def flatmap_query(context, query):
+        # Filters and generation requests that name real rows, as often as not.
+        path = context.operation.path
+        if path == "/api/research/generations/progress/":
+            return st.one_of(st.just(query), st.sampled_from(world.generations))
+        if path == "/api/research/images/":
+            return st.one_of(st.just(query), st.sampled_from(world.image_filters))
+        return st.just(query)
 
     return schema
 

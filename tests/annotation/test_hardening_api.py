@@ -234,10 +234,12 @@ def test_uuids_must_be_strings_and_question_ids_integers():
 def test_the_schema_says_every_error_has_a_code_and_a_400_names_its_field():
     paths = json.loads(researcher_client().get("/api/schema/?format=json").content)["paths"]
     for path, method in [("/api/annotate/submit/", "post"), ("/api/research/rounds/{id}/", "patch"),
-                         ("/api/research/items/{id}/", "patch"), ("/api/research/rounds/", "post")]:
+                         ("/api/research/items/{id}/", "patch"), ("/api/research/rounds/", "post"),
+                         ("/api/research/models/", "post"), ("/api/research/images/", "get"),
+                         ("/api/research/prompt-sets/import/", "post"), ("/api/research/generations/", "post")]:
         responses = paths[path][method]["responses"]
         invalid = responses["400"]["content"]["application/json"]["schema"]
-        assert invalid["required"] == ["detail", "code"] and "additionalProperties" in invalid, path
+        assert invalid["required"] == ["detail", "code", "field"] and "additionalProperties" in invalid, path
         assert {"403", "404"} <= responses.keys(), path
 
 

@@ -69,13 +69,18 @@ def read_pipeline_index(path: str | Path) -> PipelineIndex:
     Raises PipelineIndexError with a one-line message for a missing path, a directory
     without ``model_index.json``, an unsupported pipeline class, or a missing component.
     """
-    root = Path(path).expanduser()
-    if not root.exists():
+    try:
+        root = Path(path).expanduser()
+        exists, is_dir = root.exists(), root.is_dir()
+        index_file = root / "model_index.json"
+        has_index = is_dir and index_file.is_file()
+    except (OSError, RuntimeError) as exc:  # a name too long, an unknown ~user
+        raise PipelineIndexError(f"{str(path)[:60]}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not exists:
         raise PipelineIndexError(f"{root}: no such directory")
-    if not root.is_dir():
+    if not is_dir:
         raise PipelineIndexError(f"{root}: not a directory")
-    index_file = root / "model_index.json"
-    if not index_file.is_file():
+    if not has_index:
         raise PipelineIndexError(f"{root}: not a diffusers pipeline directory (no model_index.json)")
     index = _read_json(index_file)
     pipeline_class = index.get("_class_name")

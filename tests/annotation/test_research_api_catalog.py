@@ -1,0 +1,344 @@
+"""The research API's catalog resources: models, prompt sets, images, generation requests.
+
+Against PostgreSQL: roles (anonymous and annotators get nothing), bad input (a 400 with code and field,
+never a 5xx), and each happy path through the same services the management commands call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+from annotation.models import ItemImage
+from catalog.generation import GENERATE_TASK, POOL_REQUEST_TASK
+from catalog.tasks import pool_generation_request_create
+from catalog.models import GenerationJob, Image, ModelVersion, Prompt, PromptSet
+from outbox.models import OutboxMessage
+from tests.annotation.builders import pairwise_round
+from tests.catalog.test_register_model import make_pipeline_dir
+from tests.factories import (
+    AnnotatorFactory, ImageFactory, ModelVersionFactory, PromptFactory, PromptSetFactory, ResearcherFactory, png_bytes,
+)
+from training.models import TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+ENDPOINTS = [
+    ("get", "/api/research/models/"),
+    ("get", "/api/research/models/{model}/"),
+    ("post", "/api/research/models/"),
+    ("get", "/api/research/prompt-sets/"),
+    ("get", "/api/research/prompt-sets/{prompt_set}/"),
+    ("post", "/api/research/prompt-sets/import/"),
+    ("get", "/api/research/images/"),
+    ("post", "/api/research/images/import/"),
+    ("post", "/api/research/generations/"),
+    ("get", "/api/research/generations/progress/"),
+]
+
+
+@pytest.fixture
+def researcher(postgres):
+    return Client(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=ResearcherFactory()).key}")
+
+
+def _refusal(response, status, field):
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["code"] == "invalid" and body["field"] == field and body[field] and body["detail"]
+    return body
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+def test_anonymous_and_annotators_get_no_data(postgres, method, path):
+    model = ModelVersionFactory(name="secret-model")
+    prompt_set = PromptSetFactory(name="secret-set")
+    ImageFactory(model_version=model, prompt=PromptFactory(prompt_set=prompt_set))
+    path = path.format(model=model.pk, prompt_set=prompt_set.pk)
+    anonymous = getattr(Client(), method)(path)
+    assert anonymous.status_code in (401, 403) and anonymous.json()["code"] == "not_authenticated"
+    annotator = Client()
+    annotator.force_login(AnnotatorFactory())
+    refused = getattr(annotator, method)(path)
+    assert refused.status_code == 403 and refused.json()["code"] == "permission_denied"
+    assert b"secret" not in anonymous.content + refused.content
+    wrong_token = getattr(Client(HTTP_AUTHORIZATION="Token " + "0" * 40), method)(path)
+    assert wrong_token.status_code == 401 and wrong_token.json()["code"] == "authentication_failed"
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def test_models_list_and_detail_show_lineage_and_the_run_that_made_each(researcher):
+    base = ModelVersionFactory(name="base")
+    child = ModelVersionFactory(name="round-1", parent=base)
+    grandchild = ModelVersionFactory(name="round-2", parent=child)
+    run = TrainingRun.objects.create(name="r2", base_model=child, dataset_path="p.jsonl", output_model=grandchild)
+    listed = researcher.get("/api/research/models/?ordering=name").json()
+    assert [m["name"] for m in listed["results"]] == ["base", "round-1", "round-2"] and listed["count"] == 3
+    assert listed["results"][2]["parent"] == "round-1" and listed["results"][2]["produced_by"] == run.pk
+    assert listed["results"][0]["produced_by"] is None
+    detail = researcher.get(f"/api/research/models/{grandchild.pk}/").json()
+    assert detail["kind"] == "pipeline" and detail["family"] == "unet" and detail["produced_by"] == run.pk
+    assert [(m["name"], m["produced_by"]) for m in detail["lineage"]] == [("round-2", run.pk), ("round-1", None), ("base", None)]
+    assert [m["name"] for m in researcher.get("/api/research/models/?parent=base").json()["results"]] == ["round-1"]
+    assert researcher.get("/api/research/models/?kind=external").json()["count"] == 0
+
+
+def test_register_a_pipeline_directory_and_an_external_model(researcher, tmp_path):
+    base = ModelVersionFactory(name="base")
+    folder = make_pipeline_dir(tmp_path / "sd", "StableDiffusionPipeline", "unet", {"_class_name": "DDIMScheduler"})
+    made = researcher.post("/api/research/models/", {"name": "mine", "path": str(folder), "parent": "base"},
+                           content_type="application/json")
+    assert made.status_code == 201, made.content
+    body = made.json()
+    assert body["family"] == "unet" and body["parent"] == "base" and body["local_path"] == str(folder.resolve())
+    assert [m["name"] for m in body["lineage"]] == ["mine", "base"]
+    external = researcher.post("/api/research/models/", {"name": "lab-x", "kind": "external"}, content_type="application/json")
+    assert external.status_code == 201 and external.json()["kind"] == "external" and external.json()["local_path"] == ""
+    assert ModelVersion.objects.get(name="lab-x").is_external and base.children.get().name == "mine"
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    ({"name": "m", "path": "/no/such/dir"}, "path", "no such directory"),
+    ({"name": "m", "path": "{folder}/unet"}, "path", "not a diffusers pipeline directory"),
+    ({"name": "m", "path": "a" * 5000}, "path", "cannot read"),
+    ({"name": "m", "path": "~nosuchuser__/x"}, "path", "cannot read"),
+    ({"name": " ", "path": "{folder}"}, "name", "name: empty"),
+    ({"name": "m" * 201, "path": "{folder}"}, "name", "longer than 200 characters"),
+    ({"name": "taken", "path": "{folder}"}, "name", "already registered"),
+    ({"name": "taken", "kind": "external"}, "name", "already registered"),
+    ({"name": "m", "path": "{folder}", "parent": "nobody"}, "parent", "does not exist"),
+    ({"name": "m"}, "path", "required for a pipeline"),
+    ({"name": "m", "kind": "external", "path": "{folder}"}, "path", "external model has none"),
+    ({"name": "m", "kind": "weird"}, "kind", "not a valid choice"),
+    ({"name": "m\x00", "kind": "external"}, "name", "Null characters"),
+])
+def test_register_refusals_name_their_field_and_write_nothing(researcher, tmp_path, body, field, message):
+    ModelVersionFactory(name="taken")
+    folder = make_pipeline_dir(tmp_path / "sd", "StableDiffusionPipeline", "unet", {"_class_name": "DDIMScheduler"})
+    body = {k: v.replace("{folder}", str(folder)) if isinstance(v, str) else v for k, v in body.items()}
+    refused = _refusal(researcher.post("/api/research/models/", body, content_type="application/json"), 400, field)
+    assert message in refused["detail"] and "\n" not in refused["detail"] and "--" not in refused["detail"][:3]
+    assert ModelVersion.objects.count() == 1
+
+
+# --- prompt sets ----------------------------------------------------------------------------------
+
+
+def _upload(name, text):
+    return SimpleUploadedFile(name, text.encode() if isinstance(text, str) else text)
+
+
+def test_prompt_import_of_an_upload_is_the_command_import(researcher):
+    lines = [{"id": "a", "prompt": "a red cube", "questions": ["Is there a cube?", "Is it red?"]},
+             {"id": "b", "prompt": "a blue ball"}]
+    text = "\n".join(json.dumps(line) for line in lines)
+    first = researcher.post("/api/research/prompt-sets/import/", {"file": _upload("shapes.jsonl", text), "set": "shapes"})
+    assert first.status_code == 200, first.content
+    assert first.json()["created"] == 2 and first.json()["questions_created"] == 2
+    assert first.json()["prompt_set"]["prompt_count"] == 2 and first.json()["prompt_set"]["source"] == "shapes.jsonl"
+    again = researcher.post("/api/research/prompt-sets/import/", {"file": _upload("shapes.jsonl", text), "set": "shapes"})
+    assert again.json()["unchanged"] == 2 and again.json()["created"] == 0
+    prompt_set = PromptSet.objects.get(name="shapes")
+    detail = researcher.get(f"/api/research/prompt-sets/{prompt_set.pk}/").json()
+    assert detail["prompt_count"] == 2 and detail["name"] == "shapes"
+    PromptSetFactory(name="another")
+    names = [s["name"] for s in researcher.get("/api/research/prompt-sets/?ordering=-name").json()["results"]]
+    assert names == ["shapes", "another"]
+
+
+@pytest.mark.parametrize(("name", "text", "field", "detail", "line", "file_field"), [
+    ("p.jsonl", '{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": ""}', "file", "p.jsonl:2: field 'prompt'", 2, "prompt"),
+    ("p.jsonl", '{"id": "a", "prompt": "ok"}\n{"id": "a", "prompt": "x"}', "file", "p.jsonl:2: field 'id'", 2, "id"),
+    ("p.jsonl", b"\xff\xfe\x00bad", "file", "p.jsonl", None, None),
+    ("p.txt", "hello", "file", "p.txt: cannot tell the format", None, None),
+    ("p.jsonl", '{"id": "a", "prompt": "ok"}', "set", "p.jsonl: field 'set': longer than 200", None, None),
+])
+def test_prompt_import_refusals_are_the_readers_lines_and_write_nothing(researcher, name, text, field, detail, line, file_field):
+    set_name = "s" * 201 if field == "set" else "shapes"
+    refused = researcher.post("/api/research/prompt-sets/import/", {"file": _upload(name, text), "set": set_name})
+    body = _refusal(refused, 400, field)
+    assert body["detail"].startswith(detail) and "/tmp" not in body["detail"]
+    assert (body["line"], body["file_field"]) == (line, file_field)
+    assert not PromptSet.objects.exists() and not Prompt.objects.exists()
+
+
+def test_prompt_import_without_a_file_or_with_a_bad_format_names_the_field(researcher):
+    _refusal(researcher.post("/api/research/prompt-sets/import/", {"set": "s"}), 400, "file")
+    _refusal(researcher.post("/api/research/prompt-sets/import/", {"file": _upload("p.jsonl", "{}"), "set": "s",
+                                                                     "format": "xml"}), 400, "format")
+    _refusal(researcher.get("/api/research/prompt-sets/?ordering=secret"), 400, "ordering")
+    as_json = researcher.post("/api/research/prompt-sets/import/", {"set": "s"}, content_type="application/json")
+    assert as_json.status_code == 415 and as_json.json()["code"] == "unsupported_media_type"
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+
+def test_images_list_filters_by_model_prompt_set_and_seed_and_shows_only_catalog_ids(researcher):
+    model_a, model_b = ModelVersionFactory(name="a"), ModelVersionFactory(name="b")
+    set_x = PromptSetFactory(name="x")
+    prompt = PromptFactory(prompt_set=set_x, external_id="p1")
+    ImageFactory(model_version=model_a, prompt=prompt, seed=7)
+    ImageFactory(model_version=model_a, prompt=PromptFactory(), seed=8)
+    ImageFactory(model_version=model_b, prompt=prompt, seed=7)
+    round_ = pairwise_round(n_items=2)  # annotator-facing ids exist for these images too
+    blinded = set(ItemImage.objects.values_list("public_id", flat=True))
+    everything = researcher.get("/api/research/images/?ordering=seed")
+    ids = [i["id"] for i in everything.json()["results"]]
+    assert everything.json()["count"] == Image.objects.count() and set(ids) == set(Image.objects.values_list("public_id", flat=True))
+    assert not any(pid in everything.content.decode() for pid in blinded) and round_.pk
+    only = researcher.get("/api/research/images/?model=a&prompt_set=x&seed=7").json()["results"]
+    assert len(only) == 1 and only[0]["model"] == "a" and only[0]["prompt"] == "p1" and only[0]["seed"] == 7
+    assert only[0]["url"] == f"/img/{only[0]['id']}.png"
+    assert researcher.get("/api/research/images/?seed=7").json()["count"] == 2
+    assert researcher.get("/api/research/images/?model=nobody").json()["count"] == 0
+
+
+def test_generation_progress_refuses_bad_parameters(researcher):
+    _refusal(researcher.get("/api/research/generations/progress/?model=nobody&prompt_set=x"), 400, "model")
+    ModelVersionFactory(name="base")
+    _refusal(researcher.get("/api/research/generations/progress/?model=base&prompt_set=x&seed=-1"), 400, "prompt_set")
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("seed=abc", "seed"), ("seed=99999999999999999999", "seed"), ("model=" + "m" * 300, "model"),
+    ("model=%00", "model"), ("ordering=file", "ordering"), ("ordering=-seed,bogus", "ordering"), ("ordering=,", "ordering"),
+])
+def test_images_list_refuses_bad_filters_and_orderings(researcher, query, field):
+    _refusal(researcher.get(f"/api/research/images/?{query}"), 400, field)
+
+
+def _archive(files: dict[str, bytes]) -> SimpleUploadedFile:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return SimpleUploadedFile("batch.zip", buffer.getvalue(), content_type="application/zip")
+
+
+def _manifest(*rows) -> bytes:
+    return "\n".join(json.dumps(row) for row in rows).encode()
+
+
+def test_image_import_of_an_archive_is_the_command_import(researcher):
+    prompt = PromptFactory(prompt_set=PromptSetFactory(name="x"), external_id="p1")
+    red, blue = png_bytes((200, 0, 0)), png_bytes((0, 0, 200))
+    files = {
+        "manifest.jsonl": _manifest(
+            {"model": "lab-a", "prompt_id": "p1", "seed": 1, "path": "imgs/red.png", "sha256": hashlib.sha256(red).hexdigest()},
+            {"model": "lab-a", "prompt_id": "p1", "seed": 2, "path": "imgs/blue.png"},
+        ),
+        "imgs/red.png": red, "imgs/blue.png": blue,
+    }
+    made = researcher.post("/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x",
+                                                             "create_models": "true"})
+    assert made.status_code == 200, made.content
+    assert made.json() == {"created": 2, "present": 0, "models_created": ["lab-a"]}
+    assert ModelVersion.objects.get(name="lab-a").is_external and Image.objects.filter(prompt=prompt).count() == 2
+    again = researcher.post("/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x"})
+    assert again.json() == {"created": 0, "present": 2, "models_created": []}
+
+
+@pytest.mark.parametrize(("files", "extra", "field", "detail", "line", "file_field"), [
+    ({"manifest.jsonl": _manifest({"model": "lab-a", "prompt_id": "p1", "path": "missing.png"})},
+     {}, "archive", "manifest.jsonl:1: field 'path': no such file: missing.png", 1, "path"),
+    ({"manifest.jsonl": _manifest({"model": "lab-a", "prompt_id": "p1", "path": "/etc/hostname"})},
+     {}, "archive", "manifest.jsonl:1: field 'path': /etc/hostname: not a path inside", 1, "path"),
+    ({"manifest.jsonl": _manifest({"model": "lab-a", "prompt_id": "p1", "path": "../../x.png"})},
+     {}, "archive", "manifest.jsonl:1: field 'path': ../../x.png: not a path inside", 1, "path"),
+    ({"manifest.jsonl": _manifest({"model": "nobody", "prompt_id": "p1", "path": "a.png"}), "a.png": png_bytes()},
+     {}, "archive", "manifest.jsonl:1: field 'model': no model named 'nobody'", 1, "model"),
+    ({"m.jsonl": b"{}", "n.csv": b"model,path"}, {}, "manifest", "manifest: the archive holds 2", None, None),
+    ({"m.jsonl": b"{}"}, {"manifest": "../etc/passwd"}, "manifest", "manifest: no file", None, None),
+])
+def test_image_import_refusals_name_the_line_and_store_nothing(researcher, files, extra, field, detail, line, file_field):
+    PromptFactory(prompt_set=PromptSetFactory(name="x"), external_id="p1")
+    refused = researcher.post("/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x", **extra})
+    body = _refusal(refused, 400, field)
+    assert body["detail"].startswith(detail) and "/tmp" not in body["detail"]
+    assert body.get("line") == line and body.get("file_field") == file_field
+    assert not Image.objects.exists() and not ModelVersion.objects.exists()
+
+
+def test_image_import_refuses_what_is_not_a_zip(researcher):
+    not_zip = SimpleUploadedFile("batch.zip", b"PK\x03\x04 but not really")
+    body = _refusal(researcher.post("/api/research/images/import/", {"archive": not_zip}), 400, "archive")
+    assert "not a readable .zip" in body["detail"]
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+
+def test_generation_answers_202_with_a_progress_url_and_its_task_queues_on_the_gpu_queue(researcher):
+    model = ModelVersionFactory(name="base")
+    prompt_set = PromptSetFactory(name="x")
+    for n in range(4):
+        PromptFactory(prompt_set=prompt_set, external_id=f"p{n}")
+    request = {"model": "base", "prompt_set": "x", "images_per_prompt": 2, "seed": 3, "limit": 3}
+    started = researcher.post("/api/research/generations/", request, content_type="application/json")
+    assert started.status_code == 202, started.content
+    body = started.json()
+    assert (body["prompts"], body["images"]) == (3, 6) and started["Location"] == body["progress_url"]
+    assert not GenerationJob.objects.exists()  # made by the task, off the request
+    before = researcher.get(body["progress_url"]).json()
+    assert (before["images"], before["queued"], before["done"]) == (6, 6, 0)
+    (message,) = OutboxMessage.objects.filter(task_name=POOL_REQUEST_TASK)
+    assert message.args == [model.pk, prompt_set.pk, 2, 3, 3]
+    pool_generation_request_create(*message.args)  # as the default worker runs it
+    pool_generation_request_create(*message.args)  # a re-delivery makes nothing new
+    assert GenerationJob.objects.count() == 6
+    assert OutboxMessage.objects.filter(task_name=GENERATE_TASK, args=[None, model.pk]).exists()
+    job = GenerationJob.objects.filter(model_version=model).first()
+    job.status, job.error = GenerationJob.Status.FAILED, "CUDA out of memory"
+    job.save()
+    progress = researcher.get(body["progress_url"])
+    assert progress.status_code == 200
+    assert progress.json() == {"images": 6, "queued": 5, "running": 0, "done": 0, "failed": 1,
+                               "errors": ["CUDA out of memory"]}
+    # The command's request with the same parameters makes the same jobs: nothing new.
+    call_command("generate_images", model="base", prompts="x", images_per_prompt=2, limit=3, seed=3, stdout=io.StringIO())
+    assert GenerationJob.objects.count() == 6
+
+
+@pytest.mark.parametrize(("body", "field", "code"), [
+    ({"model": "nobody", "prompt_set": "x"}, "model", "invalid"),
+    ({"model": "lab-a", "prompt_set": "x"}, "model", "external_model"),
+    ({"model": "base", "prompt_set": "nope"}, "prompt_set", "invalid"),
+    ({"model": "base", "prompt_set": "x", "images_per_prompt": 0}, "images_per_prompt", "invalid"),
+    ({"model": "base", "prompt_set": "x", "seed": -1}, "seed", "invalid"),
+    ({"model": "base", "prompt_set": "x", "limit": 0}, "limit", "invalid"),
+    ({"model": "base", "prompt_set": "x", "images_per_prompt": 100, "limit": None}, "limit", "invalid"),
+])
+def test_generation_refusals_name_their_field_and_queue_nothing(researcher, monkeypatch, body, field, code):
+    from annotation import catalog_api
+
+    monkeypatch.setattr(catalog_api, "GENERATION_MAX_IMAGES", 50)
+    ModelVersionFactory(name="base")
+    ModelVersion.objects.create(name="lab-a", kind=ModelVersion.Kind.EXTERNAL)
+    prompt_set = PromptSetFactory(name="x")
+    for n in range(2):
+        PromptFactory(prompt_set=prompt_set, external_id=f"p{n}")
+    refused = researcher.post("/api/research/generations/", body, content_type="application/json")
+    assert refused.status_code == 400 and refused.json()["code"] == code and refused.json()["field"] == field
+    assert not GenerationJob.objects.exists() and not OutboxMessage.objects.exists()
+
+
+def test_research_writes_are_rate_limited_with_retry_after(researcher, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"research_write": "2/minute"}}
+    for _ in range(2):
+        assert researcher.post("/api/research/models/", {"name": "", "kind": "external"},
+                               content_type="application/json").status_code == 400
+    limited = researcher.post("/api/research/models/", {"name": "x", "kind": "external"}, content_type="application/json")
+    assert limited.status_code == 429 and int(limited["Retry-After"]) >= 1
+    assert limited.json()["code"] == "throttled" and not ModelVersion.objects.filter(name="x").exists()
+    assert researcher.get("/api/research/models/").status_code == 200  # reads are not counted
