@@ -219,6 +219,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Choice sets that share a field name ("status", a round's stages) get names of their own.
+    "ENUM_NAME_OVERRIDES": {
+        "TrainingRunStatusEnum": "training.models.TrainingRun.Status",
+        "TrainingRoundStageEnum": "training.models.TrainingRound.Stage",
+        "EvaluationStatusEnum": "evaluation.models.EvaluationRound.Status",
+    },
 }
 
 # --- Celery -----------------------------------------------------------------------------
