@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from catalog.models import ModelVersion
@@ -22,10 +21,8 @@ TINY = {"resolution": 32, "train_batch_size": 2, "max_train_steps": 2, "checkpoi
 
 
 @pytest.fixture
-def researcher():
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=ResearcherFactory()).key}")
-    return client
+def researcher(research_api):
+    return research_api
 
 
 @pytest.fixture
