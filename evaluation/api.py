@@ -236,8 +236,8 @@ class EvaluationViewSet(ResearcherMixin, mixins.ListModelMixin, mixins.RetrieveM
         return accepted(self._detail(self.get_queryset().get(pk=result.evaluation.pk)))
 
     def finalize_response(self, request, response, *args, **kwargs):
-        # Refusals and the 202 are JSON whatever format the report or chart was asked in.
-        if response.status_code != 200 and getattr(request, "accepted_renderer", None) is not None:
+        # Refusals and the 202 are JSON whatever format the report or chart was asked in (an unknown format too).
+        if response.status_code != 200:
             request.accepted_renderer, request.accepted_media_type = renderers.JSONRenderer(), "application/json"
         return super().finalize_response(request, response, *args, **kwargs)
 

@@ -8,6 +8,9 @@ nothing is written. Work is queued, never done in the request: a create answers 
 
 from __future__ import annotations
 
+import bisect
+import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -114,7 +117,7 @@ class SettingsInputSerializer(serializers.Serializer):
 
 class TrainingRunSerializer(serializers.ModelSerializer):
     base_model = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    output_model = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    output_model = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     cancel_requested = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
 
@@ -180,12 +183,12 @@ class TrainingRunCreateSerializer(SettingsInputSerializer):
 class MetricsQuerySerializer(serializers.Serializer):
     every = serializers.IntegerField(min_value=1, max_value=INT_MAX, required=False,
                                      help_text="Every Nth logged point of the whole series (the 1st, the N+1th…).")
-    points = serializers.IntegerField(min_value=2, max_value=5000, required=False,
+    points = serializers.IntegerField(min_value=2, max_value=2000, required=False,
                                       help_text="At most this many points, evenly spaced, the first and last kept; "
                                                 "one page.")
     after_step = serializers.IntegerField(min_value=0, max_value=BIGINT_MAX, default=0,
                                           help_text="Only points after this step (the cursor of ``next``).")
-    limit = serializers.IntegerField(min_value=1, max_value=5000, default=1000, help_text="Points per page.")
+    limit = serializers.IntegerField(min_value=1, max_value=2000, default=1000, help_text="Points per page.")
 
     def validate(self, data):
         if "every" in data and "points" in data:
@@ -205,20 +208,48 @@ class MetricsSerializer(serializers.Serializer):
     next = serializers.CharField(allow_null=True, help_text="The next page, or null.")
 
 
-def metrics_series(run: TrainingRun) -> tuple[str, list[dict]]:
-    """Every logged point of the run from its folder's metrics.jsonl, or its record's thinned history without one."""
-    if run.output_dir and (Path(run.output_dir) / run_progress.METRICS_FILE).is_file():
-        return "metrics.jsonl", run_progress.read_metrics(run.output_dir)
-    return "history", [point for point in run.history or [] if isinstance(point, dict)]
+class MetricsSeries:
+    """A run's logged points, each parsed only when a page takes it: a long run's metrics.jsonl holds 100,000 lines
+    (38 MB), which would take seconds to parse whole. The points' steps increase (a resumed run's writer drops the
+    lines past its checkpoint), so the ``after_step`` cursor is a binary search."""
+
+    def __init__(self, run: TrainingRun):
+        path = Path(run.output_dir) / run_progress.METRICS_FILE if run.output_dir else None
+        try:
+            self.rows: list = [line for line in path.read_bytes().splitlines() if line.strip()] if path else None
+            self.source = "metrics.jsonl"
+        except OSError:  # no run folder on this server (or not yet): the record's thinned curve
+            self.rows = None
+        if self.rows is None:
+            self.rows, self.source = [point for point in run.history or [] if isinstance(point, dict)], "history"
+
+    def point(self, position: int) -> dict | None:
+        row = self.rows[position]
+        if isinstance(row, dict):
+            return row
+        try:
+            point = json.loads(row)
+        except ValueError:  # a line being written
+            return None
+        return point if isinstance(point, dict) else None
+
+    def step(self, position: int) -> float:
+        point = self.point(position)
+        step = point.get("step") if point is not None else None
+        return step if isinstance(step, (int, float)) else math.inf
+
+    def positions(self, *, every: int, after_step: int) -> range:
+        """Every ``every``-th position of the whole series whose step is after ``after_step``."""
+        kept = range(0, len(self.rows), every)
+        return kept[bisect.bisect_right(kept, after_step, key=self.step):]
 
 
-def thinned(points: list[dict], *, at_most: int) -> list[dict]:
-    """At most ``at_most`` points, evenly spaced, the first and the last kept."""
-    if len(points) <= at_most:
-        return points
-    last = len(points) - 1
-    return [points[index] for index in sorted({round(i * last / (at_most - 1)) for i in range(at_most)})]
-
+def thinned(positions: range, *, at_most: int) -> list[int]:
+    """At most ``at_most`` positions, evenly spaced, the first and the last kept."""
+    if len(positions) <= at_most:
+        return list(positions)
+    last = len(positions) - 1
+    return [positions[index] for index in sorted({round(i * last / (at_most - 1)) for i in range(at_most)})]
 
 
 @extend_schema_view(
@@ -272,21 +303,20 @@ class TrainingRunViewSet(ResearcherMixin, mixins.ListModelMixin, mixins.Retrieve
     def metrics(self, request, pk=None):
         run = self.get_object()
         query = validated(MetricsQuerySerializer, request.query_params).validated_data
-        source, series = metrics_series(run)
-        total = len(series)
-        if "every" in query:
-            series = series[::query["every"]]
-        series = [point for point in series if point.get("step", 0) > query["after_step"]]
+        series = MetricsSeries(run)
+        positions = series.positions(every=query.get("every", 1), after_step=query["after_step"])
         if "points" in query:
-            page, more = thinned(series, at_most=query["points"]), False
+            taken, more = thinned(positions, at_most=query["points"]), False
         else:
-            page, more = series[:query["limit"]], len(series) > query["limit"]
+            taken, more = positions[:query["limit"]], len(positions) > query["limit"]
+        page = [point for point in map(series.point, taken) if point is not None]
         following = None
         if more:
             cursor = request.query_params.copy()
-            cursor["after_step"] = str(page[-1].get("step", 0))
+            cursor["after_step"] = str(series.step(taken[-1]))
             following = request.build_absolute_uri(f"{request.path}?{cursor.urlencode()}")
-        return Response({"run": run.pk, "source": source, "total": total, "points": page, "next": following})
+        return Response({"run": run.pk, "source": series.source, "total": len(series.rows), "points": page,
+                         "next": following})
 
     def _state_change(self, change):
         run = self.get_object()
@@ -322,6 +352,7 @@ class StageProgressSerializer(serializers.Serializer):
 
 class TrainingRoundSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
+    failed_stage = serializers.CharField(read_only=True, help_text="The stage it failed in; blank unless failed.")
     base_model = serializers.SlugRelatedField(slug_field="name", read_only=True)
     prompt_set = serializers.SlugRelatedField(slug_field="name", read_only=True)
     evaluate_on = serializers.SlugRelatedField(slug_field="name", read_only=True)

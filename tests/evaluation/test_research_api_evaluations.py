@@ -144,8 +144,9 @@ def test_the_report_is_the_stored_one_in_each_format_with_the_commands_numbers(
         assert by_query["Content-Type"] == by_accept["Content-Type"] == content_type
         assert by_query.content == by_accept.content
         assert by_query.content.decode() == command_output(str(evaluation.pk), "--format", fmt)
-    unknown = researcher.get(f"{url}report/", {"format": "xlsx"})
-    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
+    for path in ("report/", "chart/"):
+        unknown = researcher.get(f"{url}{path}", {"format": "xlsx"})
+        assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
 
     png = researcher.get(f"{url}chart/")
     assert png["Content-Type"] == "image/png" and png.content.startswith(b"\x89PNG")
