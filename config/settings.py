@@ -222,10 +222,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    # Choice sets that share a field name ("status", "kind") get names of their own in the schema.
+    # Choice sets that share a field name ("status", "kind", a round's stages) get names of their own.
     "ENUM_NAME_OVERRIDES": {
         "RoundStatusEnum": "annotation.models.Round.Status",
         "TrainingRunStatusEnum": "training.models.TrainingRun.Status",
+        "TrainingRoundStageEnum": "training.models.TrainingRound.Stage",
+        "EvaluationStatusEnum": "evaluation.models.EvaluationRound.Status",
         "ModelKindEnum": "catalog.models.ModelVersion.Kind", "RoundKindEnum": "annotation.models.Round.Kind",
     },
 }

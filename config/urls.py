@@ -26,7 +26,9 @@ urlpatterns = [
         SpectacularSwaggerView.as_view(url_name="api-schema", permission_classes=[IsResearcher]),
         name="api-docs",
     ),
-    path("", include("training.api_urls")),  # before annotation's, whose last route answers the rest of /api/
+    # before annotation's, whose last route answers the rest of /api/
+    path("", include("evaluation.api_urls")),
+    path("", include("training.api_urls")),
     path("", include("annotation.api_urls")),
     path("", include("annotation.urls")),
     path("", include("evaluation.urls")),

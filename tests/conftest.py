@@ -144,3 +144,16 @@ def eager_tasks(settings, tmp_path):
     settings.EVALUATION_SAMPLER = {"steps": 2, "batch_size": 2, "height": 32, "width": 32}
     yield
     app.conf.update(previous)
+
+
+@pytest.fixture
+def research_api():
+    """An API client that sends a researcher's token."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    from tests.factories import ResearcherFactory
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=ResearcherFactory()).key}")
+    return client

@@ -1,7 +1,4 @@
-from pathlib import Path
-
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -18,12 +15,13 @@ from training.rounds import (
     TrainingRoundError, training_round_iterate, training_round_launch, training_round_progress,
 )
 from training.run_page import run_page_context
-from training.services import RUN_DECIDED, RunStateError, training_run_cancel, training_run_resume
+from training.services import (
+    RUN_DECIDED, RunStateError, training_config_files, training_run_cancel, training_run_resume,
+)
 
 
 def config_choices() -> list[tuple[str, str]]:
-    folder = Path(settings.BASE_DIR) / "training" / "configs"
-    return [(str(path), path.name) for path in sorted(folder.glob("*.toml"))]
+    return [(str(path), name) for name, path in training_config_files().items()]
 
 
 class TrainingRoundForm(forms.Form):

@@ -5,5 +5,6 @@ from training import api
 
 research = SimpleRouter()
 research.register("runs", api.TrainingRunViewSet, basename="research-run")
+research.register("training-rounds", api.TrainingRoundViewSet, basename="research-training-round")
 
 urlpatterns = [path("api/research/", include(research.urls))]

@@ -41,6 +41,14 @@ TRAIN_TASK = "training.tasks.gpu_train_run"
 RUN_DECIDED = ("pretrained_model", "train_data", "output_dir")
 
 
+def training_config_files() -> dict[str, Path]:
+    """The example configs a run can be started from by name (``training/configs/*.toml``), by file name."""
+    from django.conf import settings
+
+    folder = Path(settings.BASE_DIR) / "training" / "configs"
+    return {path.name: path for path in sorted(folder.glob("*.toml"))}
+
+
 def training_run_output_dir(run: TrainingRun) -> Path:
     from django.conf import settings
 
@@ -66,6 +74,14 @@ def training_config_validate(*, base_model: ModelVersion, dataset_path: str, con
     )
 
 
+class TrainingRunRefused(RegistrationError):
+    """A run that cannot be created; ``field`` names the input at fault (``base_model``, ``name``), ``code`` says why."""
+
+    def __init__(self, message: str, *, field: str, code: str = "invalid"):
+        super().__init__(message)
+        self.field, self.code = field, code
+
+
 def training_run_launch(run: TrainingRun):
     """How the run is launched: its ``LaunchConfig`` (gpus, accelerate_config), from its config."""
     from training.engine.config import split_launch_settings
@@ -80,18 +96,21 @@ def training_run_create(
 ) -> TrainingRun:
     """Create a queued run and send it to a GPU worker once this transaction commits.
 
-    Raises ExternalModelError for a base model without weights, RegistrationError for a base model
-    whose directory this machine cannot read or a name that is taken, and ConfigError for a bad config.
+    Raises ExternalModelError for a base model without weights, TrainingRunRefused (a RegistrationError) for a base
+    model whose directory this machine cannot read or a name that is taken, and ConfigError for a bad config.
     """
     model_weights_check(model_version=base_model, purpose="trained")
     if not (Path(base_model.local_path) / "model_index.json").is_file():
-        raise RegistrationError(
+        raise TrainingRunRefused(
             f"base model '{base_model.name}': its pipeline directory {base_model.local_path} does not exist "
-            "(or has no model_index.json) on this machine"
+            "(or has no model_index.json) on this machine", field="base_model",
         )
     training_config_validate(base_model=base_model, dataset_path=dataset_path, config=config)
+    if TrainingRun.objects.filter(name=name).exists():
+        raise TrainingRunRefused(f"'{name}' is taken by a training run", field="name", code="name_taken")
     if ModelVersion.objects.filter(name=name).exists():
-        raise RegistrationError(f"a model named '{name}' exists; the run's checkpoint would take that name")
+        raise TrainingRunRefused(f"a model named '{name}' exists; the run's checkpoint would take that name", field="name",
+                                 code="name_taken")
     run = TrainingRun.objects.create(
         name=name, base_model=base_model, dataset_path=dataset_path, config=config, created_by=created_by,
         source_round=source_round, follow_up=follow_up or {},

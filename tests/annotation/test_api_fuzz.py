@@ -28,9 +28,11 @@ from annotation.models import Item, Lease
 from annotation.services import assignment, submission
 from catalog.models import Image, ModelVersion, PromptSet
 from config.wsgi import application
+from evaluation.services import evaluation_start, report_refresh
 from tests.annotation.builders import alignment_round, annotators, answer_for, best_worst_round, pairwise_round
+from tests.evaluation.builders import prompt_set_with_images
 from tests.factories import ModelVersionFactory, ResearcherFactory
-from training.models import TrainingRun
+from training.models import TrainingRound, TrainingRun
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -67,9 +69,31 @@ class World:
         self.round_ids = [r.pk for r in self.rounds]
         base = ModelVersionFactory()
         self.run_ids = [
-            TrainingRun.objects.create(name=f"fuzz-{status}", base_model=base, dataset_path="pairs.jsonl", status=status).pk
+            TrainingRun.objects.create(
+                name=f"fuzz-{status}", base_model=base, dataset_path="pairs.jsonl", status=status,
+                history=[{"step": 10 * n, "loss": 1 / n} for n in range(1, 40)],
+            ).pk
             for status in TrainingRun.Status.values
         ]
+        # Training rounds at each stage (a done one has a model to iterate on), and evaluations with and without
+        # a stored report.
+        prompt_set, versions, _ = prompt_set_with_images(models=["fuzz-a", "fuzz-b"], n_prompts=3, set_name="fuzz")
+        done = TrainingRun.objects.create(name="fuzz-round-run", base_model=base, dataset_path="pairs.jsonl",
+                                          status=TrainingRun.Status.SUCCEEDED, output_model=versions[0])
+        self.training_round_ids = [
+            TrainingRound.objects.create(
+                name=f"fuzz-{stage}", base_model=base, prompt_set=prompt_set, evaluate_on=prompt_set, method="simpo",
+                pixel_weight=1.0, stage=stage, training_run=done if stage == TrainingRound.Stage.DONE else None,
+            ).pk
+            for stage in TrainingRound.Stage.values
+        ]
+        evaluations = [
+            evaluation_start(model_versions=versions, prompt_set=prompt_set, from_existing=True, name=f"fuzz-{n}",
+                             criteria=criteria).evaluation
+            for n, criteria in enumerate((["visual_flaws"], ["visual_appeal", "text_alignment"]))
+        ]
+        report_refresh(evaluation=evaluations[0])
+        self.evaluation_ids = [e.pk for e in evaluations]
         self.item_ids = list(Item.objects.order_by("id").values_list("id", flat=True))
         # Catalog resources: a child model (lineage, produced by a run), an external one, prompt sets, images.
         child = ModelVersionFactory(parent=base)
@@ -115,11 +139,7 @@ def _schema(world: World):
         for name in ("id", "round_id"):
             if isinstance(path_parameters, dict) and name in path_parameters:
                 path = context.operation.path
-                real = (world.item_ids if path.startswith("/api/research/items/")
-                        else world.run_ids if path.startswith("/api/research/runs/")
-                        else world.model_ids if path.startswith("/api/research/models/")
-                        else world.prompt_set_ids if path.startswith("/api/research/prompt-sets/")
-                        else world.round_ids)
+                real = next((ids for prefix, ids in world_ids(world) if path.startswith(prefix)), world.round_ids)
                 return st.one_of(st.just(path_parameters), st.sampled_from(real).map(lambda pk: {**path_parameters, name: pk}))
         return st.just(path_parameters)
 
@@ -135,6 +155,9 @@ def _schema(world: World):
         if path.endswith("/next/"):
             return st.one_of(st.just(body), st.lists(st.sampled_from(world.leases), max_size=3).map(
                 lambda leases: {"exclude": leases}))
+        if path in VALID_BODIES:  # a body that names real rows goes past the lookups to the services' own checks
+            valid = VALID_BODIES[path]
+            return st.one_of(st.just(body), st.just(valid), st.just({**valid, **body} if isinstance(body, dict) else body))
         return st.just(body)
 
     @schema.hook
@@ -148,6 +171,23 @@ def _schema(world: World):
         return st.just(query)
 
     return schema
+
+
+VALID_BODIES = {
+    "/api/research/runs/": {"name": "fuzz-new", "base_model": "fuzz-a", "dataset_path": "/", "config": {}},
+    "/api/research/training-rounds/": {"base_model": "fuzz-a", "prompt_set": "fuzz", "method": "simpo"},
+    "/api/research/evaluations/": {"models": ["fuzz-a", "fuzz-b"], "prompt_set": "fuzz", "from_existing": True},
+}
+
+
+def world_ids(world: World):
+    """(path prefix, the ids of real rows behind it) for each resource with ids in its paths."""
+    return [
+        ("/api/research/items/", world.item_ids), ("/api/research/runs/", world.run_ids),
+        ("/api/research/training-rounds/", world.training_round_ids),
+        ("/api/research/evaluations/", world.evaluation_ids),
+        ("/api/research/models/", world.model_ids), ("/api/research/prompt-sets/", world.prompt_set_ids),
+    ]
 
 
 def _with(body, field, values):

@@ -359,17 +359,19 @@ class ConfigSettings(NamedTuple):
 
 
 def read_settings(path: str | Path | None = None, overrides: list[str] | None = None, *,
-                  leave_out: tuple[str, ...] = ()) -> ConfigSettings:
-    """A config file's settings plus ``key=value`` overrides, as a dict (not yet validated as a whole).
+                  leave_out: tuple[str, ...] = (), values: dict[str, Any] | None = None) -> ConfigSettings:
+    """A config file's settings, then ``values`` (settings already typed, e.g. a JSON object), then ``key=value``
+    overrides, as a dict (not yet validated as a whole).
 
     ``leave_out`` drops keys that the caller decides itself (a training run sets its own model,
-    data and output paths) from the file; overrides are kept, so naming one of them is refused
+    data and output paths) from the file; ``values`` and overrides are kept, so naming one of them is refused
     where the run is validated. Overrides of a training run's ``LaunchConfig`` settings are typed
     too; TrainConfig itself refuses them.
     """
     data = read_config_file(path) if path is not None else {}
     left_out = sorted(key for key in leave_out if key in data)
     data = {key: value for key, value in data.items() if key not in left_out}
+    data.update(values or {})
     return ConfigSettings(apply_overrides((TrainConfig, LaunchConfig), data, overrides or []), left_out)
 
 

@@ -9,11 +9,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from catalog.models import ModelVersion
-from catalog.services import ExternalModelError, RegistrationError
+from catalog.services import ExternalModelError
 from training.cli import WatchTimeout, run_settings, run_watch, user_by_name
 from training.engine.config import ConfigError
 from training.models import TrainingRun
-from training.services import training_run_create
+from training.services import TrainingRunRefused, training_run_create
 
 NOTHING = " (nothing was queued)"
 
@@ -45,8 +45,6 @@ class Command(BaseCommand):
         if not data.exists():
             raise CommandError(f"--data: {opts['data']} does not exist")
         user = user_by_name(opts["user"])
-        if TrainingRun.objects.filter(name=opts["name"]).exists():
-            raise CommandError(f"--name: '{opts['name']}' is taken by a training run")
         try:
             config = run_settings(opts["config"], opts["overrides"], stderr=self.stderr)
             with transaction.atomic():
@@ -57,8 +55,8 @@ class Command(BaseCommand):
             raise CommandError(f"config: {exc}{NOTHING}") from exc
         except ExternalModelError as exc:
             raise CommandError(f"--base: {exc}{NOTHING}") from exc
-        except RegistrationError as exc:
-            raise CommandError(f"--name: {exc}{NOTHING}") from exc
+        except TrainingRunRefused as exc:
+            raise CommandError(f"--{exc.field.replace('_', '-')}: {exc}{NOTHING}") from exc
         self.stdout.write(f"training run {run.pk} '{run.name}' queued on the gpu queue; output {run.output_dir}")
         if not opts["wait"]:
             self.stdout.write(f"watch it at /admin/training/trainingrun/{run.pk}/change/")
