@@ -47,4 +47,12 @@ wait $SD3
 rm -rf toyworld/weights/toy-sd toyworld/weights/toy-pixart
 cp -r "$RUNS/export-sd3" toyworld/weights/toy-sd
 cp -r "$RUNS/export-pixart2" toyworld/weights/toy-pixart
+# The PixArt layout's third stage starts from the second's shipped export (same constant 3e-4; the
+# shipped one stopped at step 3,000 of 10,000: add --set max_train_steps=3000 to both commands).
+"$PY" -m toyworld.recipes.denoiser --layout pixart --recipe pixart_stage3 --start-from toyworld/weights/toy-pixart \
+    --run-dir "$RUNS/pixart3" --data-dir "$RUNS/data" --vae toyworld/weights/toy-pixart/vae >> "$RUNS/pixart3.log" 2>&1
+"$PY" -m toyworld.recipes.denoiser --layout pixart --run-dir "$RUNS/pixart3" --vae toyworld/weights/toy-pixart/vae \
+    --export "$RUNS/export-pixart3"
+rm -rf toyworld/weights/toy-pixart
+cp -r "$RUNS/export-pixart3" toyworld/weights/toy-pixart
 "$PY" -m toyworld.quality models --out toyworld/weights/quality.json
