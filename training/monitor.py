@@ -47,6 +47,7 @@ class RunMonitor:
         history = run.history or []
         self._history = history
         self._last_step = history[-1].get("step", 0) if history else 0
+        self._metrics = run_progress.MetricsTail(run.output_dir)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"run-monitor-{run.pk}", daemon=True)
         self.cancel_seen = False
@@ -74,7 +75,7 @@ class RunMonitor:
     def poll(self) -> None:
         """Copy the run's files to its row, and pass on a cancel."""
         report = run_progress.read_progress(self.output_dir) or {}
-        records = run_progress.read_metrics(self.output_dir, after_step=self._last_step)
+        records = self._metrics.read(after_step=self._last_step)
         if records:
             self._history = history_extend(self._history, records)
             self._last_step = records[-1].get("step", self._last_step)

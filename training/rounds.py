@@ -285,8 +285,7 @@ class StageFailed(Exception):
 def training_rounds_advance() -> list[int]:
     """Move every active round on as far as it can go (celery beat). Returns the ids of the rounds that moved."""
     moved = []
-    for round_id in TrainingRound.objects.filter(stage__in=ACTIVE_STAGES).values_list("pk", flat=True):
-        before = TrainingRound.objects.values_list("stage", flat=True).get(pk=round_id)
+    for round_id, before in TrainingRound.objects.filter(stage__in=ACTIVE_STAGES).values_list("pk", "stage"):
         if training_round_advance(round_id=round_id).stage != before:
             moved.append(round_id)
     return moved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
@@ -215,7 +216,7 @@ class TrainingPreflightError(RuntimeError):
     """The worker cannot start this run (model unreadable, no disk); nothing was trained."""
 
 
-def training_run_execute(*, run: TrainingRun, resume: bool) -> ModelVersion | None:
+def training_run_execute(*, run: TrainingRun) -> ModelVersion | None:
     """Train, then register the exported pipeline.
 
     A run with ``gpus = 1`` trains in this worker's process; with more, in an ``accelerate launch``
@@ -367,7 +368,7 @@ def launch_failure_line(log_text: str, returncode: int) -> str:
 
 def failure_line(exc: BaseException) -> str:
     """The one-line reason shown for a failed run."""
-    if isinstance(exc, OSError) and exc.errno in (28, 27):  # ENOSPC, EFBIG
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
         return f"out of disk: {exc.strerror} writing {exc.filename or 'a file'} ({type(exc).__name__})"
     text = " ".join(str(exc).split()) or "(no message)"
     name = type(exc).__name__

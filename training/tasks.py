@@ -19,10 +19,10 @@ def heartbeat(self, queue: str = "default") -> str:
 @shared_task(name=services.TRAIN_TASK, bind=True, **GPU_TASK_OPTIONS)
 def gpu_train_run(self, run_id: int) -> str:
     """Train one run on this GPU worker. Running it again for a finished run does nothing."""
-    run, resume = services.training_run_claim(run_id=run_id, worker=self.request.hostname or "unknown")
+    run, _ = services.training_run_claim(run_id=run_id, worker=self.request.hostname or "unknown")
     if run is None:
         return "skipped"
-    model = services.training_run_execute(run=run, resume=resume)
+    model = services.training_run_execute(run=run)  # from the latest checkpoint, if an earlier attempt left one
     return model.name if model is not None else "cancelled"
 
 

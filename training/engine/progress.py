@@ -104,8 +104,12 @@ def read_metrics(output_dir: str | Path, *, after_step: int = 0) -> list[dict]:
         text = (Path(output_dir) / METRICS_FILE).read_text()
     except OSError:
         return []
+    return _records_after(text.splitlines(), after_step)
+
+
+def _records_after(lines, after_step: int) -> list[dict]:
     records = []
-    for line in text.splitlines():
+    for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
@@ -113,6 +117,34 @@ def read_metrics(output_dir: str | Path, *, after_step: int = 0) -> list[dict]:
         if isinstance(record, dict) and record.get("step", 0) > after_step:
             records.append(record)
     return records
+
+
+class MetricsTail:
+    """Reads ``metrics.jsonl`` as it grows: each call parses only the lines added since the last.
+
+    A resumed run replaces the file (``loop.MetricsWriter`` keeps the lines up to its checkpoint),
+    so a new file, or one shorter than what was read, is read again from its start; ``after_step``
+    keeps steps already seen from coming back.
+    """
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / METRICS_FILE
+        self._inode: int | None = None
+        self._offset = 0
+
+    def read(self, *, after_step: int) -> list[dict]:
+        try:
+            with self.path.open("rb") as handle:
+                stat = os.fstat(handle.fileno())
+                if stat.st_ino != self._inode or stat.st_size < self._offset:
+                    self._inode, self._offset = stat.st_ino, 0
+                handle.seek(self._offset)
+                data = handle.read()
+        except OSError:
+            return []
+        complete = data[:data.rfind(b"\n") + 1]  # a line being written is left for next time
+        self._offset += len(complete)
+        return _records_after(complete.decode("utf-8", errors="replace").splitlines(), after_step)
 
 
 def read_log_tail(output_dir: str | Path, *, lines: int = 40, max_bytes: int = 64_000) -> str:

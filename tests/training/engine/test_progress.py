@@ -36,3 +36,25 @@ def test_a_launched_process_dies_with_a_killed_supervisor():
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child)
+
+
+def test_the_metrics_tail_reads_only_new_lines_and_starts_over_on_a_replaced_file(tmp_path):
+    import json
+    import os
+
+    from training.engine.progress import METRICS_FILE, MetricsTail
+
+    path = tmp_path / METRICS_FILE
+    tail = MetricsTail(tmp_path)
+    assert tail.read(after_step=0) == []  # no file yet
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2)) + '{"step": 3')  # 3 is half written
+    assert [r["step"] for r in tail.read(after_step=0)] == [1, 2]
+    with path.open("a") as f:
+        f.write("}\n")
+    assert [r["step"] for r in tail.read(after_step=2)] == [3]
+    assert tail.read(after_step=3) == []
+    # A resumed run replaces the file with the lines up to its checkpoint, then goes on.
+    replacement = tmp_path / "new"
+    replacement.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)))
+    os.replace(replacement, path)
+    assert [r["step"] for r in tail.read(after_step=3)] == [4]
