@@ -39,6 +39,26 @@ def sampler_settings() -> SampleConfig:
     return SampleConfig.from_dict(dict(settings.EVALUATION_SAMPLER), source="EVALUATION_SAMPLER")
 
 
+# The sampler settings an image stores (``Image.sampler``, from the sampling record).
+STORED_SAMPLER_KEYS = (
+    "scheduler", "scheduler_requested", "steps", "guidance_scale", "negative_prompt", "max_sequence_length",
+    "height", "width", "dtype",
+)
+
+
+def sampler_matches(sampler: SampleConfig) -> dict:
+    """Lookups on ``Image`` for the images ``sampler`` makes: the same requested scheduler, steps,
+    guidance, negative prompt, sequence length and dtype, and the same size where the sampler fixes
+    one. Images stored before the requested scheduler was recorded never match."""
+    lookups = {
+        "scheduler_requested": sampler.scheduler, "steps": sampler.steps, "guidance_scale": sampler.guidance_scale,
+        "negative_prompt": sampler.negative_prompt, "max_sequence_length": sampler.max_sequence_length,
+        "dtype": sampler.dtype,
+    }
+    lookups.update({key: getattr(sampler, key) for key in ("height", "width") if getattr(sampler, key) is not None})
+    return {f"sampler__{key}": value for key, value in lookups.items()}
+
+
 def prompt_seed(*, seed: int | str, external_id: str) -> int:
     """The image seed of one prompt: the same for every model, derived from the request's seed.
 
@@ -85,13 +105,17 @@ def generation_dispatch(*, batch: GenerationBatch | None) -> list[int]:
 
 
 @transaction.atomic
-def generation_jobs_fill_from_existing(*, batch: GenerationBatch, match_seed: bool = True) -> int:
+def generation_jobs_fill_from_existing(
+    *, batch: GenerationBatch, match_seed: bool = True, sampler: SampleConfig | None = None
+) -> int:
     """Satisfy the batch's unfinished jobs with existing images of the same (model, prompt, seed).
 
     Returns how many jobs were filled. Where several images match, the oldest is used. With
     ``match_seed=False`` (images made elsewhere, with their own seeds) any image of the job's
     (model, prompt) will do: one with the job's seed if there is one, else the lowest seed (then
     the oldest); the job takes the image's seed, so a job's image always has the job's seed.
+    With ``sampler``, only images this sampler made count (``sampler_matches``): the image the
+    job would make anew.
     """
     jobs = list(
         GenerationJob.objects.select_for_update().filter(batch=batch).exclude(status=GenerationJob.Status.DONE)
@@ -103,6 +127,8 @@ def generation_jobs_fill_from_existing(*, batch: GenerationBatch, match_seed: bo
     )
     if match_seed:
         candidates = candidates.filter(seed__in={j.seed for j in jobs})
+    if sampler is not None:
+        candidates = candidates.filter(**sampler_matches(sampler))
     found: dict[tuple[int, int, int], int] = {}
     lowest: dict[tuple[int, int], tuple[int, int]] = {}  # (model, prompt) -> (image id, seed)
     for image_id, model_id, prompt_id, seed in candidates.order_by("seed", "id").values_list(
@@ -249,7 +275,7 @@ def generation_run(*, batch_id: int | None, model_version_id: int) -> int:
                 model.local_path, [job.prompt.text for job in jobs], [job.seed for job in jobs], tmp,
                 sampler_settings(),
             )
-            stored_sampler = {key: record[key] for key in ("scheduler", "steps", "guidance_scale", "height", "width", "dtype")}
+            stored_sampler = {key: record[key] for key in STORED_SAMPLER_KEYS}
             for job, entry in zip(jobs, record["images"], strict=True):
                 try:
                     with transaction.atomic():

@@ -17,12 +17,18 @@ from annotation.criteria import Criterion
 from annotation.errors import AnnotationError
 from annotation.models import Round
 from annotation.services.rounds import ItemSpec, round_create
-from catalog.generation import generation_batch_create, generation_dispatch, generation_jobs_fill_from_existing
+from catalog.generation import (
+    generation_batch_create,
+    generation_dispatch,
+    generation_jobs_fill_from_existing,
+    sampler_settings,
+)
 from catalog.models import AlignmentQuestion, GenerationJob, ModelVersion, Prompt, PromptSet
 from catalog.selectors import prompts_select
 from config.celery import enqueue_on_commit
 from evaluation import reports, selectors
 from evaluation.models import CRITERIA, TEXT_ALIGNMENT, EvaluationModel, EvaluationRound, StoredReport
+from training.engine.config import ConfigError
 
 
 class EvaluationError(Exception):
@@ -191,8 +197,9 @@ def evaluation_start(
 ) -> EvaluationStart:
     """Create an evaluation and its jobs; with ``from_existing``, fill them and create the rounds now.
 
-    Otherwise the jobs go to `gpu` workers once this transaction commits, and the annotation
-    rounds are created when the last image is done; an external model (no weights) cannot
+    Otherwise the jobs that an existing image of the current sampler does not fill go to `gpu`
+    workers once this transaction commits, and the annotation rounds are created when the last
+    image is done (at once when every job was filled); an external model (no weights) cannot
     generate, so it needs ``from_existing``. ``seed_policy`` says which existing images fill the
     jobs: ``evaluation`` (the job's seed) or ``any`` (any image of the job's model and prompt).
 
@@ -225,7 +232,18 @@ def evaluation_start(
         build = evaluation_annotation_create(evaluation=evaluation, created_by=created_by)
         evaluation.refresh_from_db()
     else:
-        generation_dispatch(batch=evaluation.generation_batch)
+        # An image this sampler already made for a job's (model, prompt, seed) is the image it would make: a base
+        # model evaluated against each new checkpoint is sampled once.
+        try:
+            sampler = sampler_settings()
+        except ConfigError as exc:
+            raise EvaluationError(str(exc), field="EVALUATION_SAMPLER") from exc
+        filled = generation_jobs_fill_from_existing(batch=evaluation.generation_batch, match_seed=True, sampler=sampler)
+        if filled == jobs:
+            build = evaluation_annotation_create(evaluation=evaluation, created_by=created_by)
+            evaluation.refresh_from_db()
+        else:
+            generation_dispatch(batch=evaluation.generation_batch)
     return EvaluationStart(evaluation=evaluation, jobs=jobs, filled=filled, build=build)
 
 

@@ -14,7 +14,8 @@ def describe_start(result: EvaluationStart) -> list[str]:
     ]
     build = result.build
     if build is None:
-        lines.append("images: sent to the gpu queue; the annotation rounds are created when the last one is done")
+        lines.append(f"images: {result.jobs - result.filled} sent to the gpu queue; the annotation rounds are created "
+                     "when the last one is done")
         return lines
     for round_ in build.rounds:
         label = round_.criterion or round_.kind

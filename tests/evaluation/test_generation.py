@@ -58,14 +58,75 @@ def test_a_redelivered_generation_task_changes_nothing(tiny_unet, eager_tasks, d
     assert evaluation.annotation_rounds.count() == 2
 
 
-def test_a_failed_generation_marks_its_jobs_failed(tiny_unet, eager_tasks, django_capture_on_commit_callbacks, settings):
+def test_a_failed_generation_marks_its_jobs_failed(
+    tiny_unet, eager_tasks, django_capture_on_commit_callbacks, monkeypatch
+):
+    from training.engine import sampling
+
+    base = model_register(path=tiny_unet, name="base")
+    other = model_register(path=tiny_unet, name="other")
+    prompt_set = PromptSetFactory(name="eval-set")
+    PromptFactory(prompt_set=prompt_set)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the scheduler broke")
+
+    monkeypatch.setattr(sampling, "sample", broken)
+    with pytest.raises(RuntimeError, match="scheduler"):
+        with django_capture_on_commit_callbacks(execute=True):
+            evaluation_start(model_versions=[base, other], prompt_set=prompt_set)
+    job = GenerationJob.objects.filter(model_version=base).first()
+    assert job.status == GenerationJob.Status.FAILED and "scheduler" in job.error
+
+
+def test_a_bad_sampler_setting_refuses_the_evaluation_and_keeps_nothing(tiny_unet, eager_tasks, settings):
+    from evaluation.models import EvaluationRound
+    from evaluation.services import EvaluationError
+
     base = model_register(path=tiny_unet, name="base")
     other = model_register(path=tiny_unet, name="other")
     prompt_set = PromptSetFactory(name="eval-set")
     PromptFactory(prompt_set=prompt_set)
     settings.EVALUATION_SAMPLER = {"steps": 2, "scheduler": "no-such-scheduler"}
-    with pytest.raises(ValueError, match="scheduler"):
-        with django_capture_on_commit_callbacks(execute=True):
-            evaluation_start(model_versions=[base, other], prompt_set=prompt_set)
-    job = GenerationJob.objects.filter(model_version=base).first()
-    assert job.status == GenerationJob.Status.FAILED and "scheduler" in job.error
+    with pytest.raises(EvaluationError) as caught:
+        evaluation_start(model_versions=[base, other], prompt_set=prompt_set)
+    assert caught.value.field == "EVALUATION_SAMPLER" and "scheduler" in caught.value.detail
+    assert not EvaluationRound.objects.exists() and not GenerationJob.objects.exists()
+
+
+def test_the_base_model_is_sampled_once_across_evaluations_of_its_checkpoints(
+    tiny_unet, eager_tasks, django_capture_on_commit_callbacks, settings
+):
+    base = model_register(path=tiny_unet, name="base")
+    first = model_register(path=tiny_unet, name="first", parent=base)
+    second = model_register(path=tiny_unet, name="second", parent=base)
+    prompt_set = PromptSetFactory(name="eval-set")
+    for _ in range(3):
+        PromptFactory(prompt_set=prompt_set)
+    with django_capture_on_commit_callbacks(execute=True):
+        one = evaluation_start(model_versions=[first, base], prompt_set=prompt_set, seed=7)
+    base_images = set(Image.objects.filter(model_version=base).values_list("pk", flat=True))
+    assert one.filled == 0 and len(base_images) == 3
+
+    with django_capture_on_commit_callbacks(execute=True):
+        two = evaluation_start(model_versions=[second, base], prompt_set=prompt_set, seed=7)
+    assert two.filled == 3 and two.jobs == 6
+    assert set(two.evaluation.jobs.filter(model_version=base).values_list("image_id", flat=True)) == base_images
+    assert Image.objects.filter(model_version=second).count() == 3
+    assert Image.objects.count() == 9
+    assert two.evaluation.annotation_rounds.count() == 2  # the rounds came once second's images were done
+
+    # Every image exists already: the rounds are created at once, nothing is sent to the gpu queue.
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        three = evaluation_start(model_versions=[base, first], prompt_set=prompt_set, seed=7)
+    assert three.filled == three.jobs == 6 and three.build is not None and callbacks == []
+    assert three.evaluation.annotation_rounds.count() == 2 and Image.objects.count() == 9
+
+    # Another seed, or another sampler, is another image.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert evaluation_start(model_versions=[base, first], prompt_set=prompt_set, seed=8).filled == 0
+    settings.EVALUATION_SAMPLER = {**settings.EVALUATION_SAMPLER, "steps": 3}
+    with django_capture_on_commit_callbacks(execute=True):
+        four = evaluation_start(model_versions=[base, first], prompt_set=prompt_set, seed=7)
+    assert four.filled == 0
+    assert Image.objects.filter(model_version=base, sampler__steps=3).count() == 3
