@@ -134,7 +134,8 @@ class TrainingRunAdmin(admin.ModelAdmin):
             except ConfigError as exc:
                 form.add_error("overrides", f"{exc} (nothing was launched)")
             except (AnnotationError, TrainingRoundError) as exc:
-                form.add_error(None, f"{getattr(exc, 'detail', exc)} (nothing was launched)")
+                detail = str(exc) if isinstance(exc, TrainingRoundError) else exc.detail  # with the field at fault
+                form.add_error(None, f"{detail} (nothing was launched)")
             else:
                 self.message_user(
                     request,

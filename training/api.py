@@ -289,7 +289,7 @@ class TrainingRunViewSet(ResearcherMixin, mixins.ListModelMixin, mixins.Retrieve
         except services.TrainingRunRefused as exc:
             raise refused(str(exc), field=exc.field, code=exc.code) from exc
         except TrainingRoundError as exc:
-            raise refused(str(exc), field=exc.field, code=exc.code) from exc
+            raise refused(exc.detail, field=exc.field, code=exc.code) from exc
         return accepted(TrainingRunDetailSerializer(run).data)
 
     @extend_schema(
@@ -433,7 +433,7 @@ class TrainingRoundIterateSerializer(serializers.Serializer):
 def _round_refused(exc: TrainingRoundError | ConfigError) -> Exception:
     if isinstance(exc, ConfigError):
         return config_refused(exc)
-    return refused(str(exc), field=exc.field, code=exc.code)
+    return refused(exc.detail, field=exc.field, code=exc.code)
 
 
 @extend_schema_view(

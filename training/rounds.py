@@ -48,11 +48,12 @@ logger = logging.getLogger(__name__)
 
 class TrainingRoundError(ValueError):
     """A refused training round; nothing was created. ``code`` says why, for machines; ``field`` names the input at
-    fault in the API's words (the command's flag is in the message)."""
+    fault in the API's words; ``detail`` says what is wrong with it, without naming it (``launch_training_round``
+    puts its flag in front, the API its field beside)."""
 
-    def __init__(self, message: str, *, code: str = "invalid", field: str = "request"):
-        super().__init__(message)
-        self.code, self.field = code, field
+    def __init__(self, detail: str, *, code: str = "invalid", field: str = "request"):
+        super().__init__(f"{field}: {detail}" if field != "request" else detail)
+        self.detail, self.code, self.field = detail, code, field
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,14 @@ def _training_check(*, base_model: ModelVersion, config: dict, name: str):
     try:
         model_weights_check(model_version=base_model, purpose="trained")
     except ExternalModelError as exc:
-        raise TrainingRoundError(f"--base-model: {exc}", code=exc.code, field="base_model") from exc
+        raise TrainingRoundError(str(exc), code=exc.code, field="base_model") from exc
     if not Path(base_model.local_path).is_dir():
         raise TrainingRoundError(
             f"base model '{base_model.name}': its pipeline directory {base_model.local_path} does not exist",
             field="base_model",
         )
     if TrainingRun.objects.filter(name=name).exists() or ModelVersion.objects.filter(name=name).exists():
-        raise TrainingRoundError(f"--name: '{name}' is taken by a training run or a model", code="name_taken", field="name")
+        raise TrainingRoundError(f"'{name}' is taken by a training run or a model", code="name_taken", field="name")
     return training_config_validate(base_model=base_model, dataset_path="pairs.jsonl", config=config)
 
 
@@ -97,7 +98,7 @@ def training_round_launch(
     train_config = _training_check(base_model=base_model, config=config, name=name)
     if not train_config.is_preference:
         raise TrainingRoundError(
-            "config: the round gives winner/loser pairs; set latent_objective or pixel_objective to dpo or simpo",
+            "the round gives winner/loser pairs; set latent_objective or pixel_objective to dpo or simpo",
             field="config",
         )
     export = preferences_export(round_=round_, out_dir=Path(settings.ARTIFACTS_ROOT) / "preferences")
@@ -131,9 +132,9 @@ def method_overrides(*, method: str, pixel_weight: float) -> list[str]:
     ``--set latent_objective=none``.
     """
     if method not in TrainingRound.Method.values:
-        raise TrainingRoundError(f"--method: must be one of {', '.join(TrainingRound.Method.values)}, not {method!r}", field="method")
+        raise TrainingRoundError(f"must be one of {', '.join(TrainingRound.Method.values)}, not {method!r}", field="method")
     if not pixel_weight >= 0:
-        raise TrainingRoundError(f"--pixel-weight: must be 0 or more, not {pixel_weight}", field="pixel_weight")
+        raise TrainingRoundError(f"must be 0 or more, not {pixel_weight}", field="pixel_weight")
     return [f"latent_objective={method}", f"pixel_objective={method if pixel_weight > 0 else 'none'}",
             f"pixel_weight={float(pixel_weight)}"]
 
@@ -157,30 +158,30 @@ def training_round_create(
     method_overrides(method=method, pixel_weight=pixel_weight)  # refuses an unknown method or a negative weight
     train_config = _training_check(base_model=base_model, config=config, name=name)
     if method != TrainingRound.Method.SFT and not train_config.is_preference:
-        raise TrainingRoundError(f"config: --method {method} needs latent_objective or pixel_objective = {method}", field="config")
+        raise TrainingRoundError(f"method {method} needs latent_objective or pixel_objective = {method}", field="config")
     if method == "sft" and train_config.is_preference:
-        raise TrainingRoundError("config: --method sft trains on the best images; leave dpo and simpo out of --set", field="config")
+        raise TrainingRoundError("method sft trains on the best images: set neither objective to dpo or simpo", field="config")
     if TrainingRound.objects.filter(name=name).exists():
-        raise TrainingRoundError(f"--name: '{name}' is taken by a training round", code="name_taken", field="name")
+        raise TrainingRoundError(f"'{name}' is taken by a training round", code="name_taken", field="name")
     if Round.objects.filter(name=annotation_round_name(name)).exists():
-        raise TrainingRoundError(f"--name: the annotation round '{annotation_round_name(name)}' exists", code="name_taken", field="name")
+        raise TrainingRoundError(f"the annotation round '{annotation_round_name(name)}' exists", code="name_taken", field="name")
     problem = item_kind(Round.Kind.BEST_WORST).images_check(images_per_prompt)
     if problem:
-        raise TrainingRoundError(f"--images-per-prompt: {problem}", field="images_per_prompt")
+        raise TrainingRoundError(problem, field="images_per_prompt")
     if k < 1:
-        raise TrainingRoundError(f"--k: must be at least 1, not {k}", field="k")
+        raise TrainingRoundError(f"must be at least 1, not {k}", field="k")
     if simulated_annotators:
         try:
             Policy.parse(simulated_annotators)
         except PolicyError as exc:
-            raise TrainingRoundError(f"--simulate-annotators: {exc}".replace("--policy ", ""),
+            raise TrainingRoundError(str(exc).replace("--policy ", ""),
                                      field="simulated_annotators") from exc
-    for flag, value in (("--limit", limit), ("--evaluate-limit", evaluate_limit)):
+    for field_name, value in (("limit", limit), ("evaluate_limit", evaluate_limit)):
         if value is not None and value < 1:
-            raise TrainingRoundError(f"{flag}: must be at least 1, not {value}", field=flag[2:].replace("-", "_"))
+            raise TrainingRoundError(f"must be at least 1, not {value}", field=field_name)
     prompts = prompts_select(prompt_set=prompt_set, limit=limit, seed=seed)
     if not prompts:
-        raise TrainingRoundError(f"--prompts: the prompt set '{prompt_set.name}' has no prompts", field="prompt_set")
+        raise TrainingRoundError(f"the prompt set '{prompt_set.name}' has no prompts", field="prompt_set")
     training_round = TrainingRound.objects.create(
         name=name, base_model=base_model, prompt_set=prompt_set, limit=limit, seed=seed,
         prompt_ids=[prompt.pk for prompt in prompts], images_per_prompt=images_per_prompt, k=k, method=method,

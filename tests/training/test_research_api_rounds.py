@@ -119,6 +119,7 @@ def test_a_bad_round_is_a_400_naming_the_field_and_nothing_is_made(
     answer = start(researcher, django_capture_on_commit_callbacks, **change)
     assert answer.status_code == 400, answer.json()
     assert answer.json()["code"] == code and field in answer.json(), answer.json()
+    assert "--" not in answer.json()["detail"], "an API refusal speaks of fields, not of the command's flags"
     assert not TrainingRound.objects.exists() and not GenerationJob.objects.exists()
     assert not OutboxMessage.objects.exists()
 

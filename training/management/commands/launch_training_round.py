@@ -19,6 +19,19 @@ from training.rounds import (
 )
 
 NOTHING = " (nothing was launched)"
+# The flag of each field a refusal names (training.rounds.TrainingRoundError.field); None: the message says it all.
+FLAGS = {
+    "base_model": "--base-model", "name": "--name", "method": "--method", "pixel_weight": "--pixel-weight",
+    "images_per_prompt": "--images-per-prompt", "k": "--k", "simulated_annotators": "--simulate-annotators",
+    "limit": "--limit", "evaluate_limit": "--evaluate-limit", "prompt_set": "--prompts", "config": "config",
+    "previous": "--iterate", "round": None, "request": None,
+}
+
+
+def refusal(exc: TrainingRoundError) -> str:
+    """The refusal in the command's words: the flag at fault, then what is wrong with it."""
+    flag = FLAGS.get(exc.field, exc.field)
+    return f"{flag}: {exc.detail}" if flag else exc.detail
 
 
 class Command(BaseCommand):
@@ -72,7 +85,7 @@ class Command(BaseCommand):
         except ConfigError as exc:
             raise CommandError(f"config: {exc}{NOTHING}") from exc
         except TrainingRoundError as exc:
-            raise CommandError(f"{exc}{NOTHING}") from exc
+            raise CommandError(f"{refusal(exc)}{NOTHING}") from exc
         self.stdout.write(
             f"training round {training_round.pk} '{training_round.name}': {training_round.images_per_prompt} images "
             f"for each of {len(training_round.prompt_ids)} prompts of '{training_round.prompt_set.name}' queued on the "
@@ -148,7 +161,7 @@ class Command(BaseCommand):
         except AnnotationError as exc:
             raise CommandError(f"{exc.detail}{NOTHING}") from exc
         except TrainingRoundError as exc:
-            raise CommandError(f"{exc}{NOTHING}") from exc
+            raise CommandError(f"{refusal(exc)}{NOTHING}") from exc
         export, run = launch.export, launch.run
         self.stdout.write(
             f"dataset {export.path}: {export.pairs} pairs ({export.n_synthetic_judgments} synthetic judgments)\n"
