@@ -364,12 +364,14 @@ def prompts_needed(
     if not 0.0 <= tie_rate < 1.0:
         raise ValueError(f"tie_rate must lie in [0, 1), got {tie_rate}")
     decisive_share = 1.0 - tie_rate
-    if net_win_rate == 0.0 or abs(net_win_rate) > decisive_share:
+    # Rates come from counts: every decisive prompt one way gives |net| = 1 − tie_rate up to rounding (0.1 vs
+    # 1 − 0.9 = 0.09999999999999998), which is the largest effect there is, not a wrong input.
+    if net_win_rate == 0.0 or abs(net_win_rate) > decisive_share + 1e-9:
         raise ValueError(
             f"net_win_rate must be non-zero and at most 1 − tie_rate = {decisive_share:.3f} in size, "
             f"got {net_win_rate}"
         )
-    p = 0.5 * (1.0 + abs(net_win_rate) / decisive_share)
+    p = 0.5 * (1.0 + min(1.0, abs(net_win_rate) / decisive_share))
     z_alpha = float(norm.ppf(1 - alpha / 2))
     z_power = float(norm.ppf(power))
     decisive = ((0.5 * z_alpha + z_power * math.sqrt(p * (1 - p))) / (p - 0.5)) ** 2

@@ -213,6 +213,15 @@ def test_not_significant_result_reports_the_prompts_needed():
     assert f"about {summary.prompts_needed} prompts" in summary.message
 
 
+@pytest.mark.parametrize(("wins", "ties", "losses"), [(0, 18, 2), (2, 18, 0), (0, 7, 3), (1, 97, 0)])
+def test_every_decisive_prompt_one_way_still_gives_the_prompts_needed(wins, ties, losses):
+    # |net| = 1 − tie rate exactly in counts, a hair above it in floating point (0.1 against 1 − 0.9).
+    summary = summarize_pairwise(labels_from_counts(wins, ties, losses), bootstrap=PromptBootstrap(300))
+    assert summary.sign_test_p > 0.05
+    assert summary.prompts_needed > wins + ties + losses
+    assert f"about {summary.prompts_needed} prompts" in summary.message
+
+
 def test_significant_result_needs_no_more_prompts():
     summary = summarize_pairwise(labels_from_counts(385, 159, 56), bootstrap=PromptBootstrap(300))
     assert summary.prompts_needed is None
