@@ -619,14 +619,18 @@ def write_toy_table(directory: Path) -> Path:
     lines = [
         "Step time: median process CPU time of an optimizer step (1 thread). Peak memory: activations and "
         "temporaries of a step's forward and backward. Cosines: mean over batches [95 % bootstrap interval]. "
-        f"Recommended: step ≤ {RECOMMENDED_MAX_RATIO}× latent-only and total-gradient cosine ≥ {RECOMMENDED_MIN_COSINE}.",
+        f"Recommended: step ≤ {RECOMMENDED_MAX_RATIO}× latent-only and total-gradient cosine ≥ {RECOMMENDED_MIN_COSINE}. "
+        "Commands, and why the SimPO ratios mislead on a CPU: docs/benchmarks.md (pixel-term cost on the toy models).",
     ]
 
-    def cell(result, key):
+    def cell(result, key, measured):
         found = result.get(key)
-        return "–" if found is None else f"{found['mean']:.3f} [{found['ci95'][0]:.3f}, {found['ci95'][1]:.3f}]"
+        if found is None:
+            return "1 (reference)" if measured and is_full_pixel(result) else "–"
+        return f"{found['mean']:.3f} [{found['ci95'][0]:.3f}, {found['ci95'][1]:.3f}]"
 
-    for path in sorted(directory.glob("*.json")):
+    paths = [directory / f"{name}.json" for name in TOY_PIXEL_WEIGHT if (directory / f"{name}.json").exists()]
+    for path in paths:
         run = json.loads(path.read_text())
         for objective in dict.fromkeys(r["objective"] for r in run["results"]):
             rows = [r for r in run["results"] if r["objective"] == objective]
@@ -638,12 +642,14 @@ def write_toy_table(directory: Path) -> Path:
                 "| gradient cosine, pixel term | recommended |",
                 "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
             ]
+            measured = any("cosine_total" in r for r in rows)
             for r in rows:
                 ratio = r.get("ratio_to_latent_cpu")
                 verdict = recommended(r)
                 lines.append(
                     f"| {r['setup']} | {1000 * r['step_cpu_s']:.0f} | {'–' if ratio is None else f'{ratio:.2f}'} "
-                    f"| {r.get('peak_mem_mb', float('nan')):.0f} | {cell(r, 'cosine_total')} | {cell(r, 'cosine_pixel')} "
+                    f"| {r.get('peak_mem_mb', float('nan')):.0f} | {cell(r, 'cosine_total', measured)} "
+                    f"| {cell(r, 'cosine_pixel', measured)} "
                     f"| {'–' if verdict is None else ('yes' if verdict else 'no')} |"
                 )
     out = directory / "table.md"
@@ -748,13 +754,19 @@ def main(argv=None) -> int:
         return _run(args, argv, models, bench)
 
 
+def _shown(path: Path) -> str:
+    """A path as the results record it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def _run(args, argv, models: Models, bench: Bench) -> int:
     import torch
 
     setups = [s for s in setups_for(args) if args.only is None or any(key in s.name for key in args.only)]
     cpu_start = time.process_time()
     macs = count_macs(models, args.resolution, bench.accelerator.device)
-    model = (f"toy pipeline {args.toy} (toyworld/weights/{args.toy}), tiny decoder {args.tiny_decoder}, "
+    model = (f"toy pipeline {args.toy} (toyworld/weights/{args.toy}), tiny decoder {_shown(args.tiny_decoder)}, "
              "rendered training scenes" if args.toy else
              f"preset {args.preset}" + ("" if args.preset == "sd15" else f" (SD1.5 channels / {args.channel_div})"))
     header = [
@@ -813,7 +825,7 @@ def _run(args, argv, models: Models, bench: Bench) -> int:
     cpu_s = time.process_time() - cpu_start
     print(f"# CPU time of this run (main process): {cpu_s:.0f} s")
     if args.json is not None:
-        settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+        settings = {key: _shown(value) if isinstance(value, Path) else value for key, value in vars(args).items()
                     if key not in ("json", "table", "memory_worker", "only")}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"header": header, "settings": settings, "macs": macs,
