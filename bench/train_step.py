@@ -21,8 +21,19 @@ activations and temporaries (weights, gradients and AdamW state are the same eve
 CPU each configuration runs again in a fresh process that reads the kernel's peak-RSS mark; on
 CUDA, ``max_memory_allocated``.
 
+``--toy toy-sd`` or ``--toy toy-pixart`` loads that shipped toy pipeline (and the toy tiny
+decoder, ``toyworld/weights/toy-tiny-decoder``) and trains on real toy data: rendered training
+scenes encoded by the toy VAE (SFT), or a scene's render against the render of a perturbed
+scene under the same caption (SimPO pairs). The toy runs add ``pixel_crop = 0.25`` and, with
+``--cosine-batches N``, the gradient cosine of each cheap mode against the full pixel term
+(``training.engine.gradients``) on the same N batches, noise and timesteps: of the total loss
+and of the pixel term alone. ``--table DIR`` writes ``DIR/table.md`` from the toy JSON files.
+
     python bench/train_step.py                       # CPU, scaled-down SD1.5
     python bench/train_step.py --device cuda --preset sd15 --resolution 512 --dtype bf16
+    python bench/train_step.py --toy toy-sd --threads 1 --batch 16 --cosine-batches 50 \
+        --json docs/replication/cost/toy-sd.json
+    python bench/train_step.py --table docs/replication/cost
 """
 
 from __future__ import annotations
@@ -75,17 +86,32 @@ class Setup:
         return ", ".join(parts)
 
 
-SETUPS = [
-    Setup(objective, **variant)
-    for objective in ("sft", "simpo")
-    for variant in (
-        {},
-        {"pixel": True},
-        {"pixel": True, "pixel_crop": 0.5},
-        {"pixel": True, "pixel_decoder": "tiny"},
-        {"pixel": True, "vae_checkpointing": True},
-    )
-]
+VARIANTS = (
+    {},
+    {"pixel": True},
+    {"pixel": True, "pixel_crop": 0.5},
+    {"pixel": True, "pixel_decoder": "tiny"},
+    {"pixel": True, "vae_checkpointing": True},
+)
+TOY_VARIANTS = VARIANTS[:3] + ({"pixel": True, "pixel_crop": 0.25},) + VARIANTS[3:]
+SETUPS = [Setup(objective, **variant) for objective in ("sft", "simpo") for variant in VARIANTS]
+TOY_WEIGHTS = ROOT / "toyworld" / "weights"
+TOY_PIXEL_WEIGHT = {"toy-sd": 2.0, "toy-pixart": 8.0}  # λ (and μ): the paper's for a U-Net and for a DiT
+RECOMMENDED_MAX_RATIO = 1.5
+RECOMMENDED_MIN_COSINE = 0.9
+
+
+def setups_for(args) -> list[Setup]:
+    """Every configuration a run measures, in a fixed order (the memory workers index into it)."""
+    if args.toy is None:
+        return SETUPS
+    return [Setup(objective, **variant) for objective in args.objectives for variant in TOY_VARIANTS]
+
+
+def is_full_pixel(setup) -> bool:
+    """The uncheapened pixel term: the VAE decoder on the whole latent, no checkpointing."""
+    get = setup.get if isinstance(setup, dict) else lambda key: getattr(setup, key)
+    return get("pixel") and get("pixel_crop") == 1.0 and get("pixel_decoder") == "vae" and not get("vae_checkpointing")
 
 
 # --------------------------------------------------------------------------------------
@@ -96,8 +122,57 @@ SETUPS = [
 class Models:
     adapter: object  # training.engine.families.UNetAdapter around an in-memory StableDiffusionPipeline
     tiny_decoder: object  # AutoencoderTiny, the cheaper pixel_decoder
-    text_hidden: int
-    
+    text_hidden: int | None = None
+    toy: str | None = None  # the shipped toy pipeline, whose batches are rendered scenes
+
+
+def build_toy_models(name: str, tiny_decoder_dir: Path, device) -> Models:
+    """A shipped toy pipeline in the engine's adapter, and the toy tiny decoder, in fp32 as the loop holds them."""
+    import torch
+
+    from training.engine.families import load_adapter, load_decoder
+
+    adapter = load_adapter(TOY_WEIGHTS / name)
+    tiny_decoder = load_decoder(tiny_decoder_dir)
+    for module in (adapter.vae, tiny_decoder, *adapter.text_encoders()):
+        module.requires_grad_(False).eval().to(device, torch.float32)
+    adapter.denoiser.to(device, torch.float32).requires_grad_(True).train()
+    return Models(adapter=adapter, tiny_decoder=tiny_decoder, toy=name)
+
+
+def toy_batch(models: Models, objective: str, index: int, size: int) -> dict:
+    """Batch ``index`` of toy data, as the loop gets it from its latent cache: distinct training scenes.
+
+    SFT: the scenes' renders. SimPO: each scene's render (winner) and the render of a perturbed
+    copy (``toyworld.quality.perturb``: some shapes, colours, textures and sizes changed) under
+    the same caption (loser).
+    """
+    import numpy as np
+    import torch
+
+    from toyworld.quality import perturb
+    from toyworld.scenes import render, sample_scene
+    from toyworld.splits import is_train_caption
+
+    rng = np.random.default_rng([0, index])
+    scenes = []
+    while len(scenes) < size:
+        scene = sample_scene(rng)
+        if is_train_caption(scene.caption) and scene.caption not in {s.caption for s in scenes}:
+            scenes.append(scene)
+
+    def latents(images):
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2.0 - 1.0
+        with torch.no_grad():
+            return models.adapter.encode(pixels.to(models.adapter.vae.device)).cpu()
+
+    captions = [scene.caption for scene in scenes]
+    if objective == "sft":
+        return {"latents": latents([render(scene) for scene in scenes]), "caption": captions}
+    return {"latents_w": latents([render(scene) for scene in scenes]),
+            "latents_l": latents([render(perturb(scene, rng)) for scene in scenes]),
+            "caption": captions, "margin": torch.ones(size)}
+
 
 def build_models(preset: str, resolution: int, channel_div: int, device, dtype) -> Models:
     """SD1.5's UNet, VAE, CLIP text encoder and a TAESD-shaped AutoencoderTiny, random init.
@@ -169,7 +244,7 @@ def build_models(preset: str, resolution: int, channel_div: int, device, dtype) 
 
 
 def count_macs(models: Models, resolution: int, device) -> dict:
-    """Multiply-accumulates of one forward pass per sample (UNet, VAE decoder, tiny decoder)."""
+    """Multiply-accumulates of one forward pass per sample (denoiser, VAE decoder, tiny decoder)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -178,15 +253,19 @@ def count_macs(models: Models, resolution: int, device) -> dict:
             fn()
         return counter.get_total_flops() / 2
 
+    from training.engine.families import NoiseLevels
+
     adapter = models.adapter
     h = resolution // 8
     z = torch.randn(1, 4, h, h, device=device)
-    text = torch.randn(1, 77, models.text_hidden, device=device)
-    t = torch.tensor([500], device=device)
+    with torch.no_grad():
+        text = adapter.encode_text(["a photograph of an item on a table"], device)
+    levels = NoiseLevels(torch.tensor([500], device=device), torch.ones(1, device=device), torch.ones(1, device=device))
     unet = adapter.denoiser
     unet_dtype = next(unet.parameters()).dtype
+    text = {key: value.to(unet_dtype) if value.is_floating_point() else value for key, value in text.items()}
     return {
-        "unet_gmac": macs(lambda: unet(z.to(unet_dtype), t, text.to(unet_dtype))) / 1e9,
+        "unet_gmac": macs(lambda: adapter.model_output(unet, z.to(unet_dtype), levels, text)) / 1e9,
         "decoder_gmac": macs(lambda: adapter.decode(z)) / 1e9,
         "tiny_decoder_gmac": macs(lambda: adapter.decode(z, models.tiny_decoder)) / 1e9,
     }
@@ -203,7 +282,7 @@ def make_config(setup: Setup, args, output_dir: Path):
         pretrained_model="in-memory", output_dir=str(output_dir), train_data="in-memory",
         resolution=args.resolution, train_batch_size=args.batch,
         latent_objective=setup.objective, pixel_objective=setup.objective if setup.pixel else "none",
-        pixel_weight=2.0,  # the paper's weight for a U-Net; it does not change the cost
+        pixel_weight=args.pixel_weight, latent_beta=args.beta, pixel_beta=args.beta,  # they do not change the cost
         pixel_crop=setup.pixel_crop, pixel_decoder="in-memory" if setup.pixel_decoder == "tiny" else None,
         vae_gradient_checkpointing=setup.vae_checkpointing,
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[args.dtype],
@@ -211,10 +290,12 @@ def make_config(setup: Setup, args, output_dir: Path):
     )
 
 
-def make_batch(setup: Setup, args) -> dict:
+def make_batch(setup: Setup, args, models: Models | None = None, index: int = 0) -> dict:
     """A cached-latent batch, as the loop gets it from ``data.cache_latents`` + ``data.collate_fn``."""
     import torch
 
+    if models is not None and models.toy is not None:
+        return toy_batch(models, setup.objective, index, args.batch)
     h = args.resolution // 8
     captions = [f"a photograph of item {i} on a table" for i in range(args.batch)]
     if setup.objective == "sft":
@@ -246,13 +327,23 @@ class Bench:
         )
         adapter = models.adapter
         self.params = [p for p in adapter.denoiser.parameters() if p.requires_grad]
-        config = make_config(SETUPS[0], args, output_dir)
+        config = make_config(setups_for(args)[0], args, output_dir)
         self.max_grad_norm = config.max_grad_norm
         self.denoiser, self.optimizer = self.accelerator.prepare(
             adapter.denoiser, loop._make_optimizer(config, self.params)
         )
         self.counter = 0
         self.watch = loop.NonFiniteWatch(self.accelerator.device)
+
+    def loss_context(self, setup: Setup):
+        from training.engine import loop
+
+        return loop.LossContext(
+            adapter=self.models.adapter, config=make_config(setup, self.args, self.output_dir),
+            device=self.accelerator.device,
+            decoder=self.models.tiny_decoder if setup.pixel_decoder == "tiny" else None,
+            autocast=self.accelerator.autocast,
+        )
 
     def step_fn(self, setup: Setup):
         """One optimizer step exactly as ``training.engine.loop.train`` takes it.
@@ -266,13 +357,8 @@ class Bench:
         from training.engine import loop
 
         models, accelerator = self.models, self.accelerator
-        config = make_config(setup, self.args, self.output_dir)
-        ctx = loop.LossContext(
-            adapter=models.adapter, config=config, device=accelerator.device,
-            decoder=models.tiny_decoder if setup.pixel_decoder == "tiny" else None,
-            autocast=accelerator.autocast,
-        )
-        batch = make_batch(setup, self.args)
+        ctx = self.loss_context(setup)
+        batch = make_batch(setup, self.args, models)
 
         def forward_backward():
             set_decoder_checkpointing(setup, models)  # configurations share one VAE
@@ -419,6 +505,51 @@ def measure_memory(setup: Setup, bench: Bench, args) -> float:
     return (peak_rss_bytes() - base) / 2**20
 
 
+def measure_cosines(setups: list[Setup], bench: Bench, args) -> dict[str, dict]:
+    """Per cheap pixel mode, the gradient cosine against the full pixel term over ``--cosine-batches`` batches.
+
+    Batch ``i`` is toy batch ``i`` with micro-step ``i``'s seed for every draw (noise, timesteps,
+    the crop), the same in every mode (``training.engine.gradients``). Two cosines per batch:
+    of the total loss (latent + weighted pixel term) and of the weighted pixel term alone.
+    Returns their per-batch values and means with 95 % bootstrap intervals over batches.
+    """
+    from toyworld.quality import mean_interval
+    from training.engine import gradients, loop
+
+    models = bench.models
+    found: dict[str, dict] = {}
+    for objective in args.cosine_objectives:
+        full = next((s for s in setups if s.objective == objective and is_full_pixel(s)), None)
+        cheap = [s for s in setups if s.objective == objective and s.pixel and s is not full]
+        if full is None or not cheap:
+            continue
+        values = {s.name: {"total": [], "pixel": []} for s in cheap}
+        for index in range(args.cosine_batches):
+            batch = make_batch(full, args, models, index)
+            seed = loop.derive_seed(0, index, 0)
+            set_decoder_checkpointing(full, models)
+            latent = gradients.term_gradient(bench.loss_context(full), bench.denoiser, batch, seed, "latent")
+            reference = gradients.term_gradient(bench.loss_context(full), bench.denoiser, batch, seed, "pixel")
+            for setup in cheap:
+                set_decoder_checkpointing(setup, models)
+                pixel = gradients.term_gradient(bench.loss_context(setup), bench.denoiser, batch, seed, "pixel")
+                values[setup.name]["total"].append(gradients.total_cosine(latent, reference, pixel))
+                values[setup.name]["pixel"].append(gradients.cosine(reference, pixel))
+            print(f"  cosine batch {index + 1}/{args.cosine_batches} done", file=sys.stderr, flush=True)
+        for name, per_batch in values.items():
+            found[name] = {f"cosine_{term}": mean_interval(series) | {"per_batch": series}
+                           for term, series in per_batch.items()}
+    return found
+
+
+def recommended(result: dict, clock: str = "_cpu") -> bool | None:
+    """The rule: a step ≤ 1.5× the latent-only step and a total-gradient cosine ≥ 0.9 (None: not measured)."""
+    if "cosine_total" not in result:
+        return None
+    return (result[f"ratio_to_latent{clock}"] <= RECOMMENDED_MAX_RATIO
+            and result["cosine_total"]["mean"] >= RECOMMENDED_MIN_COSINE)
+
+
 # --------------------------------------------------------------------------------------
 # Report
 
@@ -426,8 +557,7 @@ def measure_memory(setup: Setup, bench: Bench, args) -> float:
 def summarize(results: list[dict]) -> list[dict]:
     """Add the latent step, overhead, ratio and floor to each pixel configuration's result."""
     latent = {r["objective"]: r for r in results if not r["pixel"]}
-    full = {r["objective"]: r for r in results
-            if r["pixel"] and r["pixel_crop"] == 1.0 and r["pixel_decoder"] == "vae" and not r["vae_checkpointing"]}
+    full = {r["objective"]: r for r in results if is_full_pixel(r)}
     for r in results:
         base = latent.get(r["objective"])
         if not r["pixel"] or base is None:
@@ -473,7 +603,7 @@ def format_table(results: list[dict], clock: str) -> str:
 def format_targets(results: list[dict], clock: str) -> str:
     lines = []
     for r in results:
-        if r["pixel"] and r["pixel_crop"] == 1.0 and r["pixel_decoder"] == "vae" and not r["vae_checkpointing"]:
+        if is_full_pixel(r):
             value = r[f"ratio_to_floor{clock}"]
             lines.append(f"{r['setup']}: step / floor = {value:.3f} (target ≤ 1.15: {'met' if value <= 1.15 else 'NOT met'})")
         if r["pixel"] and r["pixel_crop"] == 0.5 and f"overhead_vs_full{clock}" in r:
@@ -484,12 +614,55 @@ def format_targets(results: list[dict], clock: str) -> str:
     return "\n".join(lines)
 
 
+def write_toy_table(directory: Path) -> Path:
+    """``directory/table.md`` from the toy runs' JSON files there: one table per toy pipeline and objective."""
+    lines = [
+        "Step time: median process CPU time of an optimizer step (1 thread). Peak memory: activations and "
+        "temporaries of a step's forward and backward. Cosines: mean over batches [95 % bootstrap interval]. "
+        f"Recommended: step ≤ {RECOMMENDED_MAX_RATIO}× latent-only and total-gradient cosine ≥ {RECOMMENDED_MIN_COSINE}. "
+        "Commands, and why the SimPO ratios mislead on a CPU: docs/benchmarks.md (pixel-term cost on the toy models).",
+    ]
+
+    def cell(result, key, measured):
+        found = result.get(key)
+        if found is None:
+            return "1 (reference)" if measured and is_full_pixel(result) else "–"
+        return f"{found['mean']:.3f} [{found['ci95'][0]:.3f}, {found['ci95'][1]:.3f}]"
+
+    paths = [directory / f"{name}.json" for name in TOY_PIXEL_WEIGHT if (directory / f"{name}.json").exists()]
+    for path in paths:
+        run = json.loads(path.read_text())
+        for objective in dict.fromkeys(r["objective"] for r in run["results"]):
+            rows = [r for r in run["results"] if r["objective"] == objective]
+            weight = run["settings"]["pixel_weight"]
+            lines += [
+                "", f"**{run['settings']['toy']}**, {objective.upper()}, pixel weight {weight:g}, "
+                f"batch {run['settings']['batch']}" + (" pairs" if objective != "sft" else "") + ":", "",
+                "| mode | step (CPU ms) | × latent-only | peak memory (MB) | gradient cosine, total "
+                "| gradient cosine, pixel term | recommended |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+            ]
+            measured = any("cosine_total" in r for r in rows)
+            for r in rows:
+                ratio = r.get("ratio_to_latent_cpu")
+                verdict = recommended(r)
+                lines.append(
+                    f"| {r['setup']} | {1000 * r['step_cpu_s']:.0f} | {'–' if ratio is None else f'{ratio:.2f}'} "
+                    f"| {r.get('peak_mem_mb', float('nan')):.0f} | {cell(r, 'cosine_total', measured)} "
+                    f"| {cell(r, 'cosine_pixel', measured)} "
+                    f"| {'–' if verdict is None else ('yes' if verdict else 'no')} |"
+                )
+    out = directory / "table.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", choices=("scaled", "sd15"), default="scaled")
     parser.add_argument("--channel-div", type=int, default=4, help="channel divisor of the scaled preset")
-    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--resolution", type=int, default=128, help="(the toy runs: 64)")
     parser.add_argument("--batch", type=int, default=2, help="images (SFT) or pairs (SimPO) per step")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--steps", type=int, default=7, help="timed rounds (the median is reported)")
@@ -501,12 +674,34 @@ def parse_args(argv=None):
     parser.add_argument("--in-process", action="store_true",
                         help="measure memory in this process, as on CUDA (default on CPU: a fresh process each)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--toy", choices=tuple(TOY_PIXEL_WEIGHT), default=None,
+                        help="the shipped toy pipeline on rendered toy data instead of a random-init preset")
+    parser.add_argument("--tiny-decoder", type=Path, default=TOY_WEIGHTS / "toy-tiny-decoder",
+                        help="the AutoencoderTiny folder of the toy runs")
+    parser.add_argument("--objectives", nargs="+", choices=("sft", "simpo"), default=["sft", "simpo"],
+                        help="objectives of the toy runs")
+    parser.add_argument("--pixel-weight", type=float, default=None,
+                        help="λ (SFT) and μ (SimPO); default 2, for the toys 2 (toy-sd) or 8 (toy-pixart)")
+    parser.add_argument("--beta", type=float, default=None,
+                        help="β of the SimPO terms (default: the engine's 5000; for the toys 2000, as toy_simpo_pixel.toml)")
+    parser.add_argument("--cosine-batches", type=int, default=0,
+                        help="toy runs: batches over which to average the gradient cosines (0: none)")
+    parser.add_argument("--cosine-objectives", nargs="+", choices=("sft", "simpo"), default=["sft"],
+                        help="objectives whose gradient cosines are measured")
+    parser.add_argument("--table", type=Path, default=None, help="write DIR/table.md from the toy JSON files in DIR and stop")
     parser.add_argument("--memory-worker", type=int, default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.pixel_weight is None:
+        args.pixel_weight = TOY_PIXEL_WEIGHT[args.toy] if args.toy else 2.0
+    if args.beta is None:
+        args.beta = 2000.0 if args.toy else 5000.0
+    if args.toy:
+        args.resolution = 64  # the toy pipelines' only size
+    return args
 
 
-def memory_in_subprocess(setup: Setup, argv: list[str]) -> float:
-    command = [sys.executable, __file__, *argv, "--memory-worker", str(SETUPS.index(setup))]
+def memory_in_subprocess(setup: Setup, args, argv: list[str]) -> float:
+    command = [sys.executable, __file__, *argv, "--memory-worker", str(setups_for(args).index(setup))]
     # glibc keeps freed heap memory resident and reuses it, which hides later peaks from RSS;
     # serving every block over 64 KiB by mmap (unmapped on free) makes RSS follow live memory.
     env = {**_worker_env(), "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -526,6 +721,9 @@ def _worker_env() -> dict:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.table is not None:
+        print(f"wrote {write_toy_table(args.table)}")
+        return 0
     if args.device == "cpu" and os.environ.get("OMP_WAIT_POLICY") is None:
         # OpenMP reads this at start-up, so re-run this process with it set.
         os.execve(sys.executable, [sys.executable, __file__, *argv], _worker_env())
@@ -542,25 +740,40 @@ def main(argv=None) -> int:
         return 2
     torch.manual_seed(0)
     device = torch.device(args.device)
-    models = build_models(args.preset, args.resolution, args.channel_div, device, _dtypes()[args.dtype])
+    if args.toy:
+        if args.dtype != "fp32":
+            raise SystemExit("the toy runs are fp32")
+        models = build_toy_models(args.toy, args.tiny_decoder, device)
+    else:
+        models = build_models(args.preset, args.resolution, args.channel_div, device, _dtypes()[args.dtype])
     with tempfile.TemporaryDirectory() as output_dir:
         bench = Bench(args, models, Path(output_dir))
         if args.memory_worker is not None:
-            print(measure_memory(SETUPS[args.memory_worker], bench, args))
+            print(measure_memory(setups_for(args)[args.memory_worker], bench, args))
             return 0
         return _run(args, argv, models, bench)
+
+
+def _shown(path: Path) -> str:
+    """A path as the results record it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _run(args, argv, models: Models, bench: Bench) -> int:
     import torch
 
-    setups = [s for s in SETUPS if args.only is None or any(key in s.name for key in args.only)]
+    setups = [s for s in setups_for(args) if args.only is None or any(key in s.name for key in args.only)]
+    cpu_start = time.process_time()
     macs = count_macs(models, args.resolution, bench.accelerator.device)
+    model = (f"toy pipeline {args.toy} (toyworld/weights/{args.toy}), tiny decoder {_shown(args.tiny_decoder)}, "
+             "rendered training scenes" if args.toy else
+             f"preset {args.preset}" + ("" if args.preset == "sd15" else f" (SD1.5 channels / {args.channel_div})"))
     header = [
         f"device {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else
                                    f", {args.threads} threads, {os.cpu_count()} cores"),
-        f"preset {args.preset}" + ("" if args.preset == "sd15" else f" (SD1.5 channels / {args.channel_div})"),
-        f"{args.resolution} px, batch {args.batch} (SimPO: pairs), {args.dtype}",
+        model,
+        f"{args.resolution} px, batch {args.batch} (SimPO: pairs), {args.dtype}, pixel weight {args.pixel_weight:g}",
         f"median of {args.steps} interleaved rounds after {args.warmup} warm-up",
         f"MACs per sample, forward: UNet {macs['unet_gmac']:.3f} G, VAE decoder {macs['decoder_gmac']:.3f} G "
         f"(×{macs['decoder_gmac'] / macs['unet_gmac']:.2f}), tiny decoder {macs['tiny_decoder_gmac']:.3f} G",
@@ -582,8 +795,14 @@ def _run(args, argv, models: Models, bench: Bench) -> int:
             if args.device.startswith("cuda") or args.in_process:
                 result["peak_mem_mb"] = measure_memory(setup, bench, args)
             else:
-                result["peak_mem_mb"] = memory_in_subprocess(setup, argv)
+                result["peak_mem_mb"] = memory_in_subprocess(setup, args, argv)
     summarize(results)
+    if args.cosine_batches:
+        cosines = measure_cosines(setups, bench, args)
+        for result in results:
+            result.update(cosines.get(result["setup"], {}))
+            if (verdict := recommended(result)) is not None:
+                result["recommended"] = verdict
     print(f"# load average after timing: {load_after_timing:.2f}")
     print("\nWall clock:\n")
     print(format_table(results, ""))
@@ -594,8 +813,24 @@ def _run(args, argv, models: Models, bench: Bench) -> int:
         print(format_table(results, "_cpu"))
         print()
         print(format_targets(results, "_cpu"))
+    if args.cosine_batches:
+        print(f"\nGradient cosine against the full pixel term, mean over {args.cosine_batches} batches [95 % interval]:\n")
+        for r in results:
+            if "cosine_total" in r:
+                total, pixel = r["cosine_total"], r["cosine_pixel"]
+                print(f"{r['setup']}: total {total['mean']:.4f} [{total['ci95'][0]:.4f}, {total['ci95'][1]:.4f}], "
+                      f"pixel term {pixel['mean']:.4f} [{pixel['ci95'][0]:.4f}, {pixel['ci95'][1]:.4f}], "
+                      f"recommended: {'yes' if r['recommended'] else 'no'}")
+    # This process's CPU time; the memory workers' is not counted.
+    cpu_s = time.process_time() - cpu_start
+    print(f"# CPU time of this run (main process): {cpu_s:.0f} s")
     if args.json is not None:
-        args.json.write_text(json.dumps({"header": header, "macs": macs, "results": results}, indent=2))
+        settings = {key: _shown(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+                    if key not in ("json", "table", "memory_worker", "only")}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"header": header, "settings": settings, "macs": macs,
+                                         "command": "python bench/train_step.py " + " ".join(argv),
+                                         "cpu_s": cpu_s, "results": results}, indent=2) + "\n")
     return 0
 
 

@@ -18,7 +18,7 @@ def test_weights_are_fp16_safetensors_within_20_mb():
     from safetensors import safe_open
 
     files = sorted(WEIGHTS.rglob("*.safetensors"))
-    assert {f.relative_to(WEIGHTS).parts[0] for f in files} == {"toy-sd", "toy-pixart"}
+    assert {f.relative_to(WEIGHTS).parts[0] for f in files} == {"toy-sd", "toy-pixart", "toy-tiny-decoder"}
     assert sum(f.stat().st_size for f in files) <= 20 * 1024 * 1024
     for path in files:
         with safe_open(path, "pt") as handle:
