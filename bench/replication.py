@@ -105,7 +105,14 @@ ROWS = [
         extra={"pixel_crop": 0.5}, first_seed_only=True),
     Row("sft-latent-pixel-crop25", "cost", "SFT, latent + pixel, pixel_crop 0.25", "sft", "sft", "sft",
         extra={"pixel_crop": 0.25}, first_seed_only=True),
+    Row("sft-latent-pixel-tiny", "cost", "SFT, latent + pixel, tiny decoder", "sft", "sft", "sft",
+        extra={"pixel_decoder": "toyworld/weights/toy-tiny-decoder"}, first_seed_only=True),
 ]
+# The cost table's rows: mode -> the row that trained with it (decoder checkpointing computes the same gradient as
+# the full term, to a cosine of 1.000, so its quality is the full term's).
+COST_ROWS = {"full pixel term": "sft-latent-pixel", "pixel_crop 0.5": "sft-latent-pixel-crop50",
+             "pixel_crop 0.25": "sft-latent-pixel-crop25", "tiny decoder": "sft-latent-pixel-tiny",
+             "decoder checkpointing": "sft-latent-pixel", "latent only": "sft-latent"}
 ROW = {row.name: row for row in ROWS}
 # The round that makes the preference pairs trains this row (seed 0) as its own training stage.
 ROUND_ROW = "simpo-latent-pixel"
@@ -263,6 +270,9 @@ class Study:
             self.manage("train", "--base", self.model, "--data", str(data), "--config", str(config), "--name", name,
                         "--wait", timeout=7200)
         run = TrainingRun.objects.get(name=name)
+        while run.status in ("queued", "running"):  # a run an interrupted study left behind: its worker goes on
+            time.sleep(5)
+            run.refresh_from_db()
         if run.status != "succeeded":
             raise StudyError(f"run {name} {run.status}: {run.error}")
         trained = time.time()

@@ -12,7 +12,7 @@ import json
 import statistics
 from pathlib import Path
 
-from replication import EVAL_PROMPTS, HEAD_TO_HEAD, K, MODELS, NOISE, PIXEL_WEIGHT, ROW, ROWS, TRAIN_PROMPTS
+from replication import COST_ROWS, EVAL_PROMPTS, HEAD_TO_HEAD, K, MODELS, NOISE, PIXEL_WEIGHT, ROW, ROWS, TRAIN_PROMPTS
 
 CRITERIA = (("visual_flaws", "Visual flaws"), ("visual_appeal", "Visual appeal"))
 # Reported in the paper, for the rows it has (win / tie / loss % against the base; DiT unless said).
@@ -165,6 +165,58 @@ def tables(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# The cost benchmark's setups (bench/train_step.py --toy, docs/replication/cost/<model>.json) of each cost mode.
+COST_SETUPS = {"latent only": "sft latent", "full pixel term": "sft latent+pixel",
+               "pixel_crop 0.5": "sft latent+pixel, crop 0.5", "pixel_crop 0.25": "sft latent+pixel, crop 0.25",
+               "tiny decoder": "sft latent+pixel, tiny decoder", "decoder checkpointing": "sft latent+pixel, decoder ckpt"}
+STEP_RATIO_MAX, COSINE_MIN = 1.5, 0.9  # the rule for recommending a cheap mode
+
+
+def cost_table(summary: dict, out: Path) -> str:
+    """What each way of computing the pixel term costs (the benchmark) against what it buys (its SFT row)."""
+    lines = ["## Cost of the pixel term against what it buys", "",
+             "SFT, batch 16 in the benchmark (CPU time of one step, 1 thread; peak memory of the step's activations) "
+             "and batch 8 in the study's rows (quality: seed 0 unless the row has more seeds, then their mean). "
+             f"Recommended: step ≤ {STEP_RATIO_MAX}× latent-only and total-gradient cosine ≥ {COSINE_MIN}. Decoder "
+             "checkpointing computes the full term's gradient (cosine 1.000), so its quality is the full term's row.", ""]
+    for model, data in summary["models"].items():
+        bench = _load(out / "cost" / f"{model}.json")
+        if bench is None:
+            continue
+        results = {r["setup"]: r for r in bench["results"] if r["objective"] == "sft"}
+        latent_step = results["sft latent"]["step_cpu_s"]
+        lines += [f"**{model}** (pixel weight {PIXEL_WEIGHT[model]:g}):", "",
+                  "| mode | step ms | × latent-only | peak MB | cosine, total | cosine, pixel term | Δ fidelity | "
+                  "alignment (oracle) | flaws win / loss | appeal win / loss | recommended |",
+                  "| --- | ---: | ---: | ---: | --- | --- | --- | --- | --- | --- | --- |"]
+        for mode, setup in COST_SETUPS.items():
+            result = results.get(setup)
+            if result is None:
+                continue
+            ratio = result["step_cpu_s"] / latent_step
+            cells = [mode, f"{1000 * result['step_cpu_s']:.0f}", "–" if mode == "latent only" else f"{ratio:.2f}",
+                     f"{result['peak_mem_mb']:.0f}"]
+            for key in ("cosine_total", "cosine_pixel"):
+                cosine = result.get(key)
+                cells.append(f"{cosine['mean']:.3f} [{cosine['ci95'][0]:.3f}, {cosine['ci95'][1]:.3f}]" if cosine
+                             else ("1 (reference)" if mode == "full pixel term" else "–"))
+            row = data["rows"].get(COST_ROWS[mode])
+            if row is None:
+                cells += ["not run"] * 4
+            else:
+                s = row["across_seeds"]
+                cells += [f"{s['fidelity_difference']['mean']:+.3f}", f"{s['alignment']['mean']:.3f}"]
+                cells += [f"{100 * s[c]['a_wins']['mean']:.0f} / {100 * s[c]['b_wins']['mean']:.0f} %"
+                          for c, _ in CRITERIA]
+            cheap = mode not in ("latent only", "full pixel term")
+            cosine = (result.get("cosine_total") or {}).get("mean")
+            verdict = ("yes" if ratio <= STEP_RATIO_MAX and cosine is not None and cosine >= COSINE_MIN else "no") \
+                if cheap else "–"
+            lines.append("| " + " | ".join(cells + [verdict]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plots(summary: dict, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -272,7 +324,7 @@ def grids(out: Path, folder: Path) -> list[Path]:
 def summarize(out: Path) -> dict:
     summary = collect(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    (out / "tables.md").write_text(tables(summary), encoding="utf-8")
+    (out / "tables.md").write_text(tables(summary) + "\n" + cost_table(summary, out), encoding="utf-8")
     for path in plots(summary, out / "plots") + grids(out, out / "grids"):
         print(f"wrote {path}")
     print(f"wrote {out / 'summary.json'} and {out / 'tables.md'}")
