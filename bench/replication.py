@@ -400,7 +400,7 @@ class Study:
             captions[job.prompt.external_id] = job.prompt.text
         (folder / "captions.json").write_text(json.dumps(captions, indent=1) + "\n", encoding="utf-8")
 
-    def probe(self) -> None:
+    def probe(self, seeds: list[int]) -> None:
         """Held-out errors of the base and of every trained row: the mechanism, below what the oracle sees."""
         self.orm()
         from catalog.models import ModelVersion
@@ -412,7 +412,8 @@ class Study:
         captions = sorted(set(evaluation.jobs.values_list("prompt__text", flat=True)))
         targets = [(self.model, self.out / "base")] + [
             (self.run_name(row.name, int(folder.name.split("-")[1])), folder)
-            for row in ROWS for folder in sorted((self.out / row.name).glob("seed-*")) if (folder / "report.json").exists()
+            for row in ROWS for folder in sorted((self.out / row.name).glob("seed-*"))
+            if (folder / "report.json").exists() and int(folder.name.split("-")[1]) in seeds
         ]
         for name, folder in targets:
             if (folder / "probe.json").exists():
@@ -533,7 +534,7 @@ def main(argv=None) -> int:
     rows = args.rows or [row.name for row in ROWS]
     for model in args.model or MODELS:
         if args.probe:
-            Study(model, work=args.work, out=args.out).probe()
+            Study(model, work=args.work, out=args.out).probe(args.seeds)
         else:
             run_study(model, rows, args.seeds, work=args.work, out=args.out)
     return 0

@@ -56,6 +56,9 @@ def seed_figures(folder: Path) -> dict | None:
         "alignment_difference": oracle["difference"]["alignment"],
         "base_fidelity": oracle[row["model_b"]]["fidelity"], "base_alignment": oracle[row["model_b"]]["alignment"],
     }
+    probe = _load(folder / "probe.json")
+    if probe is not None:
+        figures["probe"] = probe
     if run is not None:
         figures["step_time_s"] = run.get("step_time_median_s")
         figures["wall_s"] = run.get("wall_s")
@@ -105,8 +108,25 @@ def collect(out: Path) -> dict:
             if seeds:
                 h2h[f"{a}--{b}"] = {"a": a, "b": b, "per_seed": seeds, "across_seeds": across_seeds(seeds)}
         if rows:
+            probe = _load(out / model / "base" / "probe.json")
+            if probe is not None:
+                base = {**base, "probe": probe}
+            ceiling = _load(out / model / "base" / "vae-ceiling.json")
+            if ceiling is not None:
+                base = {**base, "vae_ceiling": {k: v for k, v in ceiling.items() if k != "prompts"}}
             summary["models"][model] = {"base": base, "rows": rows, "head_to_head": h2h}
     return summary
+
+
+def _ceiling_text(base: dict) -> str:
+    ceiling = base.get("vae_ceiling")
+    if ceiling is None:
+        return ""
+    vae = ceiling["vae"]
+    return (f" The same captions' ground-truth renders through the toy VAE (what the frozen decoder allows): texture "
+            f"fidelity {vae['fidelity']['mean']:.3f} [{vae['fidelity']['ci95'][0]:.3f}, {vae['fidelity']['ci95'][1]:.3f}]"
+            f", alignment accuracy {vae['alignment']['mean']:.3f}; the renders themselves: fidelity "
+            f"{ceiling['render']['fidelity']['mean']:.3f}, alignment {ceiling['render']['alignment']['mean']:.3f}.")
 
 
 def _pct(spread: dict) -> str:
@@ -123,6 +143,26 @@ def _num(spread: dict, digits: int = 3) -> str:
     return text
 
 
+PROBE_MEASURES = (("latent_mse", "latent ‖ε̂ − ε‖²"), ("pixel_mse_eps", "pixel, eq. 2"), ("pixel_mse_x0", "pixel, eq. 8"))
+
+
+def probe_lines(model: str, data: dict) -> list[str]:
+    """Held-out errors of each row's seed-0 model, as a change from the base's."""
+    base = data["base"]["probe"]
+    lines = ["", f"Held-out errors on {model}: the training objective's own errors on the {base['captions']} "
+             f"evaluation captions' renders ({base['draws']} draws of noise and timestep each, the same for every "
+             "model), seed 0, as a change from the base's (lower is better):", "",
+             "| row | " + " | ".join(label for _, label in PROBE_MEASURES) + " |",
+             "| --- | " + " | ".join("---" for _ in PROBE_MEASURES) + " |",
+             "| base (absolute) | " + " | ".join(f"{base[key]:.5f}" for key, _ in PROBE_MEASURES) + " |"]
+    for row in data["rows"].values():
+        probe = next((s["probe"] for s in row["per_seed"] if s["seed"] == 0 and "probe" in s), None)
+        if probe is not None:
+            lines.append(f"| {row['label']} | " + " | ".join(
+                f"{100 * (probe[key] / base[key] - 1):+.1f} %" for key, _ in PROBE_MEASURES) + " |")
+    return lines
+
+
 def tables(summary: dict) -> str:
     lines = [
         "<!-- written by `python bench/replication.py --summarize`; do not edit by hand -->",
@@ -136,7 +176,8 @@ def tables(summary: dict) -> str:
                   f"Base model: texture fidelity {data['base']['fidelity']['mean']:.3f} "
                   f"[{data['base']['fidelity']['ci95'][0]:.3f}, {data['base']['fidelity']['ci95'][1]:.3f}], "
                   f"alignment accuracy {data['base']['alignment']['mean']:.3f} "
-                  f"[{data['base']['alignment']['ci95'][0]:.3f}, {data['base']['alignment']['ci95'][1]:.3f}].", ""]
+                  f"[{data['base']['alignment']['ci95'][0]:.3f}, {data['base']['alignment']['ci95'][1]:.3f}]."
+                  + _ceiling_text(data["base"]), ""]
         lines += ["| row | table | seeds | flaws win | tie | loss | sig. | appeal win | tie | loss | sig. | "
                   "alignment Δ (McNemar sig.) | Δ fidelity | Δ alignment (oracle) | step s |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -151,6 +192,8 @@ def tables(summary: dict) -> str:
             cells += [_num(s["fidelity_difference"]), _num(s["alignment_difference"])]
             cells.append(f"{s['step_time_s']['mean']:.2f}" if "step_time_s" in s else "–")
             lines.append("| " + " | ".join(cells) + " |")
+        if "probe" in data["base"]:
+            lines += probe_lines(model, data)
         if data["head_to_head"]:
             lines += ["", f"Head to head on {model} (a against b, same seed):", "",
                       "| a | b | seeds | flaws: a wins | tie | b wins | appeal: a wins | tie | b wins |",
