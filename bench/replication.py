@@ -241,7 +241,7 @@ class Study:
                 timeout=7200,
             )
             found = TrainingRound.objects.get(name=name)
-        if found.stage != "done" and found.stage != "evaluating":
+        if found.stage not in ("done", "evaluating"):
             raise StudyError(f"training round {name} is {found.stage}: {found.error}")
         return Path(found.dataset_path)
 
