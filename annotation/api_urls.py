@@ -12,6 +12,7 @@ research.register("models", catalog_api.ModelViewSet, basename="research-model")
 research.register("prompt-sets", catalog_api.PromptSetViewSet, basename="research-prompt-set")
 research.register("images", catalog_api.ImageViewSet, basename="research-image")
 research.register("generations", catalog_api.GenerationViewSet, basename="research-generation")
+research.register("imports", catalog_api.ImportJobViewSet, basename="research-import")
 
 urlpatterns = [
     path("api/annotate/progress/", api.ProgressView.as_view(), name="annotate-progress"),

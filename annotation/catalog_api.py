@@ -9,12 +9,7 @@ the same functions ``manage.py register_model``, ``import_prompts``, ``import_im
 
 from __future__ import annotations
 
-import re
-import tempfile
-import zipfile
-import zlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from urllib.parse import urlencode
 
 from django.db.models import Count
@@ -27,15 +22,12 @@ from rest_framework.response import Response
 from annotation.api import ERRORS, ResearcherMixin
 from annotation.api_lists import CheckedOrdering, QueryFilter, ResearchWriteThrottle
 from annotation.errors import InvalidFile, InvalidInput
-from catalog import selectors, services
+from catalog import imports, selectors, services
 from catalog.generation import POOL_REQUEST_TASK, pool_generation_progress
-from catalog.models import Image, ModelVersion, PromptSet
-from catalog.prompt_import import FORMATS, ImportFileError
+from catalog.models import Image, ImportJob, ModelVersion, PromptSet
+from catalog.prompt_import import FORMATS
 from config.celery import enqueue_on_commit
 
-# An uploaded image archive: bounds on what it may unpack to.
-ARCHIVE_MAX_FILES = 20_000
-ARCHIVE_MAX_BYTES = 4 * 1024**3
 # One generation request asks for at most this many images: its task makes the jobs (about 5 s for
 # 20,000), and its progress is read within a second (0.8 s for 20,000 on 2 shared cores).
 GENERATION_MAX_IMAGES = 20_000
@@ -65,18 +57,14 @@ class CatalogViewSet(ResearcherMixin, viewsets.GenericViewSet):
     throttle_classes = [ResearchWriteThrottle]
 
 
-def _file_error(exc: ImportFileError, *, folder: str, field: str) -> InvalidFile:
-    """The reader's ``FILE:LINE: field 'F': message``, naming files as they are in the upload, not on the server."""
-    detail = str(exc).replace(f"{folder}/", "").replace(folder, "")
-    if exc.field_name == "set" and exc.line is None:  # the set's name, a field of the request
-        return InvalidFile(detail, field="set")
-    return InvalidFile(detail, field=field, line=exc.line, file_field=exc.field_name)
+def _refused(exc: imports.UploadRefused) -> InvalidFile:
+    body = exc.body
+    return InvalidFile(body["detail"], field=body["field"], line=body["line"], file_field=body["file_field"])
 
 
-def _upload_name(upload, default: str) -> str:
-    """The uploaded file's own name, kept to safe characters (the readers tell formats by its suffix)."""
-    name = re.sub(r"[^\w.\-]", "_", Path(upload.name or "").name)[-100:].lstrip(".")
-    return name or default
+def _accepted(request, job: ImportJob) -> Response:
+    body = ImportJobSerializer(job, context={"request": request}).data
+    return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -195,6 +183,34 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CatalogView
         return Response(ModelDetailSerializer(model, context=self.get_serializer_context()).data, status=201)
 
 
+class ImportJobSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField(help_text="this import, to poll")
+    file = serializers.CharField(source="upload_name", read_only=True, help_text="the uploaded file's name")
+    result = serializers.JSONField(
+        read_only=True, allow_null=True,
+        help_text="once succeeded. Prompts: prompt_set, prompt_set_id, created, updated, unchanged, questions_created, "
+        "questions_updated, warnings. Images: created, present, models_created.",
+    )
+    error = serializers.JSONField(
+        read_only=True, allow_null=True,
+        help_text="once failed: {detail, code, field, line, file_field}, as a 400 would name them",
+    )
+
+    class Meta:
+        model = ImportJob
+        fields = ["id", "url", "kind", "status", "file", "params", "result", "error", "created_at", "started_at",
+                  "finished_at"]
+        read_only_fields = fields
+
+    def get_url(self, obj) -> str:
+        return f"/api/research/imports/{obj.pk}/"
+
+
+class ImportJobFilter(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=ImportJob.Kind.choices, required=False)
+    status = serializers.ChoiceField(choices=ImportJob.Status.choices, required=False)
+
+
 # --- prompt sets ------------------------------------------------------------------------------
 
 
@@ -214,16 +230,6 @@ class PromptImportSerializer(serializers.Serializer):
     source = serializers.CharField(required=False, default="", allow_blank=True, help_text="default: the file name")
 
 
-class PromptImportResultSerializer(serializers.Serializer):
-    prompt_set = PromptSetSerializer()
-    created = serializers.IntegerField()
-    updated = serializers.IntegerField()
-    unchanged = serializers.IntegerField()
-    questions_created = serializers.IntegerField()
-    questions_updated = serializers.IntegerField()
-    warnings = serializers.ListField(child=serializers.CharField())
-
-
 @extend_schema_view(
     list=extend_schema(responses={200: PromptSetSerializer(many=True), **ERRORS}),
     retrieve=extend_schema(responses={200: PromptSetSerializer, **ERRORS}),
@@ -236,8 +242,10 @@ class PromptSetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Catalog
 
     @extend_schema(
         request={"multipart/form-data": PromptImportSerializer},
-        responses={200: PromptImportResultSerializer, **ERRORS},
-        description="Import a prompt file as manage.py import_prompts does: the whole file, or nothing.",
+        responses={202: ImportJobSerializer, **ERRORS},
+        description="Import a prompt file as manage.py import_prompts does: the whole file, or nothing. Every row is "
+        "checked within the request (a bad one answers 400, naming its line and field); the writes run on the "
+        "default queue: poll the answer's url (also in Location) until its status is succeeded or failed.",
     )
     @action(detail=False, methods=["post"], url_path="import", parser_classes=[MultiPartParser, FormParser])
     def import_file(self, request):
@@ -245,23 +253,15 @@ class PromptSetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Catalog
         params.is_valid(raise_exception=True)
         data = params.validated_data
         upload = data["file"]
-        with tempfile.TemporaryDirectory(prefix="prompts-") as folder:
-            path = Path(folder) / _upload_name(upload, "prompts")
-            with path.open("wb") as out:
-                for chunk in upload.chunks():
-                    out.write(chunk)
-            try:
-                result = services.prompts_import(
-                    path=path, set_name=data["set"], fmt=data.get("format"), source=data["source"] or upload.name
-                )
-            except ImportFileError as exc:
-                raise _file_error(exc, folder=folder, field="file") from exc
-        prompt_set = self.get_queryset().get(pk=result.prompt_set.pk)
-        return Response({
-            "prompt_set": PromptSetSerializer(prompt_set).data, "created": result.created, "updated": result.updated,
-            "unchanged": result.unchanged, "questions_created": result.questions_created,
-            "questions_updated": result.questions_updated, "warnings": result.warnings,
-        })
+        try:
+            name = imports.prompts_check_upload(upload, set_name=data["set"], fmt=data.get("format"))
+        except imports.UploadRefused as exc:
+            raise _refused(exc) from exc
+        job = imports.import_job_create(
+            kind=ImportJob.Kind.PROMPTS, upload=upload, name=name, user=request.user,
+            params={"set": data["set"], "format": data.get("format"), "source": data["source"] or upload.name},
+        )
+        return _accepted(request, job)
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -307,42 +307,6 @@ class ImageImportSerializer(serializers.Serializer):
     )
 
 
-class ImageImportResultSerializer(serializers.Serializer):
-    created = serializers.IntegerField()
-    present = serializers.IntegerField()
-    models_created = serializers.ListField(child=serializers.CharField())
-
-
-def _archive_unpack(upload, folder: Path) -> None:
-    """Unpack an uploaded .zip into ``folder``, within ARCHIVE_MAX_FILES and ARCHIVE_MAX_BYTES."""
-    try:
-        with zipfile.ZipFile(upload) as archive:
-            members = archive.infolist()
-            if len(members) > ARCHIVE_MAX_FILES:
-                raise InvalidFile(f"archive: more than {ARCHIVE_MAX_FILES} files", field="archive")
-            if sum(m.file_size for m in members) > ARCHIVE_MAX_BYTES:
-                raise InvalidFile(f"archive: unpacks to more than {ARCHIVE_MAX_BYTES} bytes", field="archive")
-            archive.extractall(folder)  # names with .. or a leading / stay inside the folder
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, zlib.error, EOFError,
-            OSError, ValueError) as exc:
-        raise InvalidFile(f"archive: not a readable .zip file ({str(exc)[:100]})", field="archive") from None
-
-
-def _archive_manifest(folder: Path, name: str) -> Path:
-    if name:
-        path = (folder / name).resolve()
-        if not path.is_relative_to(folder.resolve()) or not path.is_file():
-            raise InvalidInput(f"manifest: no file '{name[:100]}' in the archive", field="manifest")
-        return path
-    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".jsonl", ".csv"))
-    if len(found) != 1:
-        raise InvalidInput(
-            f"manifest: the archive holds {len(found)} .jsonl/.csv files at its top; name the manifest",
-            field="manifest",
-        )
-    return found[0]
-
-
 @extend_schema_view(list=extend_schema(parameters=[ImageFilter], responses={200: ImageSerializer(many=True), **ERRORS}))
 class ImageViewSet(mixins.ListModelMixin, CatalogViewSet):
     queryset = Image.objects.select_related("model_version", "prompt__prompt_set")
@@ -354,26 +318,46 @@ class ImageViewSet(mixins.ListModelMixin, CatalogViewSet):
 
     @extend_schema(
         request={"multipart/form-data": ImageImportSerializer},
-        responses={200: ImageImportResultSerializer, **ERRORS},
+        responses={202: ImportJobSerializer, **ERRORS},
         description="Import images made elsewhere, as manage.py import_images does: every file checked, then all "
-        "stored in one transaction, or none. Images must lie inside the archive.",
+        "stored in one transaction, or none. Images must lie inside the archive. The archive's directory and the "
+        "manifest's name are checked within the request; the import runs on the default queue: poll the answer's "
+        "url (also in Location). A bad line fails the job, with the line and field in its error.",
     )
     @action(detail=False, methods=["post"], url_path="import", parser_classes=[MultiPartParser, FormParser])
     def import_archive(self, request):
         params = ImageImportSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        with tempfile.TemporaryDirectory(prefix="images-") as folder:
-            _archive_unpack(data["archive"], Path(folder))
-            manifest = _archive_manifest(Path(folder), data["manifest"])
-            try:
-                result = services.images_import(
-                    path=manifest, default_prompt_set=data["prompt_set"], create_models=data["create_models"],
-                    confined=True,
-                )
-            except ImportFileError as exc:
-                raise _file_error(exc, folder=str(Path(folder).resolve()), field="archive") from exc
-        return Response({"created": result.created, "present": result.present, "models_created": result.models_created})
+        try:
+            manifest = imports.archive_check(data["archive"], data["manifest"])
+        except imports.UploadRefused as exc:
+            raise _refused(exc) from exc
+        job = imports.import_job_create(
+            kind=ImportJob.Kind.IMAGES, upload=data["archive"], name=imports.upload_name(data["archive"].name, "images.zip"),
+            user=request.user,
+            params={"manifest": manifest, "prompt_set": data["prompt_set"], "create_models": data["create_models"]},
+        )
+        return _accepted(request, job)
+
+
+# --- imports --------------------------------------------------------------------------------
+
+
+@extend_schema_view(
+    list=extend_schema(parameters=[ImportJobFilter], responses={200: ImportJobSerializer(many=True), **ERRORS}),
+    retrieve=extend_schema(responses={200: ImportJobSerializer, **ERRORS},
+                           description="An import's status; its result once succeeded, its error once failed."),
+)
+class ImportJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, CatalogViewSet):
+    """Uploaded prompt files and image archives, and how their imports went."""
+
+    queryset = ImportJob.objects.all()
+    serializer_class = ImportJobSerializer
+    filter_serializer = ImportJobFilter
+    filter_lookups = {"kind": "kind", "status": "status"}
+    ordering_fields = ["created_at"]
+    ordering = ["-created_at", "-pk"]
 
 
 # --- generation -------------------------------------------------------------------------------

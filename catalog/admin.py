@@ -4,7 +4,9 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from catalog.admin_sections import lineage_columns
-from catalog.models import AlignmentQuestion, GenerationBatch, GenerationJob, Image, ModelVersion, Prompt, PromptSet
+from catalog.models import (
+    AlignmentQuestion, GenerationBatch, GenerationJob, Image, ImportJob, ModelVersion, Prompt, PromptSet,
+)
 from catalog.selectors import image_url, model_lineage
 
 
@@ -105,3 +107,19 @@ class GenerationBatchAdmin(admin.ModelAdmin):
     @admin.display(description="images")
     def images(self, obj):
         return f"{obj._done} / {obj._jobs}"
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(admin.ModelAdmin):
+    """The research API's imports, read-only: an import is made by an upload, not in the admin."""
+
+    list_display = ("id", "kind", "upload_name", "status", "requested_by", "created_at", "finished_at")
+    list_filter = ("kind", "status")
+    search_fields = ("upload_name",)
+    readonly_fields = [field.name for field in ImportJob._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

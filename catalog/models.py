@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 
+from django.conf import settings
 from django.db import models
 
 from catalog.images import validate_image_pixels
@@ -211,3 +212,41 @@ class GenerationJob(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.pk}: {self.model_version} / prompt {self.prompt_id} / seed {self.seed} ({self.status})"
+
+
+class ImportJob(models.Model):
+    """An uploaded prompt file or image archive, imported on the default queue (the research API's imports).
+
+    The request checks what it can at once and stores the upload; the task imports it (all of it,
+    or nothing) and records the result or the refusal, ``{detail, code, field, line, file_field}``
+    as the API would have answered it. The upload is removed when the job ends."""
+
+    class Kind(models.TextChoices):
+        PROMPTS = "prompts"
+        IMAGES = "images"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    upload = models.FileField(upload_to="imports/%Y%m%d/", max_length=300, blank=True)
+    upload_name = models.CharField(max_length=200, help_text="the uploaded file's own (safe) name")
+    params = models.JSONField(default=dict, blank=True, help_text="the import's options, as the request gave them")
+    result = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True, help_text="{detail, code, field, line, file_field}")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="catalog_imports"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"import {self.pk}: {self.kind} from {self.upload_name} ({self.status})"

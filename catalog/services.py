@@ -292,13 +292,19 @@ def prompts_import(*, path: str | Path, set_name: str, fmt: str | None = None, s
     transaction. Prompts are keyed by their external id within the set, so importing the same
     file again changes nothing.
     """
-    set_limit = PromptSet._meta.get_field("name").max_length
-    if len(set_name) > set_limit:
-        raise PromptImportError(path, None, "set", f"longer than {set_limit} characters ({len(set_name)})")
-    parsed = parse_prompt_file(path, fmt, max_lengths=_prompt_max_lengths())
+    parsed = prompts_check(path=path, set_name=set_name, fmt=fmt)
     # The source is a provenance label; a long file name is cut to fit rather than refused.
     source = (source or Path(path).name)[: Prompt._meta.get_field("source").max_length]
     return _prompts_write(records=parsed.records, warnings=parsed.warnings, set_name=set_name, source=source)
+
+
+def prompts_check(*, path: str | Path, set_name: str, fmt: str | None = None):
+    """Everything ``prompts_import`` checks before its first write: the set's name, and every row of the file.
+    Returns the parsed file; raises PromptImportError (``FILE:LINE: field 'F': message``)."""
+    set_limit = PromptSet._meta.get_field("name").max_length
+    if len(set_name) > set_limit:
+        raise PromptImportError(path, None, "set", f"longer than {set_limit} characters ({len(set_name)})")
+    return parse_prompt_file(path, fmt, max_lengths=_prompt_max_lengths())
 
 
 def _prompt_max_lengths() -> dict[str, int]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from catalog import imports
 from catalog.generation import GENERATE_TASK, POOL_REQUEST_TASK, generation_run, pool_generation_request
+from catalog.imports import IMPORT_TASK
 from config.celery import GPU_TASK_OPTIONS
 
 
@@ -27,3 +29,11 @@ def pool_generation_request_create(
         model_version_id=model_version_id, prompt_set_id=prompt_set_id, images_per_prompt=images_per_prompt,
         seed=seed, limit=limit,
     ))
+
+
+@shared_task(name=IMPORT_TASK)
+def import_run(job_id: int) -> str:
+    """Import an uploaded prompt file or image archive (the research API's imports), all or nothing.
+
+    A job no longer queued is left alone, so a re-delivered task is harmless."""
+    return imports.import_run(job_id)

@@ -95,8 +95,12 @@ def study(args) -> None:
 
     # 2. The prompt set, uploaded; importing the same file again changes nothing.
     with open(args.prompts, "rb") as prompts:
-        imported = api.post("prompt-sets/import/", files={"file": prompts}, data={"set": args.prompt_set}).json()
-    print(f"prompt set '{imported['prompt_set']['name']}': {imported['prompt_set']['prompt_count']} prompts")
+        queued = api.post("prompt-sets/import/", files={"file": prompts}, data={"set": args.prompt_set})
+    imported = api.wait(queued.headers["Location"], lambda answer: answer.json()["status"] in ("succeeded", "failed"))
+    if imported.json()["status"] == "failed":
+        raise SystemExit(f"prompt import: {imported.json()['error']['detail']}")
+    prompt_set = api.get(f"prompt-sets/{imported.json()['result']['prompt_set_id']}/")
+    print(f"prompt set '{prompt_set['name']}': {prompt_set['prompt_count']} prompts")
 
     # 3. A training round: images of the base, a best/worst round over them, pairs, a SimPO run with the pixel
     #    term, the new model, and its evaluation against the base, each stage started by the server.

@@ -19,8 +19,9 @@ from rest_framework.authtoken.models import Token
 
 from annotation.models import ItemImage
 from catalog.generation import GENERATE_TASK, POOL_REQUEST_TASK
-from catalog.tasks import pool_generation_request_create
-from catalog.models import GenerationJob, Image, ModelVersion, Prompt, PromptSet
+from catalog.tasks import import_run, pool_generation_request_create
+from catalog.models import GenerationJob, Image, ImportJob, ModelVersion, Prompt, PromptSet
+from catalog.imports import IMPORT_TASK
 from outbox.models import OutboxMessage
 from tests.annotation.builders import pairwise_round
 from tests.catalog.test_register_model import make_pipeline_dir
@@ -42,6 +43,8 @@ ENDPOINTS = [
     ("post", "/api/research/images/import/"),
     ("post", "/api/research/generations/"),
     ("get", "/api/research/generations/progress/"),
+    ("get", "/api/research/imports/"),
+    ("get", "/api/research/imports/{job}/"),
 ]
 
 
@@ -62,7 +65,9 @@ def test_anonymous_and_annotators_get_no_data(postgres, method, path):
     model = ModelVersionFactory(name="secret-model")
     prompt_set = PromptSetFactory(name="secret-set")
     ImageFactory(model_version=model, prompt=PromptFactory(prompt_set=prompt_set))
-    path = path.format(model=model.pk, prompt_set=prompt_set.pk)
+    job = ImportJob.objects.create(kind="prompts", upload_name="secret-file.jsonl", status="failed",
+                                   error={"detail": "secret-file.jsonl:1: field 'prompt': empty"})
+    path = path.format(model=model.pk, prompt_set=prompt_set.pk, job=job.pk)
     anonymous = getattr(Client(), method)(path)
     assert anonymous.status_code in (401, 403) and anonymous.json()["code"] == "not_authenticated"
     annotator = Client()
@@ -138,22 +143,78 @@ def _upload(name, text):
     return SimpleUploadedFile(name, text.encode() if isinstance(text, str) else text)
 
 
+def _imported(researcher, response):
+    """The import a 202 queued, run as the worker runs it, then read back through its url."""
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert response["Location"] == body["url"] == f"/api/research/imports/{body['id']}/" and body["status"] == "queued"
+    (message,) = OutboxMessage.objects.filter(task_name=IMPORT_TASK, args=[body["id"]])
+    assert ImportJob.objects.get(pk=body["id"]).upload  # stored until its task runs
+    import_run(body["id"])
+    job = ImportJob.objects.get(pk=body["id"])
+    assert not job.upload and job.finished_at is not None  # the upload goes once the job ends
+    assert import_run(body["id"]) == job.status  # a re-delivered task changes nothing
+    read = researcher.get(body["url"])
+    assert read.status_code == 200
+    return read.json()
+
+
 def test_prompt_import_of_an_upload_is_the_command_import(researcher):
     lines = [{"id": "a", "prompt": "a red cube", "questions": ["Is there a cube?", "Is it red?"]},
              {"id": "b", "prompt": "a blue ball"}]
     text = "\n".join(json.dumps(line) for line in lines)
-    first = researcher.post("/api/research/prompt-sets/import/", {"file": _upload("shapes.jsonl", text), "set": "shapes"})
-    assert first.status_code == 200, first.content
-    assert first.json()["created"] == 2 and first.json()["questions_created"] == 2
-    assert first.json()["prompt_set"]["prompt_count"] == 2 and first.json()["prompt_set"]["source"] == "shapes.jsonl"
-    again = researcher.post("/api/research/prompt-sets/import/", {"file": _upload("shapes.jsonl", text), "set": "shapes"})
-    assert again.json()["unchanged"] == 2 and again.json()["created"] == 0
+    started = researcher.post("/api/research/prompt-sets/import/", {"file": _upload("shapes.jsonl", text), "set": "shapes"})
+    assert not PromptSet.objects.exists()  # nothing written within the request
+    first = _imported(researcher, started)
+    assert first["status"] == "succeeded" and first["kind"] == "prompts" and first["file"] == "shapes.jsonl"
+    assert first["result"]["created"] == 2 and first["result"]["questions_created"] == 2 and first["error"] is None
     prompt_set = PromptSet.objects.get(name="shapes")
+    assert first["result"]["prompt_set"] == "shapes" and first["result"]["prompt_set_id"] == prompt_set.pk
+    assert prompt_set.prompts.get(external_id="a").source == "shapes.jsonl"
+    again = _imported(researcher, researcher.post(
+        "/api/research/prompt-sets/import/", {"file": _upload("shapes.jsonl", text), "set": "shapes"}
+    ))
+    assert again["result"]["unchanged"] == 2 and again["result"]["created"] == 0
     detail = researcher.get(f"/api/research/prompt-sets/{prompt_set.pk}/").json()
     assert detail["prompt_count"] == 2 and detail["name"] == "shapes"
     PromptSetFactory(name="another")
     names = [s["name"] for s in researcher.get("/api/research/prompt-sets/?ordering=-name").json()["results"]]
     assert names == ["shapes", "another"]
+    listed = researcher.get("/api/research/imports/?kind=prompts&status=succeeded").json()
+    assert listed["count"] == 2 and listed["results"][0]["id"] == again["id"]  # newest first
+    _refusal(researcher.get("/api/research/imports/?status=done"), 400, "status")
+    assert researcher.get("/api/research/imports/999999/").status_code == 404
+
+
+def test_an_import_that_fails_in_its_task_records_the_refusal_and_writes_nothing(researcher, monkeypatch):
+    from catalog import services
+
+    text = json.dumps({"id": "a", "prompt": "ok"})
+    started = researcher.post("/api/research/prompt-sets/import/", {"file": _upload("p.jsonl", text), "set": "shapes"})
+    # The file changed between the request's check and the task (as a file replaced on disk would): the task's
+    # own check refuses it, with the line and field, and the upload is named as uploaded.
+    monkeypatch.setattr(services, "_prompt_max_lengths", lambda: {"external_id": 0})
+    failed = _imported(researcher, started)
+    assert failed["status"] == "failed" and failed["result"] is None
+    error = failed["error"]
+    assert error["code"] == "invalid" and error["field"] == "file" and error["line"] == 1 and error["file_field"] == "id"
+    assert error["detail"].startswith("p.jsonl:1: field 'id'") and "/tmp" not in error["detail"]
+    assert not PromptSet.objects.exists()
+
+
+def test_an_import_that_crashes_fails_with_a_plain_error_and_no_traceback(researcher, monkeypatch):
+    from catalog import services
+
+    started = researcher.post("/api/research/prompt-sets/import/", {"file": _upload("p.jsonl", '{"prompt": "x"}'),
+                                                                    "set": "s"})
+
+    def broken(**kwargs):
+        raise RuntimeError("disk on fire at /srv/secret")
+
+    monkeypatch.setattr(services, "prompts_import", broken)
+    failed = _imported(researcher, started)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "error"
+    assert "RuntimeError" in failed["error"]["detail"] and "/srv/secret" not in json.dumps(failed)
 
 
 @pytest.mark.parametrize(("name", "text", "field", "detail", "line", "file_field"), [
@@ -169,7 +230,7 @@ def test_prompt_import_refusals_are_the_readers_lines_and_write_nothing(research
     body = _refusal(refused, 400, field)
     assert body["detail"].startswith(detail) and "/tmp" not in body["detail"]
     assert (body["line"], body["file_field"]) == (line, file_field)
-    assert not PromptSet.objects.exists() and not Prompt.objects.exists()
+    assert not PromptSet.objects.exists() and not Prompt.objects.exists() and not ImportJob.objects.exists()
 
 
 def test_prompt_import_without_a_file_or_with_a_bad_format_names_the_field(researcher):
@@ -240,40 +301,67 @@ def test_image_import_of_an_archive_is_the_command_import(researcher):
         ),
         "imgs/red.png": red, "imgs/blue.png": blue,
     }
-    made = researcher.post("/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x",
-                                                             "create_models": "true"})
-    assert made.status_code == 200, made.content
-    assert made.json() == {"created": 2, "present": 0, "models_created": ["lab-a"]}
+    started = researcher.post("/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x",
+                                                               "create_models": "true"})
+    assert not Image.objects.exists()  # nothing written within the request
+    made = _imported(researcher, started)
+    assert made["status"] == "succeeded" and made["kind"] == "images" and made["file"] == "batch.zip"
+    assert made["params"] == {"manifest": "manifest.jsonl", "prompt_set": "x", "create_models": True}
+    assert made["result"] == {"created": 2, "present": 0, "models_created": ["lab-a"]}
     assert ModelVersion.objects.get(name="lab-a").is_external and Image.objects.filter(prompt=prompt).count() == 2
-    again = researcher.post("/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x"})
-    assert again.json() == {"created": 0, "present": 2, "models_created": []}
+    again = _imported(researcher, researcher.post(
+        "/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x"}))
+    assert again["result"] == {"created": 0, "present": 2, "models_created": []}
 
 
-@pytest.mark.parametrize(("files", "extra", "field", "detail", "line", "file_field"), [
+@pytest.mark.parametrize(("files", "detail", "line", "file_field"), [
     ({"manifest.jsonl": _manifest({"model": "lab-a", "prompt_id": "p1", "path": "missing.png"})},
-     {}, "archive", "manifest.jsonl:1: field 'path': no such file: missing.png", 1, "path"),
+     "manifest.jsonl:1: field 'path': no such file: missing.png", 1, "path"),
     ({"manifest.jsonl": _manifest({"model": "lab-a", "prompt_id": "p1", "path": "/etc/hostname"})},
-     {}, "archive", "manifest.jsonl:1: field 'path': /etc/hostname: not a path inside", 1, "path"),
+     "manifest.jsonl:1: field 'path': /etc/hostname: not a path inside", 1, "path"),
     ({"manifest.jsonl": _manifest({"model": "lab-a", "prompt_id": "p1", "path": "../../x.png"})},
-     {}, "archive", "manifest.jsonl:1: field 'path': ../../x.png: not a path inside", 1, "path"),
+     "manifest.jsonl:1: field 'path': ../../x.png: not a path inside", 1, "path"),
     ({"manifest.jsonl": _manifest({"model": "nobody", "prompt_id": "p1", "path": "a.png"}), "a.png": png_bytes()},
-     {}, "archive", "manifest.jsonl:1: field 'model': no model named 'nobody'", 1, "model"),
-    ({"m.jsonl": b"{}", "n.csv": b"model,path"}, {}, "manifest", "manifest: the archive holds 2", None, None),
-    ({"m.jsonl": b"{}"}, {"manifest": "../etc/passwd"}, "manifest", "manifest: no file", None, None),
+     "manifest.jsonl:1: field 'model': no model named 'nobody'", 1, "model"),
+    ({"sub/manifest.jsonl": _manifest({"model": "m", "prompt_id": "p1", "path": "a.png"}), "m.jsonl": b"{}"},
+     "m.jsonl:1: field", 1, None),
 ])
-def test_image_import_refusals_name_the_line_and_store_nothing(researcher, files, extra, field, detail, line, file_field):
+def test_image_import_failures_in_the_task_name_the_line_and_store_nothing(researcher, files, detail, line, file_field):
     PromptFactory(prompt_set=PromptSetFactory(name="x"), external_id="p1")
-    refused = researcher.post("/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x", **extra})
-    body = _refusal(refused, 400, field)
-    assert body["detail"].startswith(detail) and "/tmp" not in body["detail"]
-    assert body.get("line") == line and body.get("file_field") == file_field
+    started = researcher.post("/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x"})
+    failed = _imported(researcher, started)
+    error = failed["error"]
+    assert failed["status"] == "failed" and error["code"] == "invalid" and error["field"] == "archive"
+    assert error["detail"].startswith(detail) and "/tmp" not in error["detail"] and "import-" not in error["detail"]
+    assert error["line"] == line and (file_field is None or error["file_field"] == file_field)
     assert not Image.objects.exists() and not ModelVersion.objects.exists()
+
+
+@pytest.mark.parametrize(("files", "extra", "detail"), [
+    ({"m.jsonl": b"{}", "n.csv": b"model,path"}, {}, "manifest: the archive holds 2"),
+    ({"sub/m.jsonl": b"{}"}, {}, "manifest: the archive holds 0"),
+    ({"m.jsonl": b"{}"}, {"manifest": "../etc/passwd"}, "manifest: no file"),
+    ({"m.jsonl": b"{}"}, {"manifest": "n.jsonl"}, "manifest: no file 'n.jsonl'"),
+])
+def test_image_import_refuses_a_missing_manifest_within_the_request(researcher, files, extra, detail):
+    refused = researcher.post("/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x", **extra})
+    body = _refusal(refused, 400, "manifest")
+    assert body["detail"].startswith(detail) and not ImportJob.objects.exists()
+
+
+def test_image_import_with_a_named_manifest_in_a_folder(researcher):
+    PromptFactory(prompt_set=PromptSetFactory(name="x"), external_id="p1")
+    files = {"batch/m.jsonl": _manifest({"model": "lab-a", "prompt_id": "p1", "path": "a.png"}),
+             "batch/a.png": png_bytes(), "other.csv": b"model,path"}
+    started = researcher.post("/api/research/images/import/", {"archive": _archive(files), "prompt_set": "x",
+                                                               "manifest": "batch/m.jsonl", "create_models": "true"})
+    assert _imported(researcher, started)["result"]["created"] == 1
 
 
 def test_image_import_refuses_what_is_not_a_zip(researcher):
     not_zip = SimpleUploadedFile("batch.zip", b"PK\x03\x04 but not really")
     body = _refusal(researcher.post("/api/research/images/import/", {"archive": not_zip}), 400, "archive")
-    assert "not a readable .zip" in body["detail"]
+    assert body["detail"].startswith("archive: not a readable .zip") and not ImportJob.objects.exists()
 
 
 # --- generation -----------------------------------------------------------------------------------
