@@ -257,6 +257,17 @@ class Study:
             log(f"{self.model}: {row.name} seed {seed}: done already")
             return
         started = time.time()
+        run, data = self.trained(row, seed, out)
+        trained = time.time()
+        report = self.evaluate(run.name, self.model, seed, out)
+        self.record_run(run, out, data, trained - started, time.time() - trained)
+        if seed == 0:
+            self.keep_samples(report["evaluation"], run.name, out / "samples")
+            self.keep_samples(report["evaluation"], self.model, self.out / "base" / "samples")
+        self.ceiling(report["evaluation"])
+
+    def trained(self, row: Row, seed: int, out: Path):
+        """The row's training run at ``seed``, trained here (with ``train``) if this study folder lacks it."""
         name = self.run_name(row.name, seed)
         config = self.write_config(row, seed, out / "config.toml")
         self.orm()
@@ -275,13 +286,7 @@ class Study:
             run.refresh_from_db()
         if run.status != "succeeded":
             raise StudyError(f"run {name} {run.status}: {run.error}")
-        trained = time.time()
-        report = self.evaluate(name, self.model, seed, out)
-        self.record_run(run, out, data, trained - started, time.time() - trained)
-        if seed == 0:
-            self.keep_samples(report["evaluation"], name, out / "samples")
-            self.keep_samples(report["evaluation"], self.model, self.out / "base" / "samples")
-        self.ceiling(report["evaluation"])
+        return run, data
 
     def ceiling(self, evaluation_id: int) -> None:
         """What the frozen decoder allows: the oracle on the evaluation captions' ground-truth renders passed
@@ -401,26 +406,44 @@ class Study:
         (folder / "captions.json").write_text(json.dumps(captions, indent=1) + "\n", encoding="utf-8")
 
     def probe(self, seeds: list[int]) -> None:
-        """Held-out errors of the base and of every trained row: the mechanism, below what the oracle sees."""
+        """Held-out errors of the base and of every row with a committed report: the mechanism, below what the
+        oracle sees. A row this study folder has not trained (a new machine) is trained again from its committed
+        config (same seed, same data), and not evaluated again."""
+        self.setup()
         self.orm()
-        from catalog.models import ModelVersion
-        from evaluation.models import EvaluationRound
+        from catalog.models import ModelVersion, Prompt
 
-        evaluation = EvaluationRound.objects.filter(name__endswith=f" vs {self.model}").order_by("pk").first()
-        if evaluation is None:
-            return
-        captions = sorted(set(evaluation.jobs.values_list("prompt__text", flat=True)))
-        targets = [(self.model, self.out / "base")] + [
-            (self.run_name(row.name, int(folder.name.split("-")[1])), folder)
+        done = [
+            (row, int(folder.name.split("-")[1]), folder)
             for row in ROWS for folder in sorted((self.out / row.name).glob("seed-*"))
             if (folder / "report.json").exists() and int(folder.name.split("-")[1]) in seeds
         ]
+        if not done:
+            return
+        # The evaluation sample's captions, as the committed reports name them (every row shares the sample).
+        prompt_ids = sorted(json.loads((done[0][2] / "oracle.json").read_text(encoding="utf-8"))["per_prompt"])
+        texts = dict(Prompt.objects.filter(prompt_set__name="toy-eval", external_id__in=prompt_ids)
+                     .values_list("external_id", "text"))
+        captions = sorted(texts[p] for p in prompt_ids)
+        targets = [(self.model, self.out / "base")]
+        missing = [(row, seed, folder) for row, seed, folder in done if not (folder / "probe.json").exists()]
+        if missing:
+            self.start_workers()
+            try:
+                for row, seed, folder in sorted(missing, key=lambda m: (m[0].data == "preference", m[1])):
+                    scratch = self.var / "probe-configs" / row.name / f"seed-{seed}"
+                    run, _ = self.trained(row, seed, scratch)
+                    if (scratch / "config.toml").read_text() != (folder / "config.toml").read_text():
+                        raise StudyError(f"{row.name} seed {seed}: config differs from the committed one")
+                    targets.append((run.name, folder))
+            finally:
+                self.stop_workers()
         for name, folder in targets:
             if (folder / "probe.json").exists():
                 continue
             model = ModelVersion.objects.filter(name=name).first()
             if model is None:
-                continue
+                raise StudyError(f"probe: no model {name} in {self.var}")
             started = time.time()
             figures = held_out_errors(Path(model.local_path), captions)
             (folder / "probe.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
