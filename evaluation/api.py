@@ -220,14 +220,15 @@ class EvaluationViewSet(ResearcherMixin, mixins.ListModelMixin, mixins.RetrieveM
     @extend_schema(request=EvaluationCreateSerializer, responses={202: EvaluationDetailSerializer, **ERRORS})
     def create(self, request):
         """Create an evaluation as `manage.py create_evaluation` does: its images are queued on the gpu queue and its
-        annotation rounds open when the last is done (with from_existing: filled from existing images and opened
-        now). A refusal creates nothing."""
+        annotation rounds open when the last is done (with from_existing, or when existing images fill every job:
+        the rounds' creation is queued on the default queue at once). A refusal creates nothing."""
         data = validated(EvaluationCreateSerializer, request.data).validated_data
         try:  # evaluation_start is one transaction: a refusal leaves no evaluation, batch or round
             result = evaluation_start(
                 model_versions=data["models"], prompt_set=data["prompt_set"], limit=data.get("limit"),
                 seed=data["seed"], k=data["k"], name=data["name"], criteria=data["criteria"],
                 from_existing=data["from_existing"], seed_policy=data["seed_policy"], created_by=request.user,
+                rounds_now=False,
             )
         except EvaluationError as exc:
             raise refused(exc) from exc

@@ -7,7 +7,7 @@ import logging
 from catalog.models import GenerationBatch, PromptSet
 from config.celery import enqueue_on_commit
 from evaluation.models import EvaluationRound
-from evaluation.services import EvaluationError, evaluation_start
+from evaluation.services import ROUNDS_TASK, EvaluationError, evaluation_start
 from training.rounds import training_round_evaluation_record
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def annotation_rounds_when_generated(sender, *, batch, **kwargs) -> None:
     """An evaluation's last image is done: create its annotation rounds on the default queue."""
     evaluation = EvaluationRound.objects.filter(generation_batch=batch).first()
     if evaluation is not None:
-        enqueue_on_commit("evaluation.tasks.evaluation_rounds_create", evaluation.pk)
+        enqueue_on_commit(ROUNDS_TASK, evaluation.pk)
 
 
 def generation_batch_delete(sender, *, instance, **kwargs) -> None:

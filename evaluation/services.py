@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from annotation.criteria import Criterion
@@ -189,13 +190,21 @@ class EvaluationStart:
     build: AnnotationBuild | None
 
 
+# Creates an evaluation's annotation rounds on the default queue (evaluation.tasks).
+ROUNDS_TASK = "evaluation.tasks.evaluation_rounds_create"
+
+
 @transaction.atomic
 def evaluation_start(
     *, model_versions: Sequence[ModelVersion], prompt_set: PromptSet, limit: int | None = None, seed: int = 0,
     k: int = 5, name: str = "", criteria: Sequence[str] = CRITERIA, from_existing: bool = False,
-    seed_policy: str = EvaluationRound.SeedPolicy.EVALUATION, created_by=None,
+    seed_policy: str = EvaluationRound.SeedPolicy.EVALUATION, created_by=None, rounds_now: bool = True,
 ) -> EvaluationStart:
     """Create an evaluation and its jobs; with ``from_existing``, fill them and create the rounds now.
+
+    ``rounds_now=False`` (the research API: a request must not build thousands of items) queues the
+    rounds' creation on the default queue instead, once at least one prompt is known to have an
+    image from every model; ``build`` is then None.
 
     Otherwise the jobs that an existing image of the current sampler does not fill go to `gpu`
     workers once this transaction commits, and the annotation rounds are created when the last
@@ -229,8 +238,7 @@ def evaluation_start(
             else:
                 detail = f"no existing image matches any of the {jobs} (model, prompt) jobs"
             raise EvaluationError(detail, field="from_existing")
-        build = evaluation_annotation_create(evaluation=evaluation, created_by=created_by)
-        evaluation.refresh_from_db()
+        build = _rounds_open(evaluation, created_by=created_by, now=rounds_now)
     else:
         # An image this sampler already made for a job's (model, prompt, seed) is the image it would make: a base
         # model evaluated against each new checkpoint is sampled once.
@@ -240,11 +248,30 @@ def evaluation_start(
             raise EvaluationError(str(exc), field="EVALUATION_SAMPLER") from exc
         filled = generation_jobs_fill_from_existing(batch=evaluation.generation_batch, match_seed=True, sampler=sampler)
         if filled == jobs:
-            build = evaluation_annotation_create(evaluation=evaluation, created_by=created_by)
-            evaluation.refresh_from_db()
+            build = _rounds_open(evaluation, created_by=created_by, now=rounds_now)
         else:
             generation_dispatch(batch=evaluation.generation_batch)
     return EvaluationStart(evaluation=evaluation, jobs=jobs, filled=filled, build=build)
+
+
+def _rounds_open(evaluation: EvaluationRound, *, created_by, now: bool) -> AnnotationBuild | None:
+    """Create the evaluation's rounds now (its build), or queue their creation for after the commit."""
+    if now:
+        build = evaluation_annotation_create(evaluation=evaluation, created_by=created_by)
+        evaluation.refresh_from_db()
+        return build
+    models = evaluation.entries.count()
+    complete = (
+        evaluation.jobs.filter(status=GenerationJob.Status.DONE).values("prompt_id")
+        .annotate(n=Count("model_version", distinct=True)).filter(n=models).exists()
+    )
+    if not complete:
+        raise EvaluationError(
+            "no prompt has an image from every model yet (the existing images are of other prompts for each model)",
+            field="from_existing",
+        )
+    enqueue_on_commit(ROUNDS_TASK, evaluation.pk)
+    return None
 
 
 def evaluation_jobs_fill(*, evaluation: EvaluationRound) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from celery import shared_task
 
 from evaluation.models import EvaluationRound
-from evaluation.services import evaluation_annotation_create, report_refresh
+from evaluation.services import ROUNDS_TASK, evaluation_annotation_create, report_refresh
 
 
-@shared_task(name="evaluation.tasks.evaluation_rounds_create")
+@shared_task(name=ROUNDS_TASK)
 def evaluation_rounds_create(evaluation_id: int) -> str:
     """Create the annotation rounds once generation is over; a second run does nothing."""
     evaluation = EvaluationRound.objects.filter(pk=evaluation_id).first()

@@ -13,7 +13,8 @@ from rest_framework.test import APIClient
 from annotation.models import Round
 from catalog.models import GenerationBatch, GenerationJob
 from evaluation.models import EvaluationRound, StoredReport
-from evaluation.services import evaluation_start, report_refresh
+from evaluation.services import ROUNDS_TASK, evaluation_start, report_refresh
+from evaluation.tasks import evaluation_rounds_create
 from outbox.models import OutboxMessage
 from tests.evaluation.builders import annotate_round, annotators, prompt_set_with_images
 from tests.factories import AnnotatorFactory, ModelVersionFactory, PromptSetFactory
@@ -59,7 +60,7 @@ def test_only_researchers_reach_evaluations_and_their_reports(evaluation):
     assert EvaluationRound.objects.count() == 1
 
 
-def test_an_evaluation_from_existing_images_opens_its_rounds_at_once(researcher, postgres):
+def test_an_evaluation_from_existing_images_queues_its_rounds_at_once(researcher, postgres):
     prompt_set_with_images(models=["base", "pixel"], n_prompts=3, set_name="parti")
     answer = researcher.post("/api/research/evaluations/", {"models": ["pixel", "base"], "prompt_set": "parti",
                                                            "from_existing": True, "k": 3}, format="json")
@@ -67,11 +68,28 @@ def test_an_evaluation_from_existing_images_opens_its_rounds_at_once(researcher,
     body = answer.json()
     evaluation = EvaluationRound.objects.get()
     assert answer["Location"] == body["url"] == f"/api/research/evaluations/{evaluation.pk}/"
-    assert (body["status"], body["models"], body["k"]) == ("annotating", ["pixel", "base"], 3)
+    assert (body["models"], body["k"]) == (["pixel", "base"], 3)
     assert body["images"] == {"done": 6, "failed": 0, "total": 6}
+    # The request builds no items: the rounds are made on the default queue.
+    assert body["annotation_rounds"] == [] and not Round.objects.exists()
+    (message,) = OutboxMessage.objects.filter(task_name=ROUNDS_TASK)
+    assert message.args == [evaluation.pk]
+    assert evaluation_rounds_create(evaluation.pk) == "3 rounds"
+    assert evaluation_rounds_create(evaluation.pk) == "skipped"  # a re-delivered task makes none again
+    body = researcher.get(body["url"]).json()
+    assert body["status"] == "annotating"
     assert sorted(body["annotation_rounds"]) == sorted(evaluation.annotation_rounds.values_list("pk", flat=True))
     assert len(body["annotation_rounds"]) == 3
     assert body["report"] == {"fresh": False, "computed_at": None, "report_judgments": None, "judgments": 0}
+
+
+def test_existing_images_with_no_prompt_common_to_every_model_are_refused_in_the_request(researcher, postgres):
+    prompt_set_with_images(models=["base", "pixel"], n_prompts=2, set_name="parti", skip={(0, "base"), (1, "pixel")})
+    answer = researcher.post("/api/research/evaluations/", {"models": ["pixel", "base"], "prompt_set": "parti",
+                                                           "from_existing": True}, format="json")
+    assert answer.status_code == 400 and answer.json()["field"] == "from_existing", answer.json()
+    assert "no prompt has an image from every model" in answer.json()["detail"]
+    assert not EvaluationRound.objects.exists() and not OutboxMessage.objects.filter(task_name=ROUNDS_TASK).exists()
 
 
 def test_an_evaluation_that_generates_queues_its_images(researcher, postgres, django_capture_on_commit_callbacks):
