@@ -21,10 +21,10 @@ from annotation.errors import InvalidInput
 from annotation.serializers import ErrorSerializer
 from catalog.models import GenerationJob, ModelVersion, PromptSet
 from catalog.services import ExternalModelError
-from evaluation.charts import CHART_FORMATS, win_tie_loss_chart
+from evaluation.charts import CHART_FORMATS
 from evaluation.models import CRITERIA, EvaluationRound
 from evaluation.report_text import report_render
-from evaluation.services import EvaluationError, LatestReport, evaluation_start, report_latest
+from evaluation.services import EvaluationError, LatestReport, evaluation_start, report_chart, report_latest
 from evaluation.views import RETRY_AFTER_SECONDS
 from training.api import accepted, refused as input_refused, validated
 
@@ -159,7 +159,7 @@ class ChartRenderer(renderers.BaseRenderer):
     render_style = "binary"
 
     def render(self, data, accepted_media_type=None, renderer_context=None):
-        return win_tie_loss_chart(data["table"], self.format)
+        return data  # the stored chart's bytes (services.report_chart)
 
 
 class PNGRenderer(ChartRenderer):
@@ -292,4 +292,5 @@ class EvaluationViewSet(ResearcherMixin, mixins.ListModelMixin, mixins.RetrieveM
         _, latest, pending = self._stored()
         if pending is not None:
             return pending
-        return self._freshness(Response(latest.data), latest)
+        chart = report_chart(stored=latest.stored, fmt=request.accepted_renderer.format)
+        return self._freshness(Response(chart), latest)

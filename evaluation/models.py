@@ -114,6 +114,8 @@ class StoredReport(models.Model):
     compute_seconds = models.FloatField(null=True, blank=True)
     requested_state = models.CharField(max_length=200, blank=True, help_text="The state a recompute was asked for.")
     requested_at = models.DateTimeField(null=True, blank=True)
+    chart_png = models.BinaryField(null=True, blank=True, help_text="The report's win/tie/loss chart, drawn with it.")
+    chart_svg = models.BinaryField(null=True, blank=True, help_text="The same chart as SVG.")
 
     def __str__(self) -> str:
         return f"report of {self.evaluation_id} ({self.judgment_count} judgments, {self.computed_at})"

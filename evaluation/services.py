@@ -28,6 +28,7 @@ from catalog.models import AlignmentQuestion, GenerationJob, ModelVersion, Promp
 from catalog.selectors import prompts_select
 from config.celery import enqueue_on_commit
 from evaluation import reports, selectors
+from evaluation.charts import CHART_FORMATS, win_tie_loss_chart
 from evaluation.models import CRITERIA, TEXT_ALIGNMENT, EvaluationModel, EvaluationRound, StoredReport
 from training.engine.config import ConfigError
 
@@ -300,11 +301,26 @@ def report_refresh(*, evaluation: EvaluationRound) -> StoredReport:
         return stored
     started = time.perf_counter()
     data = reports.evaluation_report_build(evaluation=evaluation, n_resamples=n_resamples).to_dict()
+    charts = {f"chart_{fmt}": win_tie_loss_chart(data["table"], fmt) for fmt in CHART_FORMATS}
     stored, _ = StoredReport.objects.update_or_create(evaluation=evaluation, defaults={
         "data": data, "source_state": state.key, "judgment_count": state.judgment_count,
-        "computed_at": timezone.now(), "compute_seconds": time.perf_counter() - started,
+        "computed_at": timezone.now(), "compute_seconds": time.perf_counter() - started, **charts,
     })
     return stored
+
+
+def report_chart(*, stored: StoredReport, fmt: str) -> bytes:
+    """The stored report's chart in ``fmt``: drawn by ``report_refresh`` on the default queue with the report, so a
+    request serves bytes (matplotlib's first chart in a process costs about a second). A report stored before charts
+    were stored with it gets its chart drawn once, here, and kept."""
+    if fmt not in CHART_FORMATS:
+        raise ValueError(f"chart format must be one of {', '.join(CHART_FORMATS)}, got {fmt!r}")
+    field = f"chart_{fmt}"
+    chart = getattr(stored, field)
+    if chart is None:
+        chart = win_tie_loss_chart(stored.data["table"], fmt)
+        StoredReport.objects.filter(pk=stored.pk, source_state=stored.source_state).update(**{field: chart})
+    return bytes(chart)
 
 
 @dataclass(frozen=True)

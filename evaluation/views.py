@@ -16,12 +16,12 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_safe
 
 from annotation.roles import is_researcher
-from evaluation.charts import CHART_FORMATS, win_tie_loss_chart
+from evaluation.charts import CHART_FORMATS
 from evaluation.models import EvaluationRound
 from evaluation.report_text import report_render
 from evaluation.reports import CRITERION_TITLES
 from evaluation.selectors import evaluation_rounds_list
-from evaluation.services import LatestReport, report_latest
+from evaluation.services import LatestReport, report_chart, report_latest
 
 EXPORTS = {
     "txt": ("table", "text/plain; charset=utf-8"),
@@ -113,7 +113,7 @@ def evaluation_chart(request, pk: int, fmt: str):
     _, latest = _latest(pk)
     if latest.data is None:
         return _not_yet()
-    response = HttpResponse(win_tie_loss_chart(latest.data["table"], fmt), content_type=CHART_FORMATS[fmt])
+    response = HttpResponse(report_chart(stored=latest.stored, fmt=fmt), content_type=CHART_FORMATS[fmt])
     response["Cache-Control"] = "private, no-cache"
     return response
 

@@ -184,11 +184,21 @@ def test_the_report_is_the_stored_one_in_each_format_with_the_commands_numbers(
     assert not researcher.get(url).json()["report"]["fresh"]
 
 
-def test_report_and_chart_requests_do_not_compute(researcher, evaluation):
+def test_report_and_chart_requests_do_not_compute(researcher, evaluation, monkeypatch):
     """Reading a stored report costs a few queries and a render, not a recompute (timed for docs, not asserted)."""
-    report_refresh(evaluation=evaluation)
+    from evaluation import services
+
+    stored = report_refresh(evaluation=evaluation)
+    assert bytes(stored.chart_png).startswith(b"\x89PNG") and b"<svg" in bytes(stored.chart_svg)
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("a request drew a chart: charts are drawn with the report, on the default queue")
+
+    monkeypatch.setattr(services, "win_tie_loss_chart", no_drawing)
     url = f"/api/research/evaluations/{evaluation.pk}/"
-    researcher.get(f"{url}chart/")  # matplotlib's first import
+    assert researcher.get(f"{url}chart/").content == bytes(stored.chart_png)
+    assert researcher.get(f"{url}chart/?format=svg").content == bytes(stored.chart_svg)
+    assert page_chart(evaluation, "svg") == bytes(stored.chart_svg)
     timings = {}
     for path in ("report/", "report/?format=latex", "chart/", "chart/?format=svg"):
         started = time.perf_counter()
@@ -206,3 +216,26 @@ def test_unknown_evaluations_and_bad_filters_answer_json(researcher, postgres):
         assert answer.status_code == 404 and answer["Content-Type"] == "application/json", path
     bad = researcher.get("/api/research/evaluations/", {"batch": "x"})
     assert bad.status_code == 400 and "batch" in bad.json()
+
+
+def page_chart(evaluation, fmt):
+    """The report page's own chart link (the browser's, with a researcher's session)."""
+    from django.test import Client
+    from django.urls import reverse
+
+    from tests.factories import ResearcherFactory
+
+    client = Client()
+    client.force_login(ResearcherFactory())
+    answer = client.get(reverse("evaluation-chart", args=[evaluation.pk, fmt]))
+    assert answer.status_code == 200, answer.content[:200]
+    return answer.content
+
+
+def test_a_report_stored_without_its_chart_gets_it_drawn_once_and_kept(researcher, evaluation):
+    stored = report_refresh(evaluation=evaluation)
+    StoredReport.objects.filter(pk=stored.pk).update(chart_png=None, chart_svg=None)  # stored before charts were
+    png = researcher.get(f"/api/research/evaluations/{evaluation.pk}/chart/")
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    stored.refresh_from_db()
+    assert bytes(stored.chart_png) == png.content and stored.chart_svg is None
