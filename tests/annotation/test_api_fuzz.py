@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from annotation.models import Item, Lease
 from annotation.services import assignment, submission
-from catalog.models import Image, ModelVersion, PromptSet
+from catalog.models import Image, ImportJob, ModelVersion, PromptSet
 from config.wsgi import application
 from evaluation.services import evaluation_start, report_refresh
 from tests.annotation.builders import alignment_round, annotators, answer_for, best_worst_round, pairwise_round
@@ -101,6 +101,15 @@ class World:
         external = ModelVersion.objects.create(name="fuzz-external", kind=ModelVersion.Kind.EXTERNAL)
         self.model_ids = [base.pk, child.pk, external.pk]
         self.prompt_set_ids = list(PromptSet.objects.values_list("id", flat=True))
+        self.import_ids = [
+            ImportJob.objects.create(kind=kind, upload_name="fuzz.jsonl", status=status, result=result, error=error).pk
+            for kind, status, result, error in (
+                ("prompts", "queued", None, None),
+                ("prompts", "succeeded", {"prompt_set": "fuzz", "created": 1}, None),
+                ("images", "failed", None, {"detail": "m.jsonl:1: field 'model': no model", "code": "invalid",
+                                            "field": "archive", "line": 1, "file_field": "model"}),
+            )
+        ]
         self.generations = [
             {"model": model.name, "prompt_set": name, "images_per_prompt": 2, "seed": 1, "limit": 2}
             for model in (base, external) for name in PromptSet.objects.values_list("name", flat=True)[:2]
@@ -187,6 +196,7 @@ def world_ids(world: World):
         ("/api/research/training-rounds/", world.training_round_ids),
         ("/api/research/evaluations/", world.evaluation_ids),
         ("/api/research/models/", world.model_ids), ("/api/research/prompt-sets/", world.prompt_set_ids),
+        ("/api/research/imports/", world.import_ids),
     ]
 
 
