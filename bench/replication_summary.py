@@ -75,7 +75,10 @@ def across_seeds(seeds: list[dict]) -> dict:
     for criterion, _ in CRITERIA:
         out[criterion] = {key: spread([s[criterion][key]["rate"] for s in seeds]) for key in ("a_wins", "tie", "b_wins")}
         out[criterion]["net"] = spread([s[criterion]["net"] for s in seeds])
-        out[criterion]["significant_seeds"] = sum(1 for s in seeds if s[criterion]["p_adjusted"] < 0.05)
+        significant = [s for s in seeds if s[criterion]["p_adjusted"] < 0.05]
+        out[criterion]["significant_seeds"] = len(significant)
+        out[criterion]["significant_for"] = {"a": sum(1 for s in significant if s[criterion]["net"] > 0),
+                                             "b": sum(1 for s in significant if s[criterion]["net"] < 0)}
     out["text_alignment"] = {"difference": spread([s["text_alignment"]["difference"] for s in seeds]),
                              "significant_seeds": sum(1 for s in seeds if s["text_alignment"]["p_adjusted"] < 0.05)}
     out["fidelity_difference"] = spread([s["oracle"]["fidelity_difference"]["mean"] for s in seeds])
@@ -195,14 +198,17 @@ def tables(summary: dict) -> str:
         if "probe" in data["base"]:
             lines += probe_lines(model, data)
         if data["head_to_head"]:
-            lines += ["", f"Head to head on {model} (a against b, same seed):", "",
-                      "| a | b | seeds | flaws: a wins | tie | b wins | appeal: a wins | tie | b wins |",
-                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            lines += ["", f"Head to head on {model} (a against b, same seed; `sig. a / b`: the seeds whose sign test "
+                      "is significant after Holm's correction, in a's favour / in b's):", "",
+                      "| a | b | seeds | flaws: a wins | tie | b wins | sig. a / b | appeal: a wins | tie | b wins "
+                      "| sig. a / b |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
             for entry in data["head_to_head"].values():
                 s = entry["across_seeds"]
                 cells = [ROW[entry["a"]].label, ROW[entry["b"]].label, str(len(s["seeds"]))]
                 for criterion, _ in CRITERIA:
                     cells += [_pct(s[criterion][k]) for k in ("a_wins", "tie", "b_wins")]
+                    cells.append(f"{s[criterion]['significant_for']['a']} / {s[criterion]['significant_for']['b']}")
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -371,6 +377,15 @@ def summarize(out: Path) -> dict:
     for path in plots(summary, out / "plots") + grids(out, out / "grids"):
         print(f"wrote {path}")
     print(f"wrote {out / 'summary.json'} and {out / 'tables.md'}")
+    doc = out.parent / "toy-replication.md"
+    if doc.exists():  # the write-up quotes the tables between its markers
+        text = doc.read_text(encoding="utf-8")
+        start, end = "<!-- tables:start -->\n", "<!-- tables:end -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + start + (out / "tables.md").read_text(encoding="utf-8").rstrip("\n") + "\n" + end + rest.split(end, 1)[1]
+            doc.write_text(text, encoding="utf-8")
+            print(f"wrote the tables into {doc}")
     return summary
 
 

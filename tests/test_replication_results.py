@@ -96,3 +96,16 @@ def test_the_write_up_quotes_the_tables_as_they_are():
     assert text.split(start, 1)[1].split(end, 1)[0].strip() == tables.strip()
     for image in ("plots/toy-sd-rows.png", "plots/toy-pixart-rows.png", "grids/toy-sd.png", "grids/toy-pixart.png"):
         assert f"replication/{image}" in text and (OUT / image).exists()
+
+
+def test_every_row_is_run_and_probed_at_seed_0_and_the_cost_table_is_complete():
+    for model in replication.MODELS:
+        base = json.loads((OUT / model / "base" / "probe.json").read_text())
+        for row in replication.ROWS:
+            folder = OUT / model / row.name / "seed-0"
+            assert (folder / "report.json").exists(), f"{model}/{row.name}: not run"
+            probe = json.loads((folder / "probe.json").read_text())
+            assert probe["captions"] == base["captions"] == replication.EVAL_PROMPTS
+            assert probe["draws"] == replication.PROBE_DRAWS
+            assert all(probe[key] > 0 for key in ("latent_mse", "pixel_mse_eps", "pixel_mse_x0")), (model, row.name)
+    assert "not run" not in (OUT / "tables.md").read_text()
