@@ -116,7 +116,8 @@ COST_ROWS = {"full pixel term": "sft-latent-pixel", "pixel_crop 0.5": "sft-laten
 ROW = {row.name: row for row in ROWS}
 # The round that makes the preference pairs trains this row (seed 0) as its own training stage.
 ROUND_ROW = "simpo-latent-pixel"
-QUICK_ROWS = ("sft-latent-pixel", "simpo-latent-pixel")
+# --quick: one row of each of the paper's tables the study replicates (1–2, 3–4, 5, 6) and of the decoding ablation.
+QUICK_ROWS = ("sft-latent-pixel", "simpo-latent-pixel", "sft-pixel", "dpo-latent-simpo-pixel", "sft-latent-pixel-x0")
 # Head to head, as the paper compares: (a, b) evaluates a against b, seed by seed.
 HEAD_TO_HEAD = [
     ("sft-latent-pixel", "sft-latent"),
