@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import zipfile
 import zlib
+from datetime import timedelta
 from pathlib import Path
 
 from django.db import transaction
@@ -31,6 +32,8 @@ IMPORT_TASK = "catalog.tasks.import_run"
 ARCHIVE_MAX_FILES = 20_000
 ARCHIVE_MAX_BYTES = 4 * 1024**3
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
+# A job left running this long lost its worker; a re-delivered task runs it again.
+IMPORT_STALE = timedelta(hours=1)
 # What reading a damaged or hostile .zip raises.
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, zlib.error, EOFError,
                OSError, ValueError)
@@ -152,11 +155,16 @@ def import_job_create(*, kind: str, upload, name: str, params: dict, user=None) 
 
 
 def import_run(job_id: int) -> str:
-    """Run a queued import job; a job that is no longer queued (a re-delivered task) is left alone."""
+    """Run a queued import job. A job that has ended, or that another worker is running, is left alone (a
+    re-delivered task); one left running longer than IMPORT_STALE (its worker died: the import is one
+    transaction, so it wrote nothing) is run again."""
     with transaction.atomic():
         job = ImportJob.objects.select_for_update().filter(pk=job_id).first()
-        if job is None or job.status != ImportJob.Status.QUEUED:
-            return job.status if job else "missing"
+        if job is None:
+            return "missing"
+        stale = job.status == ImportJob.Status.RUNNING and job.started_at < timezone.now() - IMPORT_STALE
+        if job.status != ImportJob.Status.QUEUED and not stale:
+            return job.status
         job.status, job.started_at = ImportJob.Status.RUNNING, timezone.now()
         job.save(update_fields=["status", "started_at"])
     folder = Path(tempfile.mkdtemp(prefix=f"import-{job.pk}-")).resolve()

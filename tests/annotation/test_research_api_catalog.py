@@ -430,3 +430,18 @@ def test_research_writes_are_rate_limited_with_retry_after(researcher, settings)
     assert limited.status_code == 429 and int(limited["Retry-After"]) >= 1
     assert limited.json()["code"] == "throttled" and not ModelVersion.objects.filter(name="x").exists()
     assert researcher.get("/api/research/models/").status_code == 200  # reads are not counted
+
+
+def test_an_import_whose_worker_died_runs_again_and_a_live_one_is_left_alone(researcher):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    started = researcher.post("/api/research/prompt-sets/import/", {"file": _upload("p.jsonl", '{"prompt": "x"}'),
+                                                                    "set": "s"})
+    job_id = started.json()["id"]
+    ImportJob.objects.filter(pk=job_id).update(status="running", started_at=timezone.now())
+    assert import_run(job_id) == "running" and not PromptSet.objects.exists()  # another worker has it
+    ImportJob.objects.filter(pk=job_id).update(started_at=timezone.now() - timedelta(hours=2))
+    assert import_run(job_id) == "succeeded" and PromptSet.objects.get(name="s").prompts.count() == 1
+    assert import_run(999_999) == "missing"
