@@ -93,6 +93,7 @@ ROWS = [
     Row("sft-latent-pixel", "1, 2", "SFT, latent + pixel", "sft", "sft", "sft"),
     Row("sft-pixel", "5", "SFT, pixel only", "sft", "none", "sft"),
     Row("sft-latent-pixel-4x", "5", "SFT, latent + pixel, 4× the weight", "sft", "sft", "sft", 4.0),
+    Row("sft-latent-pixel-quarter", "5", "SFT, latent + pixel, ¼ the weight", "sft", "sft", "sft", 0.25),
     Row("sft-latent-pixel-x0", "decoding", "SFT, latent + pixel, x0 decoding (eq. 8)", "sft", "sft", "sft",
         extra={"pixel_decoding": "x0"}),
     Row("simpo-latent-pixel", "3, 4", "SimPO, latent + pixel", "preference", "simpo", "simpo"),
