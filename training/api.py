@@ -265,8 +265,9 @@ class TrainingRunViewSet(ResearcherMixin, mixins.ListModelMixin, mixins.Retrieve
     @extend_schema(request=TrainingRunCreateSerializer, responses={202: TrainingRunDetailSerializer, **ERRORS})
     def create(self, request):
         """Queue a run on the gpu queue: on a dataset (`dataset_path`, as `manage.py train`) or on a collected
-        annotation round's pairs (`round`, as `manage.py launch_training_round ROUND`). Everything is checked first;
-        a refusal writes nothing."""
+        annotation round's pairs (`round`, as `manage.py launch_training_round ROUND`; the pairs are exported on the
+        default queue first, the run's `dataset_path` empty and its phase "exporting the round's pairs" meanwhile).
+        Everything is checked first; a refusal writes nothing."""
         params = validated(TrainingRunCreateSerializer, request.data)
         data, config = params.validated_data, params.settings()
         try:
@@ -275,7 +276,7 @@ class TrainingRunViewSet(ResearcherMixin, mixins.ListModelMixin, mixins.Retrieve
                     run = training_round_launch(
                         round_=data["round"], base_model=data["base_model"], config=config, name=data["name"],
                         evaluate_on=data.get("evaluate_on"), evaluate_limit=data.get("evaluate_limit"),
-                        evaluate_seed=data["evaluate_seed"], created_by=request.user,
+                        evaluate_seed=data["evaluate_seed"], created_by=request.user, export_now=False,
                     ).run
                 else:
                     run = services.training_run_create(

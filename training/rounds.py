@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 
 from django.conf import settings
@@ -32,7 +33,7 @@ from django.utils import timezone
 
 from annotation.exports import ExportResult, preferences_export
 from annotation.kinds import item_kind
-from annotation.models import Round
+from annotation.models import Aggregate, Round
 from annotation.selectors import round_summary
 from annotation.simulation import Policy, PolicyError, round_simulate, synthetic_annotators
 from annotation.services.rounds import round_create
@@ -41,7 +42,10 @@ from catalog.models import GenerationBatch, GenerationJob, Image, ModelVersion, 
 from catalog.selectors import prompts_select
 from catalog.services import ExternalModelError, model_weights_check
 from training.models import TrainingRound, TrainingRun
-from training.services import training_config_validate, training_run_create
+from config.celery import enqueue_on_commit
+from training.services import (
+    EXPORT_TASK, PENDING_DATASET, TRAIN_TASK, training_config_validate, training_run_create,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class TrainingRoundError(ValueError):
 
 @dataclass(frozen=True)
 class TrainingRoundLaunch:
-    export: ExportResult
+    export: ExportResult | None
     run: TrainingRun
 
 
@@ -76,7 +80,7 @@ def _training_check(*, base_model: ModelVersion, config: dict, name: str):
         )
     if TrainingRun.objects.filter(name=name).exists() or ModelVersion.objects.filter(name=name).exists():
         raise TrainingRoundError(f"'{name}' is taken by a training run or a model", code="name_taken", field="name")
-    return training_config_validate(base_model=base_model, dataset_path="pairs.jsonl", config=config)
+    return training_config_validate(base_model=base_model, dataset_path=PENDING_DATASET, config=config)
 
 
 def training_round_launch(
@@ -89,8 +93,10 @@ def training_round_launch(
     evaluate_limit: int | None = None,
     evaluate_seed: int = 0,
     created_by=None,
+    export_now: bool = True,
 ) -> TrainingRoundLaunch:
-    """Export ``round_``'s winner/loser pairs and queue a preference run on them.
+    """Export ``round_``'s winner/loser pairs and queue a preference run on them (``export_now=False``: queue the
+    export too, on the default queue; ``export`` is then None).
 
     The base model's directory and the configuration are checked before anything is written; the export is immutable and
     content-addressed, so launching twice from the same judgments reuses the same dataset.
@@ -101,21 +107,64 @@ def training_round_launch(
             "the round gives winner/loser pairs; set latent_objective or pixel_objective to dpo or simpo",
             field="config",
         )
-    export = preferences_export(round_=round_, out_dir=Path(settings.ARTIFACTS_ROOT) / "preferences")
-    if export.pairs == 0:
-        raise TrainingRoundError(
-            f"round {round_.pk} has no winner/loser pair yet ({export.items_complete} complete items, "
-            f"{export.ties} ties, {export.no_majority} without majority)",
-            code="no_pairs", field="round",
-        )
     follow_up = {}
     if evaluate_on is not None:
         follow_up["evaluate"] = {"prompt_set": evaluate_on.pk, "limit": evaluate_limit, "seed": evaluate_seed}
+    if not export_now:
+        # The research API: the export reads and copies every pair's images (about a second for 500 pairs of
+        # 64 px images), so it runs on the default queue (run_round_export) and the request only checks that
+        # the round has a pair.
+        complete = Aggregate.objects.filter(round=round_, complete=True, item__is_gold=False)
+        if not complete.filter(outcome=Aggregate.Outcome.WINNER).exists():
+            raise _no_pairs(round_, SimpleNamespace(
+                items_complete=complete.count(), ties=complete.filter(outcome=Aggregate.Outcome.TIE).count(),
+                no_majority=complete.filter(no_majority=True).count(),
+            ))
+        run = training_run_create(
+            name=name, base_model=base_model, dataset_path="", config=config, created_by=created_by,
+            source_round=round_, follow_up=follow_up, task=EXPORT_TASK,
+        )
+        run.phase = EXPORTING_PHASE
+        run.save(update_fields=["phase"])
+        return TrainingRoundLaunch(export=None, run=run)
+    export = preferences_export(round_=round_, out_dir=Path(settings.ARTIFACTS_ROOT) / "preferences")
+    if export.pairs == 0:
+        raise _no_pairs(round_, export)
     run = training_run_create(
         name=name, base_model=base_model, dataset_path=str(export.path / "manifest.jsonl"), config=config,
         created_by=created_by, source_round=round_, follow_up=follow_up,
     )
     return TrainingRoundLaunch(export=export, run=run)
+
+
+EXPORTING_PHASE = "exporting the round's pairs"
+
+
+def _no_pairs(round_: Round, counts) -> TrainingRoundError:
+    return TrainingRoundError(
+        f"round {round_.pk} has no winner/loser pair yet ({counts.items_complete} complete items, "
+        f"{counts.ties} ties, {counts.no_majority} without majority)",
+        code="no_pairs", field="round",
+    )
+
+
+def run_round_export(*, run_id: int) -> str:
+    """Export a queued run's source round (default queue) and send the run to the gpu queue; a run no longer queued,
+    or with its dataset already, is left alone. A round without pairs by now fails the run, with the reason."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update(of=("self",)).select_related("source_round").filter(pk=run_id).first()
+        if run is None or run.status != TrainingRun.Status.QUEUED or run.dataset_path or run.source_round is None:
+            return "skipped"
+        export = preferences_export(round_=run.source_round, out_dir=Path(settings.ARTIFACTS_ROOT) / "preferences")
+        if export.pairs == 0:
+            run.status, run.finished_at, run.phase = TrainingRun.Status.FAILED, timezone.now(), "failed"
+            run.error = str(_no_pairs(run.source_round, export).detail)
+            run.save(update_fields=["status", "finished_at", "phase", "error"])
+            return "no pairs"
+        run.dataset_path, run.phase = str(export.path / "manifest.jsonl"), "queued"
+        run.save(update_fields=["dataset_path", "phase"])
+        enqueue_on_commit(TRAIN_TASK, run.pk)
+    return f"{export.pairs} pairs"
 
 
 # --- Whole rounds -------------------------------------------------------------------------

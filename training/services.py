@@ -93,9 +93,10 @@ def training_run_launch(run: TrainingRun):
 @transaction.atomic
 def training_run_create(
     *, name: str, base_model: ModelVersion, dataset_path: str, config: dict, created_by=None,
-    source_round=None, follow_up: dict | None = None,
+    source_round=None, follow_up: dict | None = None, task: str | None = None,
 ) -> TrainingRun:
-    """Create a queued run and send it to a GPU worker once this transaction commits.
+    """Create a queued run and send it to a GPU worker once this transaction commits (or to ``task``: the
+    export of its source round's pairs, which then sends it on).
 
     Raises ExternalModelError for a base model without weights, TrainingRunRefused (a RegistrationError) for a base
     model whose directory this machine cannot read or a name that is taken, and ConfigError for a bad config.
@@ -106,7 +107,8 @@ def training_run_create(
             f"base model '{base_model.name}': its pipeline directory {base_model.local_path} does not exist "
             "(or has no model_index.json) on this machine", field="base_model",
         )
-    training_config_validate(base_model=base_model, dataset_path=dataset_path, config=config)
+    # A run whose pairs are still to be exported (``task``) is checked with a stand-in manifest.
+    training_config_validate(base_model=base_model, dataset_path=dataset_path or PENDING_DATASET, config=config)
     if TrainingRun.objects.filter(name=name).exists():
         raise TrainingRunRefused(f"'{name}' is taken by a training run", field="name", code="name_taken")
     if ModelVersion.objects.filter(name=name).exists():
@@ -118,8 +120,14 @@ def training_run_create(
     )
     run.output_dir = str(training_run_output_dir(run))
     run.save(update_fields=["output_dir"])
-    enqueue_on_commit(TRAIN_TASK, run.pk)
+    enqueue_on_commit(task or TRAIN_TASK, run.pk)
     return run
+
+
+# The dataset a run's config is checked against before its pairs exist (a round's export).
+PENDING_DATASET = "pairs.jsonl"
+# Exports a run's source round on the default queue, then sends the run to the gpu queue (training.rounds).
+EXPORT_TASK = "training.tasks.run_round_export"
 
 
 class RunStateError(ValueError):
@@ -428,7 +436,8 @@ def training_run_resume(*, run: TrainingRun) -> TrainingRun:
         run.error, run.error_traceback, run.attempts, run.phase = "", "", 0, "queued"
         run.save(update_fields=["status", "cancel_requested_at", "finished_at", "error", "error_traceback",
                                 "attempts", "phase"])
-        enqueue_on_commit(TRAIN_TASK, run.pk)
+        # A run cancelled (or failed) before its round's pairs were exported exports them first.
+        enqueue_on_commit(TRAIN_TASK if run.dataset_path else EXPORT_TASK, run.pk)
     return run
 
 

@@ -37,3 +37,9 @@ def rounds_advance() -> list[int]:
     """Move the training rounds on whose stage's work is done (celery beat, default queue). Safe to run any number of
     times: each transition locks its round and checks the stage."""
     return rounds.training_rounds_advance()
+
+
+@shared_task(name=services.EXPORT_TASK)
+def run_round_export(run_id: int) -> str:
+    """Export a queued run's source round on the default queue, then send the run to the gpu queue (research API)."""
+    return rounds.run_round_export(run_id=run_id)

@@ -1,6 +1,7 @@
 """The research API's training runs: create one (on a dataset or a collected round), and read its metrics series."""
 
 import json
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
@@ -118,6 +119,8 @@ def test_a_bad_run_is_a_400_naming_the_field_and_nothing_is_queued(
 
 
 from tests.training.test_training_round import judged_round  # noqa: E402,F401  (a fixture)
+from training.services import EXPORT_TASK  # noqa: E402
+from training.tasks import run_round_export  # noqa: E402
 
 
 def test_a_run_on_a_collected_round_exports_its_pairs_and_queues_the_run(
@@ -134,9 +137,18 @@ def test_a_run_on_a_collected_round_exports_its_pairs_and_queues_the_run(
                     round=round_.pk, config=config, evaluate_on="held-out", evaluate_limit=1)
     assert answer.status_code == 202, answer.json()
     run = TrainingRun.objects.get(name="base-simpo")
-    assert run.source_round == round_ and run.dataset_path.endswith("manifest.jsonl")
+    # The request exports nothing: the default queue does, then sends the run on to the gpu queue.
+    assert run.source_round == round_ and run.dataset_path == "" and run.phase == "exporting the round's pairs"
+    assert answer.json()["phase"] == run.phase and not (tmp_path / "artifacts" / "preferences").exists()
     assert run.follow_up == {"evaluate": {"prompt_set": eval_set.pk, "limit": 1, "seed": 0}}
+    assert OutboxMessage.objects.filter(task_name=EXPORT_TASK, args=[run.pk]).exists()
+    assert not OutboxMessage.objects.filter(task_name=TRAIN_TASK).exists()
+    with django_capture_on_commit_callbacks():
+        assert run_round_export(run.pk) == "4 pairs"  # the judged round: 4 items, each a winner and a loser
+    run.refresh_from_db()
+    assert run.dataset_path.endswith("manifest.jsonl") and Path(run.dataset_path).is_file() and run.phase == "queued"
     assert OutboxMessage.objects.filter(task_name=TRAIN_TASK, args=[run.pk]).exists()
+    assert run_round_export(run.pk) == "skipped"  # a re-delivered task exports nothing again
 
     sft = create(researcher, django_capture_on_commit_callbacks, name="base-sft", base_model="base",
                  round=round_.pk, config=TINY)
@@ -201,3 +213,31 @@ def test_metrics_come_from_the_run_folder_when_it_is_readable(researcher, tmp_pa
     answer = researcher.get(f"/api/research/runs/{run.pk}/metrics/", {"after_step": 1500}).json()
     assert answer["source"] == "metrics.jsonl" and answer["total"] == 2000
     assert [p["step"] for p in answer["points"]] == list(range(1501, 2001)) and answer["next"] is None
+
+
+def test_a_run_cancelled_before_its_export_exports_on_resume_and_one_whose_pairs_went_fails(
+    researcher, judged_round, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    from annotation.models import Judgment
+    from training.services import training_run_cancel, training_run_resume
+
+    settings.ARTIFACTS_ROOT = tmp_path / "artifacts"
+    base, round_ = judged_round
+    config = {**TINY, "latent_objective": "dpo"}
+    answer = create(researcher, django_capture_on_commit_callbacks, name="early", base_model="base", round=round_.pk,
+                    config=config)
+    run = TrainingRun.objects.get(pk=answer.json()["id"])
+    training_run_cancel(run=run)
+    assert run_round_export(run.pk) == "skipped"  # cancelled while queued: nothing exported
+    with django_capture_on_commit_callbacks():
+        training_run_resume(run=run)
+    assert OutboxMessage.objects.filter(task_name=EXPORT_TASK, args=[run.pk]).count() == 2
+    assert not OutboxMessage.objects.filter(task_name=TRAIN_TASK).exists()
+
+    # The pairs are gone by the time the task runs (the judgments were removed; the export recomputes the
+    # aggregates from them): the run fails, saying why, and is not sent to the gpu queue.
+    Judgment.objects.filter(item__round=round_).delete()
+    assert run_round_export(run.pk) == "no pairs"
+    run.refresh_from_db()
+    assert run.status == "failed" and "no winner/loser pair" in run.error and run.finished_at is not None
+    assert not OutboxMessage.objects.filter(task_name=TRAIN_TASK).exists()
