@@ -130,6 +130,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
                     launch = training_round_launch(
                         round_=data["round"], base_model=data["base_model"], config=config, name=data["name"],
                         evaluate_on=data["evaluate_on"], evaluate_limit=data["evaluate_limit"], created_by=request.user,
+                        export_now=False,  # a web request: the export (every pair's images) runs on the default queue
                     )
             except ConfigError as exc:
                 form.add_error("overrides", f"{exc} (nothing was launched)")
@@ -139,8 +140,8 @@ class TrainingRunAdmin(admin.ModelAdmin):
             else:
                 self.message_user(
                     request,
-                    f"{launch.export.pairs} pairs exported to {launch.export.path}; run '{launch.run.name}' "
-                    "queued on the gpu queue",
+                    f"run '{launch.run.name}' queued: the round's pairs are exported on the default queue, then "
+                    "it trains on the gpu queue",
                     level=messages.SUCCESS,
                 )
                 return redirect("admin:training_trainingrun_change", launch.run.pk)

@@ -126,6 +126,8 @@ def test_researchers_launch_a_training_round_from_the_admin(judged_round, eager_
     run = TrainingRun.objects.get(name="from-admin")
     assert launched.status_code == 302 and launched["Location"].endswith(f"/{run.pk}/change/")
     assert run.source_round == round_ and run.config["max_train_steps"] == 2 and "pretrained_model" not in run.config
+    # A web request exports nothing: the default queue does, then the run goes to the gpu queue.
+    assert run.dataset_path == "" and run.phase == "exporting the round's pairs"
 
 
 def test_launch_refuses_an_external_model_before_exporting_anything(eager_tasks, judged_round, tmp_path, settings):
