@@ -32,7 +32,7 @@ IMPORT_TASK = "catalog.tasks.import_run"
 ARCHIVE_MAX_FILES = 20_000
 ARCHIVE_MAX_BYTES = 4 * 1024**3
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
-# A job left running this long lost its worker; a re-delivered task runs it again.
+# A job left running (or queued) this long lost its worker (or its message): it is run again.
 IMPORT_STALE = timedelta(hours=1)
 # What reading a damaged or hostile .zip raises.
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, zlib.error, EOFError,
@@ -213,3 +213,20 @@ def _import(job: ImportJob, folder: Path) -> dict:
         create_models=params.get("create_models", False), confined=True,
     )
     return {"created": result.created, "present": result.present, "models_created": result.models_created}
+
+
+def imports_recover() -> list[int]:
+    """Send again every import left queued or running longer than IMPORT_STALE (its message or its worker was
+    lost); ``import_run`` takes a stale running one over. Run by celery beat; safe to run any number of times."""
+    from config.celery import enqueue_on_commit
+
+    cutoff = timezone.now() - IMPORT_STALE
+    stale = list(
+        ImportJob.objects.filter(status=ImportJob.Status.RUNNING, started_at__lt=cutoff).values_list("pk", flat=True)
+    ) + list(ImportJob.objects.filter(status=ImportJob.Status.QUEUED, created_at__lt=cutoff).values_list("pk", flat=True))
+    with transaction.atomic():
+        for job_id in stale:
+            enqueue_on_commit(IMPORT_TASK, job_id)
+    if stale:
+        logger.warning("imports %s were stale; sent again", stale)
+    return stale

@@ -37,3 +37,9 @@ def import_run(job_id: int) -> str:
 
     A job no longer queued is left alone, so a re-delivered task is harmless."""
     return imports.import_run(job_id)
+
+
+@shared_task(name="catalog.tasks.imports_recover")
+def imports_recover() -> list[int]:
+    """Send again the imports whose worker or message was lost (celery beat)."""
+    return imports.imports_recover()

@@ -272,6 +272,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "in
 CELERY_BEAT_SCHEDULE = {
     "outbox-flush": {"task": "outbox.tasks.outbox_flush", "schedule": 60.0, "options": {"expires": 55}},
     "training-runs-recover": {"task": "training.tasks.runs_recover", "schedule": 60.0, "options": {"expires": 55}},
+    "imports-recover": {"task": "catalog.tasks.imports_recover", "schedule": 300.0, "options": {"expires": 290}},
     # Training rounds move on to their next stage within this many seconds of the last one's work being done.
     "training-rounds-advance": {"task": "training.tasks.rounds_advance", "schedule": 10.0, "options": {"expires": 9}},
 }

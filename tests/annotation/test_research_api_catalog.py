@@ -445,3 +445,26 @@ def test_an_import_whose_worker_died_runs_again_and_a_live_one_is_left_alone(res
     ImportJob.objects.filter(pk=job_id).update(started_at=timezone.now() - timedelta(hours=2))
     assert import_run(job_id) == "succeeded" and PromptSet.objects.get(name="s").prompts.count() == 1
     assert import_run(999_999) == "missing"
+
+
+def test_stale_imports_are_sent_again_by_the_beat_sweep(researcher):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from catalog.imports import imports_recover
+
+    def job(status, age_hours, **times):
+        made = ImportJob.objects.create(kind="prompts", upload_name="p.jsonl", status=status, **times)
+        ImportJob.objects.filter(pk=made.pk).update(created_at=timezone.now() - timedelta(hours=age_hours))
+        return made.pk
+
+    now = timezone.now()
+    lost_message = job("queued", 2)
+    lost_worker = job("running", 2, started_at=now - timedelta(hours=2))
+    job("queued", 0)  # just made: its task is on its way
+    job("running", 2, started_at=now)  # a long import, still in its first hour
+    job("failed", 2)
+    assert sorted(imports_recover()) == sorted([lost_message, lost_worker])
+    sent = sorted(m.args[0] for m in OutboxMessage.objects.filter(task_name=IMPORT_TASK))
+    assert sent == sorted([lost_message, lost_worker])
