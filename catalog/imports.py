@@ -52,8 +52,7 @@ class ArchiveError(ImportFileError):
     """The archive itself is wrong (``field`` "archive"), or its manifest cannot be found ("manifest")."""
 
     def __init__(self, field: str, message: str):
-        super().__init__(field, None, None, message)
-        self.request_field = field
+        super().__init__(field, None, None, message)  # its "path" is the request's field: "archive: message"
 
 
 def upload_name(name: str, default: str) -> str:
@@ -68,7 +67,7 @@ def import_error(exc: ImportFileError, *, folder: str | Path, field: str) -> dic
     if str(folder):
         detail = detail.replace(f"{folder}/", "").replace(str(folder), "")
     if isinstance(exc, ArchiveError):
-        return {"detail": detail, "code": "invalid", "field": exc.request_field, "line": None, "file_field": None}
+        return {"detail": detail, "code": "invalid", "field": exc.path, "line": None, "file_field": None}
     if exc.field_name == "set" and exc.line is None:  # the set's name, a field of the request
         return {"detail": detail, "code": "invalid", "field": "set", "line": None, "file_field": None}
     return {"detail": detail, "code": "invalid", "field": field, "line": exc.line, "file_field": exc.field_name}

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from annotation.exports import ExportResult, preferences_export
@@ -43,9 +44,7 @@ from catalog.selectors import prompts_select
 from catalog.services import ExternalModelError, model_weights_check
 from training.models import TrainingRound, TrainingRun
 from config.celery import enqueue_on_commit
-from training.services import (
-    EXPORT_TASK, PENDING_DATASET, TRAIN_TASK, training_config_validate, training_run_create,
-)
+from training.services import PENDING_DATASET, TRAIN_TASK, training_config_validate, training_run_create
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +113,15 @@ def training_round_launch(
         # The research API: the export reads and copies every pair's images (about a second for 500 pairs of
         # 64 px images), so it runs on the default queue (run_round_export) and the request only checks that
         # the round has a pair.
-        complete = Aggregate.objects.filter(round=round_, complete=True, item__is_gold=False)
-        if not complete.filter(outcome=Aggregate.Outcome.WINNER).exists():
-            raise _no_pairs(round_, SimpleNamespace(
-                items_complete=complete.count(), ties=complete.filter(outcome=Aggregate.Outcome.TIE).count(),
-                no_majority=complete.filter(no_majority=True).count(),
-            ))
+        counts = Aggregate.objects.filter(round=round_, complete=True, item__is_gold=False).aggregate(
+            items_complete=Count("pk"), pairs=Count("pk", filter=Q(outcome=Aggregate.Outcome.WINNER)),
+            ties=Count("pk", filter=Q(outcome=Aggregate.Outcome.TIE)), no_majority=Count("pk", filter=Q(no_majority=True)),
+        )
+        if counts["pairs"] == 0:
+            raise _no_pairs(round_, SimpleNamespace(**counts))
         run = training_run_create(
             name=name, base_model=base_model, dataset_path="", config=config, created_by=created_by,
-            source_round=round_, follow_up=follow_up, task=EXPORT_TASK,
+            source_round=round_, follow_up=follow_up,
         )
         run.phase = EXPORTING_PHASE
         run.save(update_fields=["phase"])

@@ -93,10 +93,10 @@ def training_run_launch(run: TrainingRun):
 @transaction.atomic
 def training_run_create(
     *, name: str, base_model: ModelVersion, dataset_path: str, config: dict, created_by=None,
-    source_round=None, follow_up: dict | None = None, task: str | None = None,
+    source_round=None, follow_up: dict | None = None,
 ) -> TrainingRun:
-    """Create a queued run and send it to a GPU worker once this transaction commits (or to ``task``: the
-    export of its source round's pairs, which then sends it on).
+    """Create a queued run and send it to a GPU worker once this transaction commits (a run on a round with no
+    dataset yet, ``dataset_path=""``: to the export of its round's pairs, which then sends it on).
 
     Raises ExternalModelError for a base model without weights, TrainingRunRefused (a RegistrationError) for a base
     model whose directory this machine cannot read or a name that is taken, and ConfigError for a bad config.
@@ -107,7 +107,7 @@ def training_run_create(
             f"base model '{base_model.name}': its pipeline directory {base_model.local_path} does not exist "
             "(or has no model_index.json) on this machine", field="base_model",
         )
-    # A run whose pairs are still to be exported (``task``) is checked with a stand-in manifest.
+    # A run whose pairs are still to be exported is checked with a stand-in manifest.
     training_config_validate(base_model=base_model, dataset_path=dataset_path or PENDING_DATASET, config=config)
     if TrainingRun.objects.filter(name=name).exists():
         raise TrainingRunRefused(f"'{name}' is taken by a training run", field="name", code="name_taken")
@@ -120,8 +120,13 @@ def training_run_create(
     )
     run.output_dir = str(training_run_output_dir(run))
     run.save(update_fields=["output_dir"])
-    enqueue_on_commit(task or TRAIN_TASK, run.pk)
+    _run_send(run)
     return run
+
+
+def _run_send(run: TrainingRun) -> None:
+    """Queue the run's next task after the commit: its training, or first the export of its round's pairs."""
+    enqueue_on_commit(TRAIN_TASK if run.dataset_path else EXPORT_TASK, run.pk)
 
 
 # The dataset a run's config is checked against before its pairs exist (a round's export).
@@ -436,8 +441,7 @@ def training_run_resume(*, run: TrainingRun) -> TrainingRun:
         run.error, run.error_traceback, run.attempts, run.phase = "", "", 0, "queued"
         run.save(update_fields=["status", "cancel_requested_at", "finished_at", "error", "error_traceback",
                                 "attempts", "phase"])
-        # A run cancelled (or failed) before its round's pairs were exported exports them first.
-        enqueue_on_commit(TRAIN_TASK if run.dataset_path else EXPORT_TASK, run.pk)
+        _run_send(run)  # a run cancelled (or failed) before its round's pairs were exported exports them first
     return run
 
 
