@@ -1,14 +1,17 @@
 """Benchmark one training step: latent-only against latent + pixel, for SFT and SimPO.
 
 A script that prints numbers, not a test. The step is the engine's own: the loop's
-``compute_loss`` on the U-Net family adapter, then backward, clipping and AdamW as in
-``loop.train``, on a cached-latent batch.
+``compute_loss`` on the family's adapter, then backward, clipping and AdamW as in
+``loop.train``, on a cached-latent batch (SDXL's also carries each image's micro-conditioning,
+from the engine's preprocessing of images of several original sizes).
 
 The default preset is SD1.5's architecture (UNet, VAE, CLIP text encoder, and a TAESD-shaped
 AutoencoderTiny) with every channel count divided by 4, at 128 px (16×16 latents): the VAE
 decoder/UNet MAC ratio stays near SD1.5's at 512 px (3.4 vs 3.7) and a step takes about a
-second on 2 CPU cores. ``--preset sd15`` is the real SD1.5 shapes (random init, built in code)
-for a GPU at 512 px.
+second on 2 CPU cores. ``--preset sd15``, ``sdxl`` and ``pixart`` are the real shapes of SD1.5,
+SDXL base (both CLIP encoders, micro-conditioning) and PixArt-α 512 (a T5-XXL-shaped encoder),
+random init and built in code, for a GPU (``bench/gpu_train_step.sh``); ``--channel-div N``
+scales any of them down by channels (depths stay), which is how they are checked on a CPU.
 
 Timing: every configuration and every floor part is run once per round, in a shuffled order,
 and the median over rounds is reported (wall clock, and on CPU also process CPU time), so the
@@ -31,6 +34,8 @@ and of the pixel term alone. ``--table DIR`` writes ``DIR/table.md`` from the to
 
     python bench/train_step.py                       # CPU, scaled-down SD1.5
     python bench/train_step.py --device cuda --preset sd15 --resolution 512 --dtype bf16
+    python bench/train_step.py --device cuda --preset sdxl --resolution 1024 --dtype bf16 --batch 1
+    python bench/train_step.py --preset sdxl --channel-div 8 --steps 1 --warmup 0   # CPU check
     python bench/train_step.py --toy toy-sd --threads 1 --batch 16 --cosine-batches 50 \
         --json docs/replication/cost/toy-sd.json
     python bench/train_step.py --table docs/replication/cost
@@ -53,7 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SD15_UNET_CHANNELS = (320, 640, 1280, 1280)
-SD15_VAE_CHANNELS = (128, 256, 512, 512)
+SDXL_UNET_CHANNELS = (320, 640, 1280)
+SD_VAE_CHANNELS = (128, 256, 512, 512)
 SD15_TEXT_HIDDEN = 768
 TAESD_CHANNELS = 64
 
@@ -94,7 +100,6 @@ VARIANTS = (
     {"pixel": True, "vae_checkpointing": True},
 )
 TOY_VARIANTS = VARIANTS[:3] + ({"pixel": True, "pixel_crop": 0.25},) + VARIANTS[3:]
-SETUPS = [Setup(objective, **variant) for objective in ("sft", "simpo") for variant in VARIANTS]
 TOY_WEIGHTS = ROOT / "toyworld" / "weights"
 TOY_PIXEL_WEIGHT = {"toy-sd": 2.0, "toy-pixart": 8.0}  # λ (and μ): the paper's for a U-Net and for a DiT
 RECOMMENDED_MAX_RATIO = 1.5
@@ -103,9 +108,8 @@ RECOMMENDED_MIN_COSINE = 0.9
 
 def setups_for(args) -> list[Setup]:
     """Every configuration a run measures, in a fixed order (the memory workers index into it)."""
-    if args.toy is None:
-        return SETUPS
-    return [Setup(objective, **variant) for objective in args.objectives for variant in TOY_VARIANTS]
+    variants = VARIANTS if args.toy is None else TOY_VARIANTS
+    return [Setup(objective, **variant) for objective in args.objectives for variant in variants]
 
 
 def is_full_pixel(setup) -> bool:
@@ -120,9 +124,8 @@ def is_full_pixel(setup) -> bool:
 
 @dataclass
 class Models:
-    adapter: object  # training.engine.families.UNetAdapter around an in-memory StableDiffusionPipeline
+    adapter: object  # the engine's family adapter around an in-memory pipeline
     tiny_decoder: object  # AutoencoderTiny, the cheaper pixel_decoder
-    text_hidden: int | None = None
     toy: str | None = None  # the shipped toy pipeline, whose batches are rendered scenes
 
 
@@ -174,73 +177,179 @@ def toy_batch(models: Models, objective: str, index: int, size: int) -> dict:
             "caption": captions, "margin": torch.ones(size)}
 
 
-def build_models(preset: str, resolution: int, channel_div: int, device, dtype) -> Models:
-    """SD1.5's UNet, VAE, CLIP text encoder and a TAESD-shaped AutoencoderTiny, random init.
+def _channels(values, div: int) -> tuple[int, ...]:
+    return tuple(max(1, v // div) for v in values)
 
-    ``preset="scaled"`` divides every channel count by ``channel_div``. The pipeline is built in
-    memory and wrapped in the engine's own U-Net adapter, so the step below is the engine's.
-    """
-    import torch
-    from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from training.engine.families import UNetAdapter
-    from training.engine.pipeline_index import PipelineIndex
+def _sd_vae(resolution: int, div: int, *, scaling_factor: float, force_upcast: bool = False):
+    """SD's AutoencoderKL (SD1.5, SDXL and PixArt share its shape), channels divided by ``div``."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        block_out_channels=_channels(SD_VAE_CHANNELS, div),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2, norm_num_groups=_groups(div), sample_size=resolution,
+        scaling_factor=scaling_factor, force_upcast=force_upcast,
+    )
+
+
+def _groups(div: int) -> int:
+    return 32 if div == 1 else max(1, 32 // div)
+
+
+def _clip_text_config(hidden: int, layers: int, heads: int, div: int, *, projection_dim: int | None = None):
+    from transformers import CLIPTextConfig
+
+    hidden = hidden // div
+    extra = {"projection_dim": projection_dim // div} if projection_dim else {}
+    return CLIPTextConfig(
+        hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=max(1, heads // div), max_position_embeddings=77, vocab_size=49408,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_act="gelu" if projection_dim else "quick_gelu",
+        **extra,
+    )
+
+
+def _clip_tokenizer():
     from training.engine.tiny import tiny_clip_tokenizer
 
-    div = 1 if preset == "sd15" else channel_div
-    groups = 32 if div == 1 else max(1, 32 // div)
-    text_hidden = SD15_TEXT_HIDDEN // div
-    with torch.device(device):
-        unet = UNet2DConditionModel(
-            sample_size=resolution // 8,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=tuple(c // div for c in SD15_UNET_CHANNELS),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=text_hidden,
-            attention_head_dim=8,
-            norm_num_groups=groups,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=tuple(c // div for c in SD15_VAE_CHANNELS),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            norm_num_groups=groups,
-            sample_size=resolution,
-            scaling_factor=0.18215,
-        )
-        tiny_decoder = AutoencoderTiny(
-            encoder_block_out_channels=(TAESD_CHANNELS // div,) * 4,
-            decoder_block_out_channels=(TAESD_CHANNELS // div,) * 4,
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            hidden_size=text_hidden, intermediate_size=4 * text_hidden, num_hidden_layers=12,
-            num_attention_heads=max(1, 12 // div), max_position_embeddings=77, vocab_size=49408,
-            bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        ))
-    tokenizer = tiny_clip_tokenizer()  # generated locally; SD1.5's 77-token context
+    tokenizer = tiny_clip_tokenizer()  # generated locally, with the real models' 77-token context
     tokenizer.model_max_length = 77
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return tokenizer
+
+
+def _sd15_pipeline(resolution: int, div: int):
+    """SD1.5: UNet (320, 640, 1280, 1280), CLIP ViT-L/14 text encoder (768 wide, 12 layers)."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    text_hidden = SD15_TEXT_HIDDEN // div
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=_channels(SD15_UNET_CHANNELS, div),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=text_hidden, attention_head_dim=8, norm_num_groups=_groups(div),
+    )
+    with torch.device("cpu"):  # schedulers keep their tables on the CPU
+        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        vae=_sd_vae(resolution, div, scaling_factor=0.18215),
+        text_encoder=CLIPTextModel(_clip_text_config(SD15_TEXT_HIDDEN, 12, 12, div)),
+        tokenizer=_clip_tokenizer(), unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    index = PipelineIndex(path=Path("in-memory"), pipeline_class="StableDiffusionPipeline", family="unet",
-                          prediction_type="epsilon", scheduler_class="DDIMScheduler")
-    adapter = UNetAdapter(pipeline, index)
-    # As the loop does: frozen VAE, decoder and text encoder in the weight dtype; the denoiser trains.
-    for module in (vae, tiny_decoder, text_encoder):
+    return pipeline, "StableDiffusionPipeline", "unet"
+
+
+def _sdxl_pipeline(resolution: int, div: int):
+    """SDXL base 1.0: UNet (320, 640, 1280) with 1/2/10 transformer layers, CLIP ViT-L and OpenCLIP bigG.
+
+    Cross-attention reads both encoders' penultimate states side by side (768 + 1280); the
+    added embedding is bigG's pooled projection (1280) plus six 256-wide micro-conditioning
+    embeddings. The VAE is SD's shape with SDXL's scaling factor, and overflows in fp16 as SDXL's does.
+    """
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    time_embed_dim = max(1, 256 // div)
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=_channels(SDXL_UNET_CHANNELS, div),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+        cross_attention_dim=(768 + 1280) // div, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=1280 // div + 6 * time_embed_dim,
+        norm_num_groups=_groups(div),
+    )
+    with torch.device("cpu"):
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           steps_offset=1, timestep_spacing="leading")
+    pipeline = StableDiffusionXLPipeline(
+        vae=_sd_vae(resolution, div, scaling_factor=0.13025, force_upcast=True),
+        text_encoder=CLIPTextModel(_clip_text_config(768, 12, 12, div)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_text_config(1280, 32, 20, div, projection_dim=1280)),
+        tokenizer=_clip_tokenizer(), tokenizer_2=_clip_tokenizer(), unet=unet, scheduler=scheduler,
+        add_watermarker=False,
+    )
+    return pipeline, "StableDiffusionXLPipeline", "sdxl"
+
+
+def _pixart_pipeline(resolution: int, div: int):
+    """PixArt-α 512: a 28-layer DiT, 16 heads × 72 (1152 wide), patch 2, over a T5-XXL encoder (4096 wide, 24 layers)."""
+    import torch
+    from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from training.engine.tiny import PIXART_ALPHA_BLOCKS, tiny_t5_tokenizer
+
+    heads = max(1, 16 // div)
+    transformer = PixArtTransformer2DModel(
+        sample_size=resolution // 8, num_layers=28, patch_size=2, attention_head_dim=72, num_attention_heads=heads,
+        caption_channels=4096 // div, in_channels=4, cross_attention_dim=72 * heads,
+        out_channels=8,  # learned sigma
+        **PIXART_ALPHA_BLOCKS,
+    )
+    tokenizer = tiny_t5_tokenizer()
+    tokenizer.model_max_length = 120
+    text_encoder = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer) + 8, d_model=4096 // div, d_kv=64, d_ff=10240 // div, num_layers=24,
+        num_heads=max(1, 64 // div), feed_forward_proj="gated-gelu", is_gated_act=True,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
+    with torch.device("cpu"):
+        scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False,
+                                  steps_offset=1)
+    pipeline = PixArtAlphaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=_sd_vae(resolution, div, scaling_factor=0.18215),
+        transformer=transformer, scheduler=scheduler,
+    )
+    return pipeline, "PixArtAlphaPipeline", "dit"
+
+
+PIPELINE_BUILDERS = {"sd15": _sd15_pipeline, "sdxl": _sdxl_pipeline, "pixart": _pixart_pipeline}
+
+
+def channel_div(args) -> int:
+    """The preset's channel divisor: ``--channel-div``, else 4 for ``scaled`` and 1 (real shapes) for the others."""
+    if args.channel_div is not None:
+        return args.channel_div
+    return 4 if args.preset == "scaled" else 1
+
+
+def build_models(preset: str, resolution: int, div: int, device, dtype) -> Models:
+    """A preset's pipeline (random init, built in code) in the engine's adapter, and a TAESD-shaped AutoencoderTiny.
+
+    ``scaled`` is SD1.5 with every channel count divided by ``div``; ``sd15``, ``sdxl`` and
+    ``pixart`` are those architectures, divided by ``div`` when it is above 1 (depths stay).
+    """
+    import torch
+    from diffusers import AutoencoderTiny
+
+    from training.engine.families import ADAPTERS
+    from training.engine.pipeline_index import PipelineIndex
+
+    builder = PIPELINE_BUILDERS["sd15" if preset == "scaled" else preset]
+    with torch.device(device):
+        pipeline, pipeline_class, family = builder(resolution, div)
+        tiny_decoder = AutoencoderTiny(  # TAESD and TAESDXL have this shape
+            encoder_block_out_channels=(max(1, TAESD_CHANNELS // div),) * 4,
+            decoder_block_out_channels=(max(1, TAESD_CHANNELS // div),) * 4,
+        )
+    index = PipelineIndex(path=Path("in-memory"), pipeline_class=pipeline_class, family=family,
+                          prediction_type="epsilon", scheduler_class=type(pipeline.scheduler).__name__)
+    adapter = ADAPTERS[family](pipeline, index)
+    # As the loop does: frozen VAE, decoder and text encoders in the weight dtype; the denoiser trains.
+    for module in (pipeline.vae, tiny_decoder, *adapter.text_encoders()):
         module.requires_grad_(False).eval().to(device, dtype)
-    unet.requires_grad_(True).train()
-    return Models(adapter=adapter, tiny_decoder=tiny_decoder, text_hidden=text_hidden)
+    adapter.denoiser.requires_grad_(True).train()
+    return Models(adapter=adapter, tiny_decoder=tiny_decoder)
 
 
 def count_macs(models: Models, resolution: int, device) -> dict:
@@ -260,15 +369,37 @@ def count_macs(models: Models, resolution: int, device) -> dict:
     z = torch.randn(1, 4, h, h, device=device)
     with torch.no_grad():
         text = adapter.encode_text(["a photograph of an item on a table"], device)
+    text.update(adapter.image_conditions(micro_conditioning(1, resolution), z, preference=False))
     levels = NoiseLevels(torch.tensor([500], device=device), torch.ones(1, device=device), torch.ones(1, device=device))
-    unet = adapter.denoiser
-    unet_dtype = next(unet.parameters()).dtype
-    text = {key: value.to(unet_dtype) if value.is_floating_point() else value for key, value in text.items()}
+    denoiser = adapter.denoiser
+    dtype = next(denoiser.parameters()).dtype
+    text = {key: value.to(dtype) if value.is_floating_point() else value for key, value in text.items()}
     return {
-        "unet_gmac": macs(lambda: adapter.model_output(unet, z.to(unet_dtype), levels, text)) / 1e9,
+        "denoiser_gmac": macs(lambda: adapter.model_output(denoiser, z.to(dtype), levels, text)) / 1e9,
         "decoder_gmac": macs(lambda: adapter.decode(z)) / 1e9,
         "tiny_decoder_gmac": macs(lambda: adapter.decode(z, models.tiny_decoder)) / 1e9,
     }
+
+
+# Original sizes (height, width) of the benchmark's images: SDXL's micro-conditioning is computed from them.
+ORIGINAL_SIZES = ((1024, 1024), (1536, 1024), (768, 1344), (2048, 2048))
+
+
+def micro_conditioning(n: int, resolution: int, suffix: str = "") -> dict:
+    """``original_size`` and ``crop_top_left`` of ``n`` images through the engine's own preprocessing.
+
+    Images of the sizes in ``ORIGINAL_SIZES``, in turn, resized and centre-cropped to
+    ``resolution`` by ``training.engine.data.ImagePreprocess``, as a real SDXL batch records them.
+    """
+    import torch
+    from PIL import Image
+
+    from training.engine.data import ImagePreprocess
+
+    preprocess = ImagePreprocess(resolution)
+    done = [preprocess([Image.new("RGB", ORIGINAL_SIZES[i % len(ORIGINAL_SIZES)][::-1])])[0] for i in range(n)]
+    return {f"original_size{suffix}": torch.stack([p.original_size for p in done]),
+            f"crop_top_left{suffix}": torch.stack([p.crop_top_left for p in done])}
 
 
 # --------------------------------------------------------------------------------------
@@ -298,10 +429,15 @@ def make_batch(setup: Setup, args, models: Models | None = None, index: int = 0)
         return toy_batch(models, setup.objective, index, args.batch)
     h = args.resolution // 8
     captions = [f"a photograph of item {i} on a table" for i in range(args.batch)]
-    if setup.objective == "sft":
-        return {"latents": torch.randn(args.batch, 4, h, h), "caption": captions}
-    return {"latents_w": torch.randn(args.batch, 4, h, h), "latents_l": torch.randn(args.batch, 4, h, h),
-            "caption": captions, "margin": torch.ones(args.batch)}
+    sides = ("",) if setup.objective == "sft" else ("_w", "_l")
+    batch = {"caption": captions}
+    for side in sides:
+        batch[f"latents{side}"] = torch.randn(args.batch, 4, h, h)
+        if models is not None and models.adapter.family == "sdxl":
+            batch |= micro_conditioning(args.batch, args.resolution, side)
+    if setup.objective != "sft":
+        batch["margin"] = torch.ones(args.batch)
+    return batch
 
 
 def set_decoder_checkpointing(setup: Setup, models: Models) -> None:
@@ -660,8 +796,11 @@ def write_toy_table(directory: Path) -> Path:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--preset", choices=("scaled", "sd15"), default="scaled")
-    parser.add_argument("--channel-div", type=int, default=4, help="channel divisor of the scaled preset")
+    parser.add_argument("--preset", choices=("scaled", *PIPELINE_BUILDERS), default="scaled",
+                        help="scaled: SD1.5 with channels / --channel-div (a CPU run); sd15, sdxl, pixart: "
+                             "those architectures at their real sizes (a GPU run), unless --channel-div is given")
+    parser.add_argument("--channel-div", type=int, default=None,
+                        help="divide every channel count by this (default 4 for scaled, 1 for the others)")
     parser.add_argument("--resolution", type=int, default=128, help="(the toy runs: 64)")
     parser.add_argument("--batch", type=int, default=2, help="images (SFT) or pairs (SimPO) per step")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
@@ -679,7 +818,7 @@ def parse_args(argv=None):
     parser.add_argument("--tiny-decoder", type=Path, default=TOY_WEIGHTS / "toy-tiny-decoder",
                         help="the AutoencoderTiny folder of the toy runs")
     parser.add_argument("--objectives", nargs="+", choices=("sft", "simpo"), default=["sft", "simpo"],
-                        help="objectives of the toy runs")
+                        help="objectives whose configurations run")
     parser.add_argument("--pixel-weight", type=float, default=None,
                         help="λ (SFT) and μ (SimPO); default 2, for the toys 2 (toy-sd) or 8 (toy-pixart)")
     parser.add_argument("--beta", type=float, default=None,
@@ -745,13 +884,20 @@ def main(argv=None) -> int:
             raise SystemExit("the toy runs are fp32")
         models = build_toy_models(args.toy, args.tiny_decoder, device)
     else:
-        models = build_models(args.preset, args.resolution, args.channel_div, device, _dtypes()[args.dtype])
+        models = build_models(args.preset, args.resolution, channel_div(args), device, _dtypes()[args.dtype])
     with tempfile.TemporaryDirectory() as output_dir:
         bench = Bench(args, models, Path(output_dir))
         if args.memory_worker is not None:
             print(measure_memory(setups_for(args)[args.memory_worker], bench, args))
             return 0
         return _run(args, argv, models, bench)
+
+
+def _scaled_note(args) -> str:
+    div = channel_div(args)
+    if div == 1:
+        return " (real shapes, random init)"
+    return f" ({'sd15' if args.preset == 'scaled' else args.preset} channels / {div})"
 
 
 def _shown(path: Path) -> str:
@@ -768,15 +914,15 @@ def _run(args, argv, models: Models, bench: Bench) -> int:
     macs = count_macs(models, args.resolution, bench.accelerator.device)
     model = (f"toy pipeline {args.toy} (toyworld/weights/{args.toy}), tiny decoder {_shown(args.tiny_decoder)}, "
              "rendered training scenes" if args.toy else
-             f"preset {args.preset}" + ("" if args.preset == "sd15" else f" (SD1.5 channels / {args.channel_div})"))
+             f"preset {args.preset}" + _scaled_note(args))
     header = [
         f"device {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else
                                    f", {args.threads} threads, {os.cpu_count()} cores"),
         model,
         f"{args.resolution} px, batch {args.batch} (SimPO: pairs), {args.dtype}, pixel weight {args.pixel_weight:g}",
         f"median of {args.steps} interleaved rounds after {args.warmup} warm-up",
-        f"MACs per sample, forward: UNet {macs['unet_gmac']:.3f} G, VAE decoder {macs['decoder_gmac']:.3f} G "
-        f"(×{macs['decoder_gmac'] / macs['unet_gmac']:.2f}), tiny decoder {macs['tiny_decoder_gmac']:.3f} G",
+        f"MACs per sample, forward: denoiser {macs['denoiser_gmac']:.3f} G, VAE decoder {macs['decoder_gmac']:.3f} G "
+        f"(×{macs['decoder_gmac'] / macs['denoiser_gmac']:.2f}), tiny decoder {macs['tiny_decoder_gmac']:.3f} G",
         f"load average before: {os.getloadavg()[0]:.2f}",
     ]
     for line in header:
