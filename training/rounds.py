@@ -41,10 +41,10 @@ from annotation.services.rounds import round_create
 from catalog.generation import pool_generation_create, pool_generation_jobs
 from catalog.models import GenerationBatch, GenerationJob, Image, ModelVersion, Prompt, PromptSet
 from catalog.selectors import prompts_select
-from catalog.services import ExternalModelError, model_weights_check
+from catalog.services import ExternalModelError
 from training.models import TrainingRound, TrainingRun
 from config.celery import enqueue_on_commit
-from training.services import PENDING_DATASET, TRAIN_TASK, training_config_validate, training_run_create
+from training.services import TRAIN_TASK, TrainingRunRefused, training_run_check, training_run_create
 
 logger = logging.getLogger(__name__)
 
@@ -66,20 +66,14 @@ class TrainingRoundLaunch:
 
 
 def _training_check(*, base_model: ModelVersion, config: dict, name: str):
-    """What every round checks before it writes anything: the base has weights on disk, the name is free, the config
-    is valid (without torch). Returns the engine's TrainConfig; raises TrainingRoundError or ConfigError."""
+    """``training_run_check`` before a round writes anything, its refusals as TrainingRoundError (ConfigError passes
+    through). Returns the engine's TrainConfig."""
     try:
-        model_weights_check(model_version=base_model, purpose="trained")
+        return training_run_check(name=name, base_model=base_model, dataset_path="", config=config)
     except ExternalModelError as exc:
         raise TrainingRoundError(str(exc), code=exc.code, field="base_model") from exc
-    if not Path(base_model.local_path).is_dir():
-        raise TrainingRoundError(
-            f"base model '{base_model.name}': its pipeline directory {base_model.local_path} does not exist",
-            field="base_model",
-        )
-    if TrainingRun.objects.filter(name=name).exists() or ModelVersion.objects.filter(name=name).exists():
-        raise TrainingRoundError(f"'{name}' is taken by a training run or a model", code="name_taken", field="name")
-    return training_config_validate(base_model=base_model, dataset_path=PENDING_DATASET, config=config)
+    except TrainingRunRefused as exc:
+        raise TrainingRoundError(str(exc), code=exc.code, field=exc.field) from exc
 
 
 def training_round_launch(

@@ -101,19 +101,7 @@ def training_run_create(
     Raises ExternalModelError for a base model without weights, TrainingRunRefused (a RegistrationError) for a base
     model whose directory this machine cannot read or a name that is taken, and ConfigError for a bad config.
     """
-    model_weights_check(model_version=base_model, purpose="trained")
-    if not (Path(base_model.local_path) / "model_index.json").is_file():
-        raise TrainingRunRefused(
-            f"base model '{base_model.name}': its pipeline directory {base_model.local_path} does not exist "
-            "(or has no model_index.json) on this machine", field="base_model",
-        )
-    # A run whose pairs are still to be exported is checked with a stand-in manifest.
-    training_config_validate(base_model=base_model, dataset_path=dataset_path or PENDING_DATASET, config=config)
-    if TrainingRun.objects.filter(name=name).exists():
-        raise TrainingRunRefused(f"'{name}' is taken by a training run", field="name", code="name_taken")
-    if ModelVersion.objects.filter(name=name).exists():
-        raise TrainingRunRefused(f"a model named '{name}' exists; the run's checkpoint would take that name", field="name",
-                                 code="name_taken")
+    training_run_check(name=name, base_model=base_model, dataset_path=dataset_path, config=config)
     run = TrainingRun.objects.create(
         name=name, base_model=base_model, dataset_path=dataset_path, config=config, created_by=created_by,
         source_round=source_round, follow_up=follow_up or {},
@@ -122,6 +110,27 @@ def training_run_create(
     run.save(update_fields=["output_dir"])
     _run_send(run)
     return run
+
+
+def training_run_check(*, name: str, base_model: ModelVersion, dataset_path: str, config: dict):
+    """What a new run must pass before anything is written: the base model has weights and a pipeline directory on
+    this machine, the config is valid for it (without torch), and no run or model has the name. Returns the engine's
+    TrainConfig; raises as ``training_run_create`` does. A run whose pairs are still to be exported
+    (``dataset_path=""``) is checked with a stand-in manifest."""
+    model_weights_check(model_version=base_model, purpose="trained")
+    if not (Path(base_model.local_path) / "model_index.json").is_file():
+        raise TrainingRunRefused(
+            f"base model '{base_model.name}': its pipeline directory {base_model.local_path} does not exist "
+            "(or has no model_index.json) on this machine", field="base_model",
+        )
+    train_config = training_config_validate(base_model=base_model, dataset_path=dataset_path or PENDING_DATASET,
+                                            config=config)
+    if TrainingRun.objects.filter(name=name).exists():
+        raise TrainingRunRefused(f"'{name}' is taken by a training run", field="name", code="name_taken")
+    if ModelVersion.objects.filter(name=name).exists():
+        raise TrainingRunRefused(f"a model named '{name}' exists; the run's checkpoint would take that name", field="name",
+                                 code="name_taken")
+    return train_config
 
 
 def _run_send(run: TrainingRun) -> None:
