@@ -161,40 +161,6 @@ def build_untrained(layout: str, vae_dir: str | Path, out_dir: str | Path, *, se
     return save_pipeline(pipeline, out_dir)
 
 
-def grow_transformer(pipeline_dir: str | Path, out_dir: str | Path, *, num_layers: int, seed: int = 0) -> Path:
-    """The PixArt-layout pipeline of ``pipeline_dir`` with its transformer deepened to ``num_layers``, same function.
-
-    Block ``i`` of the ``L`` old ones becomes block ``i·k`` of the new (``k = num_layers / L``, a
-    whole number); each new block between them starts from a fresh initialisation (seeded) with
-    its three output projections (self-attention, cross-attention, feed-forward) at zero. A block's
-    output is its input plus those three branches, so each new block starts as the identity, and
-    the grown model predicts exactly what the old one did while its new layers start to learn
-    (their output projections get gradients at once). Everything else is copied unchanged.
-    """
-    import torch
-    from diffusers import DiffusionPipeline, PixArtTransformer2DModel
-
-    pipeline = DiffusionPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float32)
-    old = pipeline.transformer
-    layers = old.config.num_layers
-    if num_layers <= layers or num_layers % layers:
-        raise ValueError(f"num_layers must be a multiple of the current {layers} above it, got {num_layers}")
-    every = num_layers // layers
-    torch.manual_seed(seed)
-    grown = PixArtTransformer2DModel.from_config({**old.config, "num_layers": num_layers})
-    state = {key: value for key, value in old.state_dict().items() if not key.startswith("transformer_blocks.")}
-    grown.load_state_dict(state, strict=False)
-    for index, block in enumerate(grown.transformer_blocks):
-        if index % every == 0:
-            block.load_state_dict(old.transformer_blocks[index // every].state_dict())
-            continue
-        for output in (block.attn1.to_out[0], block.attn2.to_out[0], block.ff.net[2]):
-            torch.nn.init.zeros_(output.weight)
-            torch.nn.init.zeros_(output.bias)
-    pipeline.register_modules(transformer=grown)
-    return save_pipeline(pipeline, out_dir)
-
-
 def save_pipeline(pipeline, out_dir: str | Path, *, fp16: bool = False) -> Path:
     """Save in diffusers layout, atomically, optionally with fp16 weights (what the repository ships)."""
     import torch

@@ -56,7 +56,7 @@ def render_training_set(out_dir: Path, *, images: int, seed: int) -> Path:
 
 
 def train(args) -> None:
-    from toyworld.pipelines import build_untrained, grow_transformer
+    from toyworld.pipelines import build_untrained
     from training.engine.config import load_config
     from training.engine.loop import train as engine_train
 
@@ -67,11 +67,7 @@ def train(args) -> None:
     data = render_training_set(Path(args.data_dir or run_dir / "data"), images=args.images, seed=args.seed)
     if args.render_only:
         return
-    if args.start_from and args.grow_layers:  # a deeper transformer that starts as the earlier stage's
-        base = run_dir / "grown"
-        if not (base / "model_index.json").exists():
-            grow_transformer(args.start_from, base, num_layers=args.grow_layers, seed=args.seed)
-    elif args.start_from:  # a later stage starts from an earlier stage's export
+    if args.start_from:  # a later stage starts from an earlier stage's export
         base = Path(args.start_from)
     else:
         base = run_dir / "untrained"
@@ -111,9 +107,6 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", help="where the rendered training set goes (default RUN_DIR/data; layouts may share one)")
     parser.add_argument("--recipe", help="engine settings file in toyworld/recipes (default: the layout's)")
     parser.add_argument("--start-from", help="a pipeline folder to train on from (a later stage)")
-    parser.add_argument("--grow-layers", type=int,
-                        help="with --start-from (PixArt layout): deepen its transformer to this many layers first "
-                             "(toyworld.pipelines.grow_transformer)")
     parser.add_argument("--render-only", action="store_true", help="render the training set and stop")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (two runs side by side: 1 each)")
     parser.add_argument("--seed", type=int, default=0)
@@ -123,8 +116,6 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not args.render_only and not args.vae:
         parser.error("--vae is required")
-    if args.grow_layers and (args.layout != "pixart" or not args.start_from):
-        parser.error("--grow-layers deepens a PixArt-layout pipeline given by --start-from")
     if args.export:
         export(args)
     else:
