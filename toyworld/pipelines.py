@@ -124,10 +124,54 @@ def _clip_text_encoder():
 def _t5_text_encoder(vocab_size: int):
     from transformers import T5Config, T5EncoderModel
 
+    # At its random init, as the first stages trained it; the fifth stage makes it order-aware
+    # (set_order_aware_positions), and a recipe started afresh would do better to do so from the first.
     return T5EncoderModel(T5Config(
         vocab_size=vocab_size, d_model=TEXT_HIDDEN, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
         relative_attention_num_buckets=16, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     ))
+
+
+# Each head of the toy T5 encoder looks at fixed neighbours: relative-position buckets (key minus query; T5's
+# bidirectional bucketing over 16 buckets) per head. Offsets 1, 2 and 3 each have a bucket of their own, 4 to 9
+# share one; buckets 1 and 2 are the offsets −1 and −2.
+ORDER_HEAD_BUCKETS = ((9,), (10, 11), (12,), (1, 2))
+ORDER_BIAS = 8.0
+
+
+def set_order_aware_positions(encoder) -> None:
+    """Make a frozen random T5 encoder keep word order: each head attends to its own fixed neighbours.
+
+    A pretrained T5 knows which words belong together; at random init its relative position
+    bias is small, every token attends to all of them nearly alike, and its output is close to
+    a bag of words: "a red star on the left and a blue circle on the right" and the caption
+    with the two shapes swapped give almost the same token features (PixArt's cross-attention
+    sees the tokens as a set, so the transformer cannot tell them apart). Setting the bias to
+    ``ORDER_BIAS`` on each head's buckets (``ORDER_HEAD_BUCKETS``: the next word, the two
+    after it, the ones after those, the two before) and 0 elsewhere makes each token's
+    features carry its neighbours', over two layers: a shape carries its colour, texture and
+    position. The rest of the encoder stays at its random init.
+    """
+    import torch
+
+    bias = encoder.encoder.block[0].layer[0].SelfAttention.relative_attention_bias
+    buckets, heads = bias.weight.shape
+    if heads != len(ORDER_HEAD_BUCKETS) or max(max(b) for b in ORDER_HEAD_BUCKETS) >= buckets:
+        raise ValueError(f"the order-aware bias is laid out for {len(ORDER_HEAD_BUCKETS)} heads, got {heads}")
+    with torch.no_grad():
+        bias.weight.zero_()
+        for head, chosen in enumerate(ORDER_HEAD_BUCKETS):
+            bias.weight[list(chosen), head] = ORDER_BIAS
+
+
+def with_order_aware_text(pipeline_dir: str | Path, out_dir: str | Path) -> Path:
+    """A copy of the PixArt-layout pipeline ``pipeline_dir`` whose T5 encoder keeps word order (``set_order_aware_positions``)."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    pipeline = DiffusionPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float32)
+    set_order_aware_positions(pipeline.text_encoder)
+    return save_pipeline(pipeline, out_dir)
 
 
 def build_untrained(layout: str, vae_dir: str | Path, out_dir: str | Path, *, seed: int = 0) -> Path:

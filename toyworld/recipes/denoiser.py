@@ -56,7 +56,7 @@ def render_training_set(out_dir: Path, *, images: int, seed: int) -> Path:
 
 
 def train(args) -> None:
-    from toyworld.pipelines import build_untrained
+    from toyworld.pipelines import build_untrained, with_order_aware_text
     from training.engine.config import load_config
     from training.engine.loop import train as engine_train
 
@@ -67,7 +67,11 @@ def train(args) -> None:
     data = render_training_set(Path(args.data_dir or run_dir / "data"), images=args.images, seed=args.seed)
     if args.render_only:
         return
-    if args.start_from:  # a later stage starts from an earlier stage's export
+    if args.start_from and args.order_aware_text:  # the earlier stage's export with a T5 that keeps word order
+        base = run_dir / "base"
+        if not (base / "model_index.json").exists():
+            with_order_aware_text(args.start_from, base)
+    elif args.start_from:  # a later stage starts from an earlier stage's export
         base = Path(args.start_from)
     else:
         base = run_dir / "untrained"
@@ -107,6 +111,9 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", help="where the rendered training set goes (default RUN_DIR/data; layouts may share one)")
     parser.add_argument("--recipe", help="engine settings file in toyworld/recipes (default: the layout's)")
     parser.add_argument("--start-from", help="a pipeline folder to train on from (a later stage)")
+    parser.add_argument("--order-aware-text", action="store_true",
+                        help="with --start-from (PixArt layout): first give its T5 encoder the order-aware position "
+                             "bias (toyworld.pipelines.set_order_aware_positions)")
     parser.add_argument("--render-only", action="store_true", help="render the training set and stop")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (two runs side by side: 1 each)")
     parser.add_argument("--seed", type=int, default=0)
@@ -116,6 +123,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not args.render_only and not args.vae:
         parser.error("--vae is required")
+    if args.order_aware_text and (args.layout != "pixart" or not args.start_from):
+        parser.error("--order-aware-text changes the T5 encoder of a PixArt-layout pipeline given by --start-from")
     if args.export:
         export(args)
     else:

@@ -55,4 +55,18 @@ cp -r "$RUNS/export-pixart2" toyworld/weights/toy-pixart
     --export "$RUNS/export-pixart3"
 rm -rf toyworld/weights/toy-pixart
 cp -r "$RUNS/export-pixart3" toyworld/weights/toy-pixart
+# The fourth stage: from the third's shipped export, Min-SNR-5 weighting and a cosine decay to zero
+# (5,000 steps). The fifth: from the fourth's export with its T5 encoder made order-aware
+# (--order-aware-text), the same SFT for 4,000 steps; its export is what ships.
+"$PY" -m toyworld.recipes.denoiser --layout pixart --recipe pixart_stage4 --start-from toyworld/weights/toy-pixart \
+    --run-dir "$RUNS/pixart4" --data-dir "$RUNS/data" --vae toyworld/weights/toy-pixart/vae >> "$RUNS/pixart4.log" 2>&1
+"$PY" -m toyworld.recipes.denoiser --layout pixart --run-dir "$RUNS/pixart4" --vae toyworld/weights/toy-pixart/vae \
+    --export "$RUNS/export-pixart4"
+"$PY" -m toyworld.recipes.denoiser --layout pixart --recipe pixart_stage5 --order-aware-text \
+    --start-from "$RUNS/export-pixart4" --run-dir "$RUNS/pixart5" --data-dir "$RUNS/data" \
+    --vae toyworld/weights/toy-pixart/vae --threads 2 >> "$RUNS/pixart5.log" 2>&1
+"$PY" -m toyworld.recipes.denoiser --layout pixart --run-dir "$RUNS/pixart5" --vae toyworld/weights/toy-pixart/vae \
+    --export "$RUNS/export-pixart5"
+rm -rf toyworld/weights/toy-pixart
+cp -r "$RUNS/export-pixart5" toyworld/weights/toy-pixart
 "$PY" -m toyworld.quality models --out toyworld/weights/quality.json
