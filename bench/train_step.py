@@ -282,7 +282,7 @@ def _sdxl_pipeline(resolution: int, div: int):
 
 
 def _pixart_pipeline(resolution: int, div: int):
-    """PixArt-α 512: a 28-layer DiT, 16 heads × 72 (1152 wide), patch 2, over a T5-XXL encoder (4096 wide, 24 layers)."""
+    """PixArt-α 512: a 28-layer DiT, 16 heads × 72 (1152 wide), patch 2, on a T5-XXL-shaped encoder."""
     import torch
     from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel

@@ -165,7 +165,7 @@ def set_order_aware_positions(encoder) -> None:
 
 
 def with_order_aware_text(pipeline_dir: str | Path, out_dir: str | Path) -> Path:
-    """A copy of the PixArt-layout pipeline ``pipeline_dir`` whose T5 encoder keeps word order (``set_order_aware_positions``)."""
+    """A copy of the PixArt-layout pipeline ``pipeline_dir`` whose T5 encoder keeps word order."""
     import torch
     from diffusers import DiffusionPipeline
 
