@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db.models import Count, Q
 
 from annotation.errors import InvalidInput
 from annotation.kinds import item_kind
@@ -85,16 +86,28 @@ def _parquet_write(rows: list[dict], path: Path) -> None:
     )
 
 
-def preferences_export(*, round_: Round, out_dir: str | Path | None = None, recompute: bool = True) -> ExportResult:
-    """Write the round's winner/loser pairs (complete, non-gold items) as a dataset under ``out_dir``."""
+def _exported_aggregates(round_: Round):
+    """The aggregates a round's export reads: its complete items, gold items left out (a round without pairs refused)."""
     if not item_kind(round_.kind).yields_pairs:
         raise InvalidInput(f"round {round_.pk} is an {round_.kind} round: only pairwise and best_worst rounds yield pairs", field="round")
+    return Aggregate.objects.filter(round=round_, complete=True, item__is_gold=False)
+
+
+def preferences_export_counts(*, round_: Round) -> dict:
+    """What an export of the round would count now (``pairs``, ``items_complete``, ``ties``, ``no_majority``), in one
+    query, without recomputing the aggregates or writing anything."""
+    return _exported_aggregates(round_).aggregate(
+        items_complete=Count("pk"), pairs=Count("pk", filter=Q(outcome=Aggregate.Outcome.WINNER)),
+        ties=Count("pk", filter=Q(outcome=Aggregate.Outcome.TIE)), no_majority=Count("pk", filter=Q(no_majority=True)),
+    )
+
+
+def preferences_export(*, round_: Round, out_dir: str | Path | None = None, recompute: bool = True) -> ExportResult:
+    """Write the round's winner/loser pairs (complete, non-gold items) as a dataset under ``out_dir``."""
+    aggregates = _exported_aggregates(round_)
     out_dir = Path(out_dir) if out_dir is not None else Path(settings.ARTIFACTS_ROOT) / "preferences"
     summary = round_aggregate(round_=round_) if recompute else None
-    aggregates = list(
-        Aggregate.objects.filter(round=round_, complete=True, item__is_gold=False)
-        .select_related("item__prompt", "winner", "loser").order_by("item_id")
-    )
+    aggregates = list(aggregates.select_related("item__prompt", "winner", "loser").order_by("item_id"))
     pairs = [a for a in aggregates if a.outcome == Aggregate.Outcome.WINNER]
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".round-{round_.pk}-", dir=out_dir))

@@ -29,12 +29,11 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
 from django.utils import timezone
 
-from annotation.exports import ExportResult, preferences_export
+from annotation.exports import ExportResult, preferences_export, preferences_export_counts
 from annotation.kinds import item_kind
-from annotation.models import Aggregate, Round
+from annotation.models import Round
 from annotation.selectors import round_summary
 from annotation.simulation import Policy, PolicyError, round_simulate, synthetic_annotators
 from annotation.services.rounds import round_create
@@ -107,10 +106,7 @@ def training_round_launch(
         # The research API: the export reads and copies every pair's images (about a second for 500 pairs of
         # 64 px images), so it runs on the default queue (run_round_export) and the request only checks that
         # the round has a pair.
-        counts = Aggregate.objects.filter(round=round_, complete=True, item__is_gold=False).aggregate(
-            items_complete=Count("pk"), pairs=Count("pk", filter=Q(outcome=Aggregate.Outcome.WINNER)),
-            ties=Count("pk", filter=Q(outcome=Aggregate.Outcome.TIE)), no_majority=Count("pk", filter=Q(no_majority=True)),
-        )
+        counts = preferences_export_counts(round_=round_)
         if counts["pairs"] == 0:
             raise _no_pairs(round_, SimpleNamespace(**counts))
         run = training_run_create(

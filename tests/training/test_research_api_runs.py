@@ -161,10 +161,11 @@ def test_a_run_on_a_collected_round_exports_its_pairs_and_queues_the_run(
     assert missing.status_code == 400 and "round" in missing.json()
 
 
-def test_a_round_without_pairs_is_refused_by_name():
-    from tests.annotation.builders import pairwise_round
+@pytest.mark.parametrize("kind, code", [("pairwise", "no_pairs"), ("alignment", "invalid")])
+def test_a_round_without_pairs_is_refused_by_name(kind, code):
+    from tests.annotation.builders import alignment_round, pairwise_round
 
-    round_ = pairwise_round(n_items=2, k=3)
+    round_ = pairwise_round(n_items=2, k=3) if kind == "pairwise" else alignment_round(n_items=2, k=3)
     client = APIClient()
     client.force_login(ResearcherFactory())
     base = ModelVersionFactory(name="b")
@@ -176,7 +177,7 @@ def test_a_round_without_pairs_is_refused_by_name():
     ModelVersion.objects.filter(pk=base.pk).update(local_path=str(folder))
     answer = client.post("/api/research/runs/", {"name": "n", "base_model": "b", "round": round_.pk,
                                                  "config": {**TINY, "latent_objective": "dpo"}}, format="json")
-    assert answer.status_code == 400 and answer.json()["code"] == "no_pairs" and "round" in answer.json()
+    assert answer.status_code == 400 and answer.json()["code"] == code and "round" in answer.json()
     assert not TrainingRun.objects.exists()
 
 
